@@ -1,0 +1,3 @@
+//! Who may reach what: client identity × host × port, and which addresses are private.
+pub mod host;
+pub mod ip;

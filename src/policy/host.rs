@@ -1,0 +1,1 @@
+//! Host patterns from `[[upstream]].hosts`: exact names, `*.suffix` wildcards and IP literals.
