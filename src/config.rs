@@ -1,0 +1,1 @@
+//! Config file: serde structs, defaults, validation.
