@@ -1,1 +1,623 @@
 //! Target {host, port, tls} parsed from an absolute URI or a CONNECT authority; the pool key.
+//!
+//! Everything the policy sees about a destination comes through here, so the
+//! parsers accept one spelling per destination and refuse the rest: no
+//! userinfo, no percent-encoding, no Unicode, no zone ids, and no numeric
+//! host that a resolver could read as an IPv4 address other than the
+//! canonical dotted quad. The authority is parsed from its raw text rather
+//! than through `http::uri::Authority::port`, which accepts `+80` and turns
+//! an out-of-range port into "no port".
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// A destination host as the policy and the pool see it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// A DNS name: lowercase ASCII, no trailing dot. Build it with [`parse_host`].
+    Name(String),
+    /// An IP literal: a canonical dotted quad, or IPv6 written in brackets.
+    Ip(IpAddr),
+}
+
+impl fmt::Display for Host {
+    /// The name or address; IPv6 in brackets so `:port` can follow.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Name(name) => f.write_str(name),
+            Host::Ip(IpAddr::V4(v4)) => write!(f, "{v4}"),
+            Host::Ip(IpAddr::V6(v6)) => write!(f, "[{v6}]"),
+        }
+    }
+}
+
+/// The scheme of an absolute-form request URI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// What an absolute-form request URI names, before the matching upstream fixes the port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestTarget {
+    pub scheme: Scheme,
+    pub host: Host,
+    /// The explicit port in the URI; `None` when the URI has none.
+    pub port: Option<u16>,
+}
+
+/// The pool key and dial target.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub host: Host,
+    pub port: u16,
+    /// Whether the proxy speaks TLS to the upstream (as-requested https or originate).
+    pub tls: bool,
+}
+
+impl Target {
+    /// `host:port`, IPv6 bracketed: for dialing, logs and metric labels.
+    pub fn authority(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Why a request target was refused; each message is one line for the 400 body.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TargetError {
+    #[error("the request URI must be absolute (http://host/path) or use CONNECT")]
+    NotAbsolute,
+    #[error("unsupported URI scheme {0}: only http:// and https:// can be proxied, use CONNECT for anything else")]
+    UnsupportedScheme(String),
+    #[error("userinfo in the URI is not allowed")]
+    Userinfo,
+    #[error("CONNECT needs host:port")]
+    MissingPort,
+    #[error("invalid port {0}: it must be a number from 1 to 65535")]
+    InvalidPort(String),
+    #[error("port out of range: {0} (must be 1 to 65535)")]
+    PortOutOfRange(String),
+    #[error("invalid host name: {host} ({reason})")]
+    InvalidHost {
+        /// The offending text, quoted, escaped and shortened for display.
+        host: String,
+        reason: &'static str,
+    },
+}
+
+/// Longest name DNS can carry, without the trailing dot.
+const MAX_NAME: usize = 253;
+/// Longest DNS label.
+const MAX_LABEL: usize = 63;
+/// How much of a rejected value an error message repeats.
+const MAX_SHOWN: usize = 64;
+
+/// Parse a host as it appears in a URI authority or a host pattern.
+///
+/// Names are lowercased and lose one trailing dot. Only a canonical dotted
+/// quad becomes `Host::Ip(V4)`; IPv6 must be bracketed (`[::1]`).
+pub fn parse_host(s: &str) -> Result<Host, TargetError> {
+    if let Some(rest) = s.strip_prefix('[') {
+        return parse_bracketed_v6(s, rest);
+    }
+    let name = s.strip_suffix('.').unwrap_or(s);
+    if name.is_empty() {
+        return Err(invalid_host(s, "the host is empty"));
+    }
+    if name.len() > MAX_NAME {
+        return Err(invalid_host(s, "longer than 253 characters"));
+    }
+    if let Some(reason) = name.chars().find_map(bad_char_reason) {
+        return Err(invalid_host(s, reason));
+    }
+    if let Ok(v4) = name.parse::<Ipv4Addr>() {
+        return Ok(Host::Ip(IpAddr::V4(v4)));
+    }
+    let name = name.to_ascii_lowercase();
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err(invalid_host(s, "empty label"));
+        }
+        if label.len() > MAX_LABEL {
+            return Err(invalid_host(s, "a label is longer than 63 characters"));
+        }
+    }
+    if name.rsplit('.').next().is_some_and(is_number_label) {
+        return Err(invalid_host(
+            s,
+            "a resolver could read it as an IPv4 address; write IPv4 as a.b.c.d",
+        ));
+    }
+    Ok(Host::Name(name))
+}
+
+/// Parse an absolute-form request URI (`http://host[:port]/path`).
+pub fn parse_absolute(uri: &http::Uri) -> Result<RequestTarget, TargetError> {
+    let scheme = match uri.scheme_str() {
+        None => return Err(TargetError::NotAbsolute),
+        Some(s) if s.eq_ignore_ascii_case("http") => Scheme::Http,
+        Some(s) if s.eq_ignore_ascii_case("https") => Scheme::Https,
+        Some(other) => return Err(TargetError::UnsupportedScheme(shown(other))),
+    };
+    let authority = uri.authority().ok_or(TargetError::NotAbsolute)?.as_str();
+    // `http://allowed.example@evil.example/` goes to evil.example.
+    if authority.contains('@') {
+        return Err(TargetError::Userinfo);
+    }
+    let (host, port) = split_host_port(authority)?;
+    let host = parse_host(host)?;
+    let port = port.map(parse_port).transpose()?;
+    Ok(RequestTarget { scheme, host, port })
+}
+
+/// Parse a CONNECT request target: `host:port` or `[v6]:port`, port required.
+pub fn parse_connect(authority: &str) -> Result<(Host, u16), TargetError> {
+    if authority.contains('@') {
+        return Err(TargetError::Userinfo);
+    }
+    let (host, port) = split_host_port(authority)?;
+    let host = parse_host(host)?;
+    match port {
+        None | Some("") => Err(TargetError::MissingPort),
+        Some(port) => Ok((host, parse_port(port)?)),
+    }
+}
+
+/// `rest` is what follows the opening bracket of `s`.
+fn parse_bracketed_v6(s: &str, rest: &str) -> Result<Host, TargetError> {
+    let Some(inner) = rest.strip_suffix(']') else {
+        return Err(invalid_host(s, "an IPv6 address must end with ']'"));
+    };
+    if inner.contains('%') {
+        return Err(invalid_host(s, "IPv6 zone identifiers are not allowed"));
+    }
+    match inner.parse::<Ipv6Addr>() {
+        Ok(v6) => Ok(Host::Ip(IpAddr::V6(v6))),
+        Err(_) => Err(invalid_host(s, "not an IPv6 address inside '[' ']'")),
+    }
+}
+
+/// Split `host[:port]`; the port text is returned unparsed (possibly empty).
+fn split_host_port(s: &str) -> Result<(&str, Option<&str>), TargetError> {
+    if s.starts_with('[') {
+        let Some(end) = s.find(']') else {
+            return Err(invalid_host(s, "an IPv6 address must end with ']'"));
+        };
+        let (host, rest) = s.split_at(end + 1);
+        if rest.is_empty() {
+            return Ok((host, None));
+        }
+        return match rest.strip_prefix(':') {
+            Some(port) => Ok((host, Some(port))),
+            None => Err(invalid_host(s, "unexpected text after ']'")),
+        };
+    }
+    match s.split_once(':') {
+        None => Ok((s, None)),
+        Some((_, port)) if port.contains(':') => Err(invalid_host(
+            s,
+            "IPv6 addresses must be written in brackets, e.g. [::1]:443",
+        )),
+        Some((host, port)) => Ok((host, Some(port))),
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, TargetError> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(TargetError::InvalidPort(shown(s)));
+    }
+    let out_of_range = || TargetError::PortOutOfRange(shown(s));
+    // All digits, so only overflow can make `parse` fail.
+    let port: u32 = s.parse().map_err(|_| out_of_range())?;
+    match u16::try_from(port) {
+        Ok(0) | Err(_) => Err(out_of_range()),
+        Ok(port) => Ok(port),
+    }
+}
+
+/// Why `c` cannot appear in a host name, or `None` when it can.
+fn bad_char_reason(c: char) -> Option<&'static str> {
+    match c {
+        'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' => None,
+        '%' => Some("percent-encoding is not allowed"),
+        ':' => Some("IPv6 addresses must be written in brackets, e.g. [::1]"),
+        '@' => Some("userinfo is not allowed"),
+        '*' => Some("wildcards are not allowed here"),
+        c if !c.is_ascii() => Some("non-ASCII names must be written in their xn-- (punycode) form"),
+        _ => Some("only letters, digits, '-', '_' and '.' are allowed"),
+    }
+}
+
+/// Whether the last label makes the name a number to an IPv4 parser
+/// (WHATWG URL "ends in a number"; inet_aton reads `127.1` and `0x7f.1`).
+fn is_number_label(label: &str) -> bool {
+    let digits = |s: &str, radix| s.chars().all(|c| c.is_digit(radix));
+    match label.strip_prefix("0x") {
+        Some(hex) => digits(hex, 16),
+        None => !label.is_empty() && digits(label, 10),
+    }
+}
+
+fn invalid_host(s: &str, reason: &'static str) -> TargetError {
+    TargetError::InvalidHost {
+        host: shown(s),
+        reason,
+    }
+}
+
+/// `s` quoted and escaped, cut short so an error message stays one short line.
+fn shown(s: &str) -> String {
+    let mut cut: String = s.chars().take(MAX_SHOWN).collect();
+    if cut.len() < s.len() {
+        cut.push_str("...");
+    }
+    format!("\"{}\"", cut.escape_debug())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Host {
+        Host::Name(s.to_string())
+    }
+
+    fn ip(s: &str) -> Host {
+        Host::Ip(s.parse().unwrap_or_else(|e| panic!("{s}: {e}")))
+    }
+
+    fn is_invalid_host(r: &Result<Host, TargetError>) -> bool {
+        matches!(r, Err(TargetError::InvalidHost { .. }))
+    }
+
+    #[test]
+    fn parse_host_accepts_and_normalises() {
+        let long_label = "a".repeat(63);
+        let long_name = format!("{0}.{0}.{0}.{1}", long_label, "b".repeat(61));
+        assert_eq!(long_name.len(), 253);
+        let long_name_dot = format!("{long_name}.");
+        let cases: &[(&str, Host)] = &[
+            ("example.com", name("example.com")),
+            ("EXAMPLE.com", name("example.com")),
+            ("Allowed.Example.", name("allowed.example")),
+            ("localhost", name("localhost")),
+            ("a", name("a")),
+            ("a-b_c.example", name("a-b_c.example")),
+            ("xn--bcher-kva.example", name("xn--bcher-kva.example")),
+            ("123.example.com", name("123.example.com")),
+            ("0x7f.example.com", name("0x7f.example.com")),
+            ("1.2.3.4.example", name("1.2.3.4.example")),
+            ("example.0xz", name("example.0xz")),
+            ("cafe.deadbeef", name("cafe.deadbeef")),
+            (&long_name, name(&long_name)),
+            (&long_name_dot, name(&long_name)),
+            ("127.0.0.1", ip("127.0.0.1")),
+            ("127.0.0.1.", ip("127.0.0.1")),
+            ("8.8.8.8", ip("8.8.8.8")),
+            ("0.0.0.0", ip("0.0.0.0")),
+            ("255.255.255.255", ip("255.255.255.255")),
+            ("[::1]", ip("::1")),
+            ("[2606:4700::1]", ip("2606:4700::1")),
+            ("[2606:4700:0:0:0:0:0:1]", ip("2606:4700::1")),
+            ("[::FFFF:127.0.0.1]", ip("::ffff:127.0.0.1")),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_host(input).as_ref(), Ok(want), "{input}");
+        }
+    }
+
+    #[test]
+    fn parse_host_rejects() {
+        let long_label = format!("{}.example", "a".repeat(64));
+        let long_name = format!("{}.{}b", "a".repeat(63), "b.".repeat(95));
+        assert_eq!(long_name.len(), 255);
+        let cases: &[&str] = &[
+            "",
+            ".",
+            "..",
+            "a..b",
+            ".example.com",
+            "example.com..",
+            &long_label,
+            &long_name,
+            // Not a name.
+            "a b",
+            "a\tb",
+            "a/b",
+            "a\\b",
+            "a;b",
+            "a?b",
+            "a#b",
+            "a,b",
+            "a\0b",
+            "a%2eb",
+            "%65xample.com",
+            "allowed.example@evil.example",
+            "*.example.com",
+            "b\u{fc}cher.example",
+            "\u{ff45}xample.com",
+            "example.com\u{3002}",
+            // Numbers an IPv4 parser would accept.
+            "2130706433",
+            "0x7f000001",
+            "0x7f.1",
+            "0X7F.1",
+            "0177.0.0.1",
+            "127.000.000.001",
+            "127.1",
+            "127.0.1",
+            "1.2.3.4.5",
+            "256.0.0.1",
+            "01.2.3.4",
+            "example.123",
+            "example.0x",
+            "example.0xff",
+            "127.0.0.1..",
+            // IPv6 outside brackets, broken brackets, zones.
+            "::1",
+            "fe80::1",
+            "[::1",
+            "::1]",
+            "[]",
+            "[127.0.0.1]",
+            "[example.com]",
+            "[fe80::1%25eth0]",
+            "[fe80::1%eth0]",
+            "[::1]x",
+            "[[::1]]",
+        ];
+        for input in cases {
+            let got = parse_host(input);
+            assert!(is_invalid_host(&got), "{input:?} gave {got:?}");
+        }
+    }
+
+    #[test]
+    fn host_display() {
+        let cases: &[(Host, &str)] = &[
+            (name("example.com"), "example.com"),
+            (ip("127.0.0.1"), "127.0.0.1"),
+            (ip("::1"), "[::1]"),
+            (ip("::ffff:127.0.0.1"), "[::ffff:127.0.0.1]"),
+        ];
+        for (host, want) in cases {
+            assert_eq!(host.to_string(), *want);
+            assert_eq!(parse_host(want).as_ref(), Ok(host), "{want} round-trips");
+        }
+    }
+
+    #[test]
+    fn target_authority() {
+        let cases: &[(Host, u16, &str)] = &[
+            (name("example.com"), 443, "example.com:443"),
+            (ip("10.0.0.1"), 80, "10.0.0.1:80"),
+            (ip("::1"), 8080, "[::1]:8080"),
+        ];
+        for (host, port, want) in cases {
+            let target = Target {
+                host: host.clone(),
+                port: *port,
+                tls: false,
+            };
+            assert_eq!(target.authority(), *want);
+        }
+    }
+
+    #[test]
+    fn parse_absolute_cases() {
+        use Scheme::{Http, Https};
+        let ok = |scheme, host, port| Ok(RequestTarget { scheme, host, port });
+        let cases: Vec<(&str, Result<RequestTarget, TargetError>)> = vec![
+            ("http://example.com/", ok(Http, name("example.com"), None)),
+            ("http://example.com", ok(Http, name("example.com"), None)),
+            ("https://x", ok(Https, name("x"), None)),
+            ("HTTPS://X/", ok(Https, name("x"), None)),
+            ("Http://x/", ok(Http, name("x"), None)),
+            (
+                "http://ALLOWED.example./x",
+                ok(Http, name("allowed.example"), None),
+            ),
+            (
+                "http://a.example:8080/p?q=1",
+                ok(Http, name("a.example"), Some(8080)),
+            ),
+            (
+                "http://a.example:0080/",
+                ok(Http, name("a.example"), Some(80)),
+            ),
+            (
+                "http://a.example:65535/",
+                ok(Http, name("a.example"), Some(65535)),
+            ),
+            ("http://a.example:1/", ok(Http, name("a.example"), Some(1))),
+            ("http://[::1]:8080/", ok(Http, ip("::1"), Some(8080))),
+            (
+                "https://[2606:4700::1]/",
+                ok(Https, ip("2606:4700::1"), None),
+            ),
+            (
+                "http://127.0.0.1:3000/",
+                ok(Http, ip("127.0.0.1"), Some(3000)),
+            ),
+            ("http://127.0.0.1./", ok(Http, ip("127.0.0.1"), None)),
+            // Not absolute.
+            ("/path", Err(TargetError::NotAbsolute)),
+            ("*", Err(TargetError::NotAbsolute)),
+            ("example.com:443", Err(TargetError::NotAbsolute)),
+            // Scheme.
+            (
+                "ftp://x/",
+                Err(TargetError::UnsupportedScheme("\"ftp\"".into())),
+            ),
+            (
+                "ws://x/",
+                Err(TargetError::UnsupportedScheme("\"ws\"".into())),
+            ),
+            // Userinfo.
+            (
+                "http://allowed.example@evil.example/",
+                Err(TargetError::Userinfo),
+            ),
+            (
+                "http://user:pw@allowed.example/",
+                Err(TargetError::Userinfo),
+            ),
+            ("http://@allowed.example/", Err(TargetError::Userinfo)),
+            ("https://a@[::1]:443/", Err(TargetError::Userinfo)),
+            // Ports.
+            (
+                "http://a.example:99999/",
+                Err(TargetError::PortOutOfRange("\"99999\"".into())),
+            ),
+            (
+                "http://a.example:65536/",
+                Err(TargetError::PortOutOfRange("\"65536\"".into())),
+            ),
+            (
+                "http://a.example:0/",
+                Err(TargetError::PortOutOfRange("\"0\"".into())),
+            ),
+            (
+                "http://a.example:4294967377/",
+                Err(TargetError::PortOutOfRange("\"4294967377\"".into())),
+            ),
+            (
+                "http://a.example:/",
+                Err(TargetError::InvalidPort("\"\"".into())),
+            ),
+            (
+                "http://a.example:+80/",
+                Err(TargetError::InvalidPort("\"+80\"".into())),
+            ),
+            (
+                "http://[::1]:/",
+                Err(TargetError::InvalidPort("\"\"".into())),
+            ),
+        ];
+        for (input, want) in cases {
+            let uri: http::Uri = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(parse_absolute(&uri), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn parse_absolute_rejects_hosts() {
+        let cases = [
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://0177.0.0.1/",
+            "http://127.1/",
+            "http://127.0.0.1../",
+            "http://[fe80::1%25eth0]/",
+            "http://[::1]x/",
+            "http://a;b/",
+            "http://:80/",
+            "http://a..b/",
+            "http://[127.0.0.1]/",
+        ];
+        for input in cases {
+            let uri: http::Uri = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
+            let got = parse_absolute(&uri);
+            assert!(
+                matches!(got, Err(TargetError::InvalidHost { .. })),
+                "{input} gave {got:?}"
+            );
+        }
+    }
+
+    type ConnectResult = Result<(Host, u16), TargetError>;
+
+    #[test]
+    fn parse_connect_cases() {
+        let ok = |host, port| Ok((host, port));
+        let cases: Vec<(&str, ConnectResult)> = vec![
+            ("example.com:443", ok(name("example.com"), 443)),
+            ("EXAMPLE.com.:443", ok(name("example.com"), 443)),
+            ("127.0.0.1:8443", ok(ip("127.0.0.1"), 8443)),
+            ("[::1]:443", ok(ip("::1"), 443)),
+            ("[2606:4700::1]:65535", ok(ip("2606:4700::1"), 65535)),
+            ("a:1", ok(name("a"), 1)),
+            ("example.com", Err(TargetError::MissingPort)),
+            ("example.com:", Err(TargetError::MissingPort)),
+            ("[::1]", Err(TargetError::MissingPort)),
+            ("[::1]:", Err(TargetError::MissingPort)),
+            (
+                "example.com:0",
+                Err(TargetError::PortOutOfRange("\"0\"".into())),
+            ),
+            (
+                "example.com:65536",
+                Err(TargetError::PortOutOfRange("\"65536\"".into())),
+            ),
+            (
+                "example.com:https",
+                Err(TargetError::InvalidPort("\"https\"".into())),
+            ),
+            (
+                "example.com:-1",
+                Err(TargetError::InvalidPort("\"-1\"".into())),
+            ),
+            (
+                "example.com: 443",
+                Err(TargetError::InvalidPort("\" 443\"".into())),
+            ),
+            (
+                "allowed.example@evil.example:443",
+                Err(TargetError::Userinfo),
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_connect(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn parse_connect_rejects_hosts() {
+        let cases = [
+            "",
+            ":443",
+            "::1:443",
+            "fe80::1:443",
+            "[fe80::1%25eth0]:443",
+            "[fe80::1%eth0]:443",
+            "[::1:443",
+            "[::1]x:443",
+            "2130706433:443",
+            "0x7f.1:443",
+            "127.1:443",
+            "a b:443",
+            "http://example.com:443",
+            "example.com/x:443",
+            "b\u{fc}cher.example:443",
+        ];
+        for input in cases {
+            let got = parse_connect(input);
+            assert!(
+                matches!(got, Err(TargetError::InvalidHost { .. })),
+                "{input:?} gave {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_are_one_short_line() {
+        let long = format!("{}\n{}", "x".repeat(500), "\u{1b}[31m");
+        let errors = [
+            parse_host(&long).err(),
+            parse_connect(&format!("a:{long}")).err(),
+            parse_connect(&format!("a:{}", "9".repeat(500))).err(),
+            parse_host("0x7f.1").err(),
+        ];
+        for error in errors {
+            let text = error.map(|e| e.to_string()).unwrap_or_default();
+            assert!(!text.is_empty());
+            assert!(!text.contains('\n') && !text.contains('\u{1b}'), "{text}");
+            assert!(text.len() < 200, "{text}");
+        }
+        assert_eq!(
+            parse_host("0x7f.1").map_err(|e| e.to_string()),
+            Err("invalid host name: \"0x7f.1\" (a resolver could read it as an IPv4 address; write IPv4 as a.b.c.d)".to_string())
+        );
+    }
+}
