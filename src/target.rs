@@ -221,7 +221,7 @@ fn bad_char_reason(c: char) -> Option<&'static str> {
     match c {
         'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' => None,
         '%' => Some("percent-encoding is not allowed"),
-        ':' => Some("IPv6 addresses must be written in brackets, e.g. [::1]"),
+        ':' => Some("':' only belongs in an IPv6 address, written in brackets, e.g. [::1]"),
         '@' => Some("userinfo is not allowed"),
         '*' => Some("wildcards are not allowed here"),
         c if !c.is_ascii() => Some("non-ASCII names must be written in their xn-- (punycode) form"),
