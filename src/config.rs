@@ -1,1 +1,589 @@
-//! Config file: serde structs, defaults, validation.
+//! Config file: serde structs, `[defaults]` inheritance, and a validation pass that reports every error.
+//!
+//! Parsing is two-staged: TOML → `Raw*` structs (strict, `deny_unknown_fields`), then
+//! `Raw*` → the effective `Config` with every `[defaults]` key resolved per upstream.
+//! Every problem found is collected, so a bad file is fixed in one round.
+
+pub mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::policy::host::HostPattern;
+use raw::{RawClient, RawConfig, RawSettings, RawUpstream};
+
+/// The built-in config: the same text as `config/portcullis.toml`.
+pub const BUILTIN: &str = include_str!("../config/portcullis.toml");
+/// How the built-in config is named in messages.
+pub const BUILTIN_NAME: &str = "<built-in config/portcullis.toml>";
+
+/// The whole effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from (a path or the built-in name), for messages.
+    pub source: String,
+    pub proxy: ProxySettings,
+    /// In file order: the first whose hosts match decides.
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Empty: any client may use any upstream.
+    pub clients: Vec<Client>,
+}
+
+/// `[proxy]`: the listeners and client-side limits.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub max_client_connections: usize,
+    pub client_idle_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub shutdown_grace: Duration,
+    /// Name servers to ask instead of the system's (`/etc/resolv.conf`); an extension to SPEC §3.
+    pub dns_servers: Vec<SocketAddr>,
+}
+
+/// Every `[defaults]` key, resolved for one upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub max_connections: usize,
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    pub acquire_timeout: Duration,
+    /// `None` when `tcp_keepalive = "off"`.
+    pub tcp_keepalive: Option<Duration>,
+    pub retry_on_reset: bool,
+    pub retry_non_idempotent: bool,
+    pub unsafe_reuse_max_idle: Duration,
+    pub max_replay_body: usize,
+    pub tunnel_idle_timeout: Duration,
+    pub allow_private: bool,
+}
+
+/// How an upstream gets TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// portcullis opens TLS to the destination for plain `http://` requests.
+    Originate,
+    /// TLS only when the URI scheme is `https` (or end-to-end inside CONNECT).
+    AsRequested,
+}
+
+/// One `[[upstream]]`: which destinations it allows and the pool limits for them.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub hosts: Vec<HostPattern>,
+    pub ports: Vec<u16>,
+    pub tls: TlsMode,
+    /// Extra trust roots (PEM), on top of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// The remote firewall's idle limit, when known; all our timers stay below it.
+    pub remote_idle_limit: Option<Duration>,
+    pub settings: Settings,
+}
+
+/// One `[[client]]`: an identity and what it may reach.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub name: String,
+    pub cidrs: Vec<IpNet>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub upstreams: Vec<String>,
+}
+
+/// A secret read from the environment; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Every problem found in one file; `Display` gives one line per problem, each naming the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source: String,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{}: {}", self.source, p)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Load from `--config`, else `$PORTCULLIS_CONFIG`, else the built-in text.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env_path = std::env::var_os("PORTCULLIS_CONFIG").map(PathBuf::from);
+        match path.map(Path::to_path_buf).or(env_path) {
+            Some(p) => Config::from_file(&p),
+            None => Config::from_toml(BUILTIN, BUILTIN_NAME),
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source: source.clone(),
+            problems: vec![format!("cannot read the file: {e}")],
+        })?;
+        Config::from_toml(&text, &source)
+    }
+
+    /// Parse and validate `text`; `source` names it in messages.
+    pub fn from_toml(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            source: source.to_string(),
+            problems,
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| fail(vec![raw::describe_toml_error(&e, text)]))?;
+        let mut problems = Vec::new();
+        let config = resolve(raw, source, &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(problems))
+        }
+    }
+
+    /// The upstream with this name.
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+fn resolve(raw: RawConfig, source: &str, problems: &mut Vec<String>) -> Config {
+    let proxy = raw.proxy.resolve(problems);
+    let defaults = Settings::defaults().overlay(&raw.defaults, "defaults", problems);
+    let mut upstreams = Vec::new();
+    for (i, table) in raw.upstream.into_iter().enumerate() {
+        if let Some(u) = resolve_upstream(table, i, &defaults, source, problems) {
+            upstreams.push(Arc::new(u));
+        }
+    }
+    check_unique(
+        upstreams.iter().map(|u| u.name.as_str()),
+        "upstream",
+        problems,
+    );
+    let clients: Vec<Client> = raw
+        .client
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, c)| resolve_client(c, i, &upstreams, problems))
+        .collect();
+    check_unique(clients.iter().map(|c| c.name.as_str()), "client", problems);
+    Config {
+        source: source.to_string(),
+        proxy,
+        upstreams,
+        clients,
+    }
+}
+
+fn check_unique<'a>(names: impl Iterator<Item = &'a str>, what: &str, problems: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    for n in names {
+        if !seen.insert(n) {
+            problems.push(format!(
+                "{what} \"{n}\": name is used twice; names must be unique"
+            ));
+        }
+    }
+}
+
+fn resolve_upstream(
+    table: toml::Table,
+    index: usize,
+    defaults: &Settings,
+    source: &str,
+    problems: &mut Vec<String>,
+) -> Option<Upstream> {
+    let raw = match RawUpstream::from_table(table) {
+        Ok(r) => r,
+        Err(e) => {
+            problems.push(format!("upstream #{}: {e}", index + 1));
+            return None;
+        }
+    };
+    let label = format!("upstream \"{}\"", raw.name);
+    let before = problems.len();
+    if raw.name.trim().is_empty() {
+        problems.push(format!("upstream #{}: name must not be empty", index + 1));
+    }
+    let settings = defaults.overlay(&raw.settings, &label, problems);
+    let mut hosts = Vec::new();
+    if raw.hosts.is_empty() {
+        problems.push(format!("{label}: hosts must list at least one host name"));
+    }
+    for h in &raw.hosts {
+        match HostPattern::parse(h) {
+            Ok(p) => hosts.push(p),
+            Err(e) => problems.push(format!("{label}: hosts entry \"{h}\": {e}")),
+        }
+    }
+    let ports = raw.ports.unwrap_or_else(|| vec![80, 443]);
+    if ports.is_empty() {
+        problems.push(format!("{label}: ports must list at least one port"));
+    }
+    if ports.contains(&0) {
+        problems.push(format!("{label}: ports: 0 is not a port"));
+    }
+    let tls = match raw.tls.as_deref() {
+        None | Some("as-requested") => TlsMode::AsRequested,
+        Some("originate") => TlsMode::Originate,
+        Some(other) => {
+            problems.push(format!(
+                "{label}: tls = \"{other}\" is not valid; use \"originate\" or \"as-requested\""
+            ));
+            TlsMode::AsRequested
+        }
+    };
+    let ca_file = raw.ca_file.map(|p| relative_to(source, &p));
+    if let Some(path) = &ca_file {
+        if let Err(e) = crate::connect::tls::read_pem_roots(path) {
+            problems.push(format!("{label}: ca_file {}: {e}", path.display()));
+        }
+    }
+    let remote_idle_limit = match raw.remote_idle_limit.as_deref().map(raw::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            problems.push(format!("{label}: remote_idle_limit: {e}"));
+            None
+        }
+    };
+    if let Some(limit) = remote_idle_limit {
+        for (key, value) in [
+            ("idle_timeout", settings.idle_timeout),
+            ("max_lifetime", settings.max_lifetime),
+            ("tunnel_idle_timeout", settings.tunnel_idle_timeout),
+        ] {
+            if value >= limit {
+                problems.push(format!(
+                    "{label}: {key} ({}) must be below remote_idle_limit ({})",
+                    raw::show_duration(value),
+                    raw::show_duration(limit)
+                ));
+            }
+        }
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(Upstream {
+        name: raw.name,
+        hosts,
+        ports,
+        tls,
+        ca_file,
+        remote_idle_limit,
+        settings,
+    })
+}
+
+/// A relative `ca_file` is read relative to the config file's folder, as users expect.
+fn relative_to(source: &str, p: &Path) -> PathBuf {
+    if p.is_absolute() || source == BUILTIN_NAME {
+        return p.to_path_buf();
+    }
+    match Path::new(source).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+fn resolve_client(
+    raw: RawClient,
+    index: usize,
+    upstreams: &[Arc<Upstream>],
+    problems: &mut Vec<String>,
+) -> Option<Client> {
+    let label = format!("client \"{}\"", raw.name);
+    let before = problems.len();
+    if raw.name.trim().is_empty() {
+        problems.push(format!("client #{}: name must not be empty", index + 1));
+    }
+    let mut cidrs = Vec::new();
+    for c in raw.cidrs.unwrap_or_default() {
+        match c
+            .parse::<IpNet>()
+            .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
+        {
+            Ok(n) => cidrs.push(n.trunc()),
+            Err(_) => problems.push(format!(
+                "{label}: cidrs entry \"{c}\" is not a CIDR like 10.0.0.0/8"
+            )),
+        }
+    }
+    let password = match (&raw.username, &raw.password_env) {
+        (Some(_), Some(var)) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(Secret::new(v)),
+            _ => {
+                problems.push(format!(
+                    "{label}: password_env: environment variable {var} is not set (or empty); export it before starting"
+                ));
+                None
+            }
+        },
+        (Some(_), None) => {
+            problems.push(format!(
+                "{label}: username needs password_env naming the variable that holds the password"
+            ));
+            None
+        }
+        (None, Some(_)) => {
+            problems.push(format!(
+                "{label}: password_env is set but username is missing"
+            ));
+            None
+        }
+        (None, None) => None,
+    };
+    if let Some(u) = &raw.username {
+        if u.is_empty() || u.contains(':') {
+            problems.push(format!(
+                "{label}: username must be non-empty and must not contain ':'"
+            ));
+        }
+    }
+    for name in &raw.upstreams {
+        if !upstreams.iter().any(|u| &u.name == name) {
+            problems.push(format!(
+                "{label}: upstreams entry \"{name}\" names no [[upstream]]"
+            ));
+        }
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(Client {
+        name: raw.name,
+        cidrs,
+        username: raw.username,
+        password,
+        upstreams: raw.upstreams,
+    })
+}
+
+impl Settings {
+    /// The values SPEC §3 documents for `[defaults]`.
+    pub fn defaults() -> Settings {
+        Settings {
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(30),
+            max_connections: 128,
+            max_idle: 16,
+            idle_timeout: Duration::from_secs(30),
+            max_lifetime: Duration::from_secs(60),
+            acquire_timeout: Duration::from_secs(5),
+            tcp_keepalive: Some(Duration::from_secs(30)),
+            retry_on_reset: true,
+            retry_non_idempotent: false,
+            unsafe_reuse_max_idle: Duration::from_secs(2),
+            max_replay_body: 1024 * 1024,
+            tunnel_idle_timeout: Duration::from_secs(60),
+            allow_private: false,
+        }
+    }
+
+    /// These settings with every key `raw` sets replaced; problems name `label`.
+    fn overlay(&self, raw: &RawSettings, label: &str, problems: &mut Vec<String>) -> Settings {
+        let mut s = self.clone();
+        let mut dur = |key: &str, v: &Option<String>, slot: &mut Duration| {
+            if let Some(text) = v {
+                match raw::parse_duration(text) {
+                    Ok(d) if d.is_zero() => {
+                        problems.push(format!("{label}: {key} must be above 0"))
+                    }
+                    Ok(d) => *slot = d,
+                    Err(e) => problems.push(format!("{label}: {key}: {e}")),
+                }
+            }
+        };
+        dur(
+            "connect_timeout",
+            &raw.connect_timeout,
+            &mut s.connect_timeout,
+        );
+        dur(
+            "response_timeout",
+            &raw.response_timeout,
+            &mut s.response_timeout,
+        );
+        dur("idle_timeout", &raw.idle_timeout, &mut s.idle_timeout);
+        dur("max_lifetime", &raw.max_lifetime, &mut s.max_lifetime);
+        dur(
+            "acquire_timeout",
+            &raw.acquire_timeout,
+            &mut s.acquire_timeout,
+        );
+        dur(
+            "tunnel_idle_timeout",
+            &raw.tunnel_idle_timeout,
+            &mut s.tunnel_idle_timeout,
+        );
+        if let Some(text) = &raw.unsafe_reuse_max_idle {
+            // Zero is meaningful here: never reuse for a non-retriable request.
+            match raw::parse_duration(text) {
+                Ok(d) => s.unsafe_reuse_max_idle = d,
+                Err(e) => problems.push(format!("{label}: unsafe_reuse_max_idle: {e}")),
+            }
+        }
+        if let Some(text) = &raw.tcp_keepalive {
+            if text == "off" {
+                s.tcp_keepalive = None;
+            } else {
+                match raw::parse_duration(text) {
+                    Ok(d) if d.is_zero() => problems.push(format!(
+                        "{label}: tcp_keepalive must be above 0, or \"off\""
+                    )),
+                    Ok(d) => s.tcp_keepalive = Some(d),
+                    Err(e) => problems.push(format!("{label}: tcp_keepalive: {e} (or \"off\")")),
+                }
+            }
+        }
+        if let Some(n) = raw.max_connections {
+            if n == 0 {
+                problems.push(format!("{label}: max_connections must be at least 1"));
+            } else {
+                s.max_connections = n;
+            }
+        }
+        if let Some(n) = raw.max_idle {
+            s.max_idle = n;
+        }
+        if let Some(n) = raw.max_replay_body {
+            s.max_replay_body = n;
+        }
+        if let Some(b) = raw.retry_on_reset {
+            s.retry_on_reset = b;
+        }
+        if let Some(b) = raw.retry_non_idempotent {
+            s.retry_non_idempotent = b;
+        }
+        if let Some(b) = raw.allow_private {
+            s.allow_private = b;
+        }
+        if s.max_idle > s.max_connections
+            && (raw.max_idle.is_some() || raw.max_connections.is_some())
+        {
+            problems.push(format!(
+                "{label}: max_idle ({}) must not exceed max_connections ({})",
+                s.max_idle, s.max_connections
+            ));
+        }
+        s
+    }
+}
+
+impl fmt::Display for Config {
+    /// The effective settings, as `portcullis check` prints them (secrets never shown).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = raw::show_duration;
+        let p = &self.proxy;
+        writeln!(f, "# effective config from {}", self.source)?;
+        writeln!(f, "[proxy]")?;
+        writeln!(f, "listen = \"{}\"", p.listen)?;
+        writeln!(f, "admin_listen = \"{}\"", p.admin_listen)?;
+        writeln!(f, "max_client_connections = {}", p.max_client_connections)?;
+        writeln!(f, "client_idle_timeout = \"{}\"", d(p.client_idle_timeout))?;
+        writeln!(f, "header_read_timeout = \"{}\"", d(p.header_read_timeout))?;
+        writeln!(f, "max_header_bytes = {}", p.max_header_bytes)?;
+        writeln!(f, "shutdown_grace = \"{}\"", d(p.shutdown_grace))?;
+        if !p.dns_servers.is_empty() {
+            let list: Vec<String> = p.dns_servers.iter().map(|a| format!("\"{a}\"")).collect();
+            writeln!(f, "dns_servers = [{}]", list.join(", "))?;
+        }
+        for u in &self.upstreams {
+            let s = &u.settings;
+            writeln!(f, "\n[[upstream]]")?;
+            writeln!(f, "name = \"{}\"", u.name)?;
+            let hosts: Vec<String> = u.hosts.iter().map(|h| format!("\"{h}\"")).collect();
+            writeln!(f, "hosts = [{}]", hosts.join(", "))?;
+            let ports: Vec<String> = u.ports.iter().map(u16::to_string).collect();
+            writeln!(f, "ports = [{}]", ports.join(", "))?;
+            let tls = match u.tls {
+                TlsMode::Originate => "originate",
+                TlsMode::AsRequested => "as-requested",
+            };
+            writeln!(f, "tls = \"{tls}\"")?;
+            if let Some(ca) = &u.ca_file {
+                writeln!(f, "ca_file = \"{}\"", ca.display())?;
+            }
+            if let Some(l) = u.remote_idle_limit {
+                writeln!(f, "remote_idle_limit = \"{}\"", d(l))?;
+            }
+            writeln!(f, "connect_timeout = \"{}\"", d(s.connect_timeout))?;
+            writeln!(f, "response_timeout = \"{}\"", d(s.response_timeout))?;
+            writeln!(f, "max_connections = {}", s.max_connections)?;
+            writeln!(f, "max_idle = {}", s.max_idle)?;
+            writeln!(f, "idle_timeout = \"{}\"", d(s.idle_timeout))?;
+            writeln!(f, "max_lifetime = \"{}\"", d(s.max_lifetime))?;
+            writeln!(f, "acquire_timeout = \"{}\"", d(s.acquire_timeout))?;
+            match s.tcp_keepalive {
+                Some(k) => writeln!(f, "tcp_keepalive = \"{}\"", d(k))?,
+                None => writeln!(f, "tcp_keepalive = \"off\"")?,
+            }
+            writeln!(f, "retry_on_reset = {}", s.retry_on_reset)?;
+            writeln!(f, "retry_non_idempotent = {}", s.retry_non_idempotent)?;
+            writeln!(
+                f,
+                "unsafe_reuse_max_idle = \"{}\"",
+                d(s.unsafe_reuse_max_idle)
+            )?;
+            writeln!(f, "max_replay_body = {}", s.max_replay_body)?;
+            writeln!(f, "tunnel_idle_timeout = \"{}\"", d(s.tunnel_idle_timeout))?;
+            writeln!(f, "allow_private = {}", s.allow_private)?;
+        }
+        for c in &self.clients {
+            writeln!(f, "\n[[client]]")?;
+            writeln!(f, "name = \"{}\"", c.name)?;
+            if !c.cidrs.is_empty() {
+                let cidrs: Vec<String> = c.cidrs.iter().map(|n| format!("\"{n}\"")).collect();
+                writeln!(f, "cidrs = [{}]", cidrs.join(", "))?;
+            }
+            if let Some(u) = &c.username {
+                writeln!(f, "username = \"{u}\"")?;
+                writeln!(f, "# password: set (from the environment)")?;
+            }
+            let ups: Vec<String> = c.upstreams.iter().map(|u| format!("\"{u}\"")).collect();
+            writeln!(f, "upstreams = [{}]", ups.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -2,5 +2,8 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-pub mod target;
+pub mod connect;
+pub mod error;
+pub mod metrics;
 pub mod policy;
+pub mod target;

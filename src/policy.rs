@@ -1,3 +1,169 @@
 //! Who may reach what: client identity × host × port, and which addresses are private.
+//!
+//! Policy never sees the pool: it turns (client address, credentials, requested host and
+//! port) into an allowed upstream and dial target, or a denial.
 pub mod host;
 pub mod ip;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use base64::Engine;
+
+use crate::config::{Client, Config, TlsMode, Upstream};
+use crate::error::{DenyReason, ProxyError};
+use crate::target::{Host, Scheme, Target};
+
+/// What the client asked for, before an upstream decides the port.
+#[derive(Debug, Clone, Copy)]
+pub enum Want {
+    /// Absolute-form request: port may be implicit.
+    Forward { scheme: Scheme, port: Option<u16> },
+    /// CONNECT: the port is always explicit; the tunnel carries the client's own TLS.
+    Tunnel { port: u16 },
+}
+
+/// An allowed request: who asked, which upstream allowed it, and where to dial.
+#[derive(Debug, Clone)]
+pub struct Allowed {
+    pub client: Option<String>,
+    pub upstream: Arc<Upstream>,
+    pub target: Target,
+}
+
+/// Decide a request: identity first (407/403), then host, then port (SPEC §4 order).
+pub fn decide(
+    config: &Config,
+    peer: IpAddr,
+    proxy_authorization: Option<&[u8]>,
+    host: &Host,
+    want: Want,
+) -> Result<Allowed, ProxyError> {
+    let client = identify(&config.clients, peer, proxy_authorization)?;
+    let upstream = config
+        .upstreams
+        .iter()
+        .find(|u| u.hosts.iter().any(|p| p.matches(host)))
+        .ok_or_else(|| {
+            ProxyError::denied(
+                DenyReason::Host,
+                format!("host {host} is not on the allowlist"),
+            )
+        })?;
+    if let Some(c) = client {
+        if !c.upstreams.iter().any(|u| *u == upstream.name) {
+            return Err(ProxyError::denied(
+                DenyReason::Client,
+                format!(
+                    "client \"{}\" may not use upstream \"{}\" (host {host})",
+                    c.name, upstream.name
+                ),
+            ));
+        }
+    }
+    let (port, tls) = match want {
+        Want::Tunnel { port } => (port, false),
+        Want::Forward { scheme, port } => {
+            let originate = upstream.tls == TlsMode::Originate;
+            let tls = originate || scheme == Scheme::Https;
+            (port.unwrap_or(if tls { 443 } else { 80 }), tls)
+        }
+    };
+    if !upstream.ports.contains(&port) {
+        return Err(ProxyError::denied(
+            DenyReason::Port,
+            format!(
+                "port {port} is not allowed for {host} (upstream \"{}\")",
+                upstream.name
+            ),
+        ));
+    }
+    Ok(Allowed {
+        client: client.map(|c| c.name.clone()),
+        upstream: upstream.clone(),
+        target: Target {
+            host: host.clone(),
+            port,
+            tls,
+        },
+    })
+}
+
+/// Which `[[client]]` is asking. With no clients configured, everyone is anonymous and allowed.
+///
+/// Credentials, when sent, must match a client whose CIDRs (if any) contain the peer;
+/// without credentials the first password-less client whose CIDRs contain the peer is chosen;
+/// failing that, 407 when some client could log in, else 403.
+pub fn identify<'c>(
+    clients: &'c [Client],
+    peer: IpAddr,
+    proxy_authorization: Option<&[u8]>,
+) -> Result<Option<&'c Client>, ProxyError> {
+    if clients.is_empty() {
+        return Ok(None);
+    }
+    let peer = canonical(peer);
+    let in_cidrs = |c: &Client| c.cidrs.is_empty() || c.cidrs.iter().any(|n| n.contains(&peer));
+    if let Some(header) = proxy_authorization {
+        let (user, pass) = parse_basic(header).ok_or(ProxyError::AuthRequired)?;
+        let client = clients
+            .iter()
+            .find(|c| c.username.as_deref() == Some(user.as_str()))
+            .filter(|c| {
+                c.password
+                    .as_ref()
+                    .is_some_and(|p| constant_time_eq(p.expose().as_bytes(), pass.as_bytes()))
+            })
+            .ok_or(ProxyError::AuthRequired)?;
+        if !in_cidrs(client) {
+            return Err(ProxyError::denied(
+                DenyReason::Client,
+                format!("client \"{}\" may not connect from {peer}", client.name),
+            ));
+        }
+        return Ok(Some(client));
+    }
+    if let Some(c) = clients.iter().find(|c| c.username.is_none() && in_cidrs(c)) {
+        return Ok(Some(c));
+    }
+    if clients.iter().any(|c| c.username.is_some() && in_cidrs(c)) {
+        return Err(ProxyError::AuthRequired);
+    }
+    Err(ProxyError::denied(
+        DenyReason::Client,
+        format!("no client identity is allowed from {peer}"),
+    ))
+}
+
+/// An IPv4-mapped IPv6 peer (dual-stack listener) is matched as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// `Basic base64(user:pass)` → (user, pass).
+fn parse_basic(header: &[u8]) -> Option<(String, String)> {
+    let text = std::str::from_utf8(header).ok()?.trim();
+    let (scheme, b64) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,268 @@
+//! The config file as written: strict serde structs (unknown keys are errors) and duration parsing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::ProxySettings;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub proxy: RawProxy,
+    #[serde(default)]
+    pub defaults: RawSettings,
+    /// Kept as tables so that each upstream's own keys and its `[defaults]` overrides are
+    /// both checked strictly (serde's `flatten` cannot deny unknown fields).
+    #[serde(default)]
+    pub upstream: Vec<toml::Table>,
+    #[serde(default)]
+    pub client: Vec<RawClient>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub max_client_connections: Option<usize>,
+    pub client_idle_timeout: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub max_header_bytes: Option<usize>,
+    pub shutdown_grace: Option<String>,
+    pub dns_servers: Option<Vec<String>>,
+}
+
+/// Every key that `[defaults]` and `[[upstream]]` share.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSettings {
+    pub connect_timeout: Option<String>,
+    pub response_timeout: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_idle: Option<usize>,
+    pub idle_timeout: Option<String>,
+    pub max_lifetime: Option<String>,
+    pub acquire_timeout: Option<String>,
+    pub tcp_keepalive: Option<String>,
+    pub retry_on_reset: Option<bool>,
+    pub retry_non_idempotent: Option<bool>,
+    pub unsafe_reuse_max_idle: Option<String>,
+    pub max_replay_body: Option<usize>,
+    pub tunnel_idle_timeout: Option<String>,
+    pub allow_private: Option<bool>,
+}
+
+/// The keys only an `[[upstream]]` has.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamOwn {
+    name: String,
+    hosts: Vec<String>,
+    ports: Option<Vec<u16>>,
+    tls: Option<String>,
+    ca_file: Option<std::path::PathBuf>,
+    remote_idle_limit: Option<String>,
+}
+
+const OWN_KEYS: [&str; 6] = [
+    "name",
+    "hosts",
+    "ports",
+    "tls",
+    "ca_file",
+    "remote_idle_limit",
+];
+
+#[derive(Debug)]
+pub struct RawUpstream {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub ports: Option<Vec<u16>>,
+    pub tls: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub remote_idle_limit: Option<String>,
+    pub settings: RawSettings,
+}
+
+impl RawUpstream {
+    /// Split one `[[upstream]]` table into its own keys and its settings, each checked strictly.
+    pub fn from_table(table: toml::Table) -> Result<RawUpstream, String> {
+        let (own, rest): (toml::Table, toml::Table) = table
+            .into_iter()
+            .partition(|(k, _)| OWN_KEYS.contains(&k.as_str()));
+        let own: RawUpstreamOwn = toml::Value::Table(own)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.message().to_string())?;
+        let settings: RawSettings =
+            toml::Value::Table(rest)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    let msg = e.message().to_string();
+                    // Unknown keys of the settings table are unknown keys of the upstream.
+                    if msg.starts_with("unknown field") {
+                        format!(
+                            "{}; an upstream may also set {}",
+                            msg.split(", expected").next().unwrap_or(&msg),
+                            OWN_KEYS.join(", ")
+                        )
+                    } else {
+                        msg
+                    }
+                })?;
+        Ok(RawUpstream {
+            name: own.name,
+            hosts: own.hosts,
+            ports: own.ports,
+            tls: own.tls,
+            ca_file: own.ca_file,
+            remote_idle_limit: own.remote_idle_limit,
+            settings,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub name: String,
+    pub cidrs: Option<Vec<String>>,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+}
+
+impl RawProxy {
+    pub fn resolve(&self, problems: &mut Vec<String>) -> ProxySettings {
+        let addr = |key: &str,
+                    v: &Option<String>,
+                    default: &str,
+                    problems: &mut Vec<String>|
+         -> SocketAddr {
+            let text = v.as_deref().unwrap_or(default);
+            text.parse().unwrap_or_else(|_| {
+                problems.push(format!(
+                    "proxy: {key} = \"{text}\" is not an address like 127.0.0.1:3128"
+                ));
+                default
+                    .parse()
+                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+            })
+        };
+        let dur = |key: &str, v: &Option<String>, default: Duration, problems: &mut Vec<String>| {
+            match v {
+                None => default,
+                Some(t) => match parse_duration(t) {
+                    Ok(d) if d.is_zero() => {
+                        problems.push(format!("proxy: {key} must be above 0"));
+                        default
+                    }
+                    Ok(d) => d,
+                    Err(e) => {
+                        problems.push(format!("proxy: {key}: {e}"));
+                        default
+                    }
+                },
+            }
+        };
+        let max_client_connections = self.max_client_connections.unwrap_or(10_000);
+        if max_client_connections == 0 {
+            problems.push("proxy: max_client_connections must be at least 1".into());
+        }
+        let max_header_bytes = self.max_header_bytes.unwrap_or(65_536);
+        if max_header_bytes < 1024 {
+            problems.push(format!(
+                "proxy: max_header_bytes ({max_header_bytes}) must be at least 1024"
+            ));
+        }
+        let mut dns_servers = Vec::new();
+        for s in self.dns_servers.iter().flatten() {
+            match s.parse::<SocketAddr>().or_else(|_| {
+                s.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            }) {
+                Ok(a) => dns_servers.push(a),
+                Err(_) => problems.push(format!(
+                    "proxy: dns_servers entry \"{s}\" is not an address like 10.0.0.2:53"
+                )),
+            }
+        }
+        ProxySettings {
+            listen: addr("listen", &self.listen, "127.0.0.1:3128", problems),
+            admin_listen: addr(
+                "admin_listen",
+                &self.admin_listen,
+                "127.0.0.1:9090",
+                problems,
+            ),
+            max_client_connections: max_client_connections.max(1),
+            client_idle_timeout: dur(
+                "client_idle_timeout",
+                &self.client_idle_timeout,
+                Duration::from_secs(60),
+                problems,
+            ),
+            header_read_timeout: dur(
+                "header_read_timeout",
+                &self.header_read_timeout,
+                Duration::from_secs(10),
+                problems,
+            ),
+            max_header_bytes,
+            shutdown_grace: dur(
+                "shutdown_grace",
+                &self.shutdown_grace,
+                Duration::from_secs(30),
+                problems,
+            ),
+            dns_servers,
+        }
+    }
+}
+
+/// `"250ms"`, `"30s"`, `"5m"`, `"1h 30m"`: a number with a unit is required.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t.is_empty() || t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(format!(
+            "\"{text}\" needs a unit, like \"30s\" or \"250ms\""
+        ));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("\"{text}\" is not a duration like \"30s\" ({e})"))
+}
+
+/// A duration as the config would write it: "500s", "250ms", "1.5s".
+pub fn show_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.as_nanos() % 1_000_000 == 0 && d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}ms", d.as_secs_f64() * 1000.0)
+    }
+}
+
+/// One line from a TOML error: the key path and what is wrong, without the multi-line snippet.
+pub fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text
+                .get(..span.start)
+                .map_or(0, |t| t.matches('\n').count())
+                + 1;
+            let key = text
+                .get(span.clone())
+                .filter(|k| k.len() < 80 && !k.contains('\n'));
+            match key {
+                Some(k) if !k.trim().is_empty() => format!("line {line}: {} : {msg}", k.trim()),
+                _ => format!("line {line}: {msg}"),
+            }
+        }
+        None => msg,
+    }
+}

@@ -1,0 +1,260 @@
+//! The Prometheus collectors of SPEC §7, registered once; hot paths hold pre-labelled handles.
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Why an upstream connection was closed: the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    IdleTimeout,
+    MaxLifetime,
+    KeepAliveTimeout,
+    RemoteClosed,
+    Error,
+    PoolFull,
+    Shutdown,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 7] = [
+        CloseReason::IdleTimeout,
+        CloseReason::MaxLifetime,
+        CloseReason::KeepAliveTimeout,
+        CloseReason::RemoteClosed,
+        CloseReason::Error,
+        CloseReason::PoolFull,
+        CloseReason::Shutdown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::MaxLifetime => "max_lifetime",
+            CloseReason::KeepAliveTimeout => "keep_alive_timeout",
+            CloseReason::RemoteClosed => "remote_closed",
+            CloseReason::Error => "error",
+            CloseReason::PoolFull => "pool_full",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Every collector; cloned handles are cheap (`Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_connections: IntGaugeVec,
+    pub connection_limit: IntGaugeVec,
+    pub connections_opened: IntCounterVec,
+    pub connections_closed: IntCounterVec,
+    pub reuse_idle: HistogramVec,
+    pub pool_waiting: IntGaugeVec,
+    pub pool_wait: HistogramVec,
+    pub acquire_timeouts: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub denied: IntCounterVec,
+    pub tunnels_active: IntGaugeVec,
+    pub tunnel_bytes: IntCounterVec,
+    pub client_connections: IntGauge,
+    pub config_reloads: IntCounterVec,
+}
+
+/// Handles for one upstream's pool, resolved once so checkout and return never hash label sets.
+#[derive(Clone)]
+pub struct PoolMetrics {
+    pub idle: IntGauge,
+    pub busy: IntGauge,
+    pub limit: IntGauge,
+    pub opened: IntCounter,
+    closed: [IntCounter; 7],
+    pub reuse_idle: Histogram,
+    pub waiting: IntGauge,
+    pub wait: Histogram,
+    pub acquire_timeouts: IntCounter,
+}
+
+impl PoolMetrics {
+    pub fn closed(&self, reason: CloseReason) -> &IntCounter {
+        let i = CloseReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        &self.closed[i]
+    }
+
+    /// Unregistered handles, for pool unit tests.
+    pub fn detached() -> PoolMetrics {
+        Metrics::new().pool("test")
+    }
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition")
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("static metric definition")
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let latency = exponential_buckets(0.0005, 2.0, 17).expect("static buckets"); // 0.5 ms .. ~33 s
+        let idle_buckets = vec![
+            0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+        ];
+        let m = Metrics {
+            registry: Registry::new(),
+            requests: counter(
+                "portcullis_requests_total",
+                "Requests and tunnels answered, by upstream, method and the status sent to the client.",
+                &["upstream", "method", "code"],
+            ),
+            request_duration: histogram(
+                "portcullis_request_duration_seconds",
+                "Time from request head received to response fully passed on.",
+                &["upstream"],
+                latency.clone(),
+            ),
+            upstream_connections: gauge(
+                "portcullis_upstream_connections",
+                "Open upstream connections by state.",
+                &["upstream", "state"],
+            ),
+            connection_limit: gauge(
+                "portcullis_upstream_connection_limit",
+                "Configured max_connections per destination.",
+                &["upstream"],
+            ),
+            connections_opened: counter(
+                "portcullis_upstream_connections_opened_total",
+                "Upstream connections dialed.",
+                &["upstream"],
+            ),
+            connections_closed: counter(
+                "portcullis_upstream_connections_closed_total",
+                "Upstream connections closed, by reason.",
+                &["upstream", "reason"],
+            ),
+            reuse_idle: histogram(
+                "portcullis_upstream_connection_reuse_idle_seconds",
+                "How long a pooled connection had been idle when it was reused.",
+                &["upstream"],
+                idle_buckets,
+            ),
+            pool_waiting: gauge(
+                "portcullis_pool_waiting",
+                "Requests waiting for a connection.",
+                &["upstream"],
+            ),
+            pool_wait: histogram(
+                "portcullis_pool_wait_seconds",
+                "Time spent waiting for a pooled connection or a free slot.",
+                &["upstream"],
+                latency,
+            ),
+            acquire_timeouts: counter(
+                "portcullis_pool_acquire_timeouts_total",
+                "Requests refused because no connection was free within acquire_timeout.",
+                &["upstream"],
+            ),
+            retries: counter(
+                "portcullis_retries_total",
+                "Requests sent again on a new connection after a reused one failed.",
+                &["upstream", "reason"],
+            ),
+            denied: counter("portcullis_denied_total", "Requests refused by policy, by reason.", &["reason"]),
+            tunnels_active: gauge("portcullis_tunnels_active", "Open CONNECT tunnels.", &["upstream"]),
+            tunnel_bytes: counter(
+                "portcullis_tunnel_bytes_total",
+                "Bytes copied through CONNECT tunnels, by direction.",
+                &["upstream", "direction"],
+            ),
+            client_connections: IntGauge::new("portcullis_client_connections", "Open client connections.")
+                .expect("static metric definition"),
+            config_reloads: counter(
+                "portcullis_config_reloads_total",
+                "Config reloads on SIGHUP, by result.",
+                &["result"],
+            ),
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.requests.clone()),
+            Box::new(m.request_duration.clone()),
+            Box::new(m.upstream_connections.clone()),
+            Box::new(m.connection_limit.clone()),
+            Box::new(m.connections_opened.clone()),
+            Box::new(m.connections_closed.clone()),
+            Box::new(m.reuse_idle.clone()),
+            Box::new(m.pool_waiting.clone()),
+            Box::new(m.pool_wait.clone()),
+            Box::new(m.acquire_timeouts.clone()),
+            Box::new(m.retries.clone()),
+            Box::new(m.denied.clone()),
+            Box::new(m.tunnels_active.clone()),
+            Box::new(m.tunnel_bytes.clone()),
+            Box::new(m.client_connections.clone()),
+            Box::new(m.config_reloads.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        for reason in ["host", "port", "client", "auth", "private_ip"] {
+            m.denied.with_label_values(&[reason]);
+        }
+        for result in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
+        m
+    }
+
+    /// Pre-labelled handles for one upstream (creating the series at zero so alerts see them).
+    pub fn pool(&self, upstream: &str) -> PoolMetrics {
+        let closed = CloseReason::ALL.map(|r| {
+            self.connections_closed
+                .with_label_values(&[upstream, r.label()])
+        });
+        for reason in ["closed_before_write", "reset_after_write"] {
+            self.retries.with_label_values(&[upstream, reason]);
+        }
+        PoolMetrics {
+            idle: self
+                .upstream_connections
+                .with_label_values(&[upstream, "idle"]),
+            busy: self
+                .upstream_connections
+                .with_label_values(&[upstream, "busy"]),
+            limit: self.connection_limit.with_label_values(&[upstream]),
+            opened: self.connections_opened.with_label_values(&[upstream]),
+            closed,
+            reuse_idle: self.reuse_idle.with_label_values(&[upstream]),
+            waiting: self.pool_waiting.with_label_values(&[upstream]),
+            wait: self.pool_wait.with_label_values(&[upstream]),
+            acquire_timeouts: self.acquire_timeouts.with_label_values(&[upstream]),
+        }
+    }
+
+    /// The text exposition for `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

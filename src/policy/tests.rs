@@ -1,0 +1,1 @@
+//! Policy decision tests: identities, host and port rules.
