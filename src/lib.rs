@@ -6,4 +6,5 @@ pub mod connect;
 pub mod error;
 pub mod metrics;
 pub mod policy;
+pub mod pool;
 pub mod target;

@@ -1,0 +1,563 @@
+//! Connection pools: one per destination, keeping every connection under the remote side's limits.
+//!
+//! Design, in a few lines:
+//! - A pool counts *slots* (connecting + busy + idle) against `max_connections`. A [`Slot`] is
+//!   a drop guard; every connection owns one, so no path can leak capacity.
+//! - Idle connections sit in a stack: the most recently used is reused first (LIFO), and the
+//!   oldest is evicted first. A reaper closes each idle one the moment its idle time or
+//!   lifetime runs out — not when next checked out, since a silent firewall kills exactly the
+//!   connection left open past its time. A connection the upstream closed is never handed out.
+//! - When every slot is taken, requests queue first come, first served; a released connection
+//!   or a freed slot is handed straight to the oldest waiter, bounded by `acquire_timeout`.
+//! - [`Pooled`] goes back to the pool on `release` and is closed on `discard` or on drop.
+//! - The pool is generic over [`Poolable`], so its tests use fake connections, not sockets.
+
+mod reaper;
+pub mod registry;
+pub mod reuse;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use crate::metrics::{CloseReason, PoolMetrics};
+pub use registry::Pools;
+use reuse::{Life, Verdict};
+
+/// What the pool needs to know about a connection.
+pub trait Poolable: Send + 'static {
+    /// False once the peer closed it (FIN or RST seen) or it failed.
+    fn is_open(&self) -> bool;
+}
+
+/// The limits of one pool, from the upstream entry that matched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    pub acquire_timeout: Duration,
+}
+
+impl Limits {
+    pub fn from_settings(s: &crate::config::Settings) -> Limits {
+        Limits {
+            max_connections: s.max_connections,
+            max_idle: s.max_idle,
+            idle_timeout: s.idle_timeout,
+            max_lifetime: s.max_lifetime,
+            acquire_timeout: s.acquire_timeout,
+        }
+    }
+}
+
+/// Connection ids are unique for the life of the process (they appear in logs and `/pools`).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A pool for one destination.
+pub struct Pool<C: Poolable> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C: Poolable> Clone for Pool<C> {
+    fn clone(&self) -> Self {
+        Pool { inner: self.inner.clone() }
+    }
+}
+
+struct Inner<C: Poolable> {
+    state: Mutex<State<C>>,
+    metrics: PoolMetrics,
+    /// Wakes the reaper when an idle connection arrives (its deadline may be the next one).
+    wake_reaper: Arc<Notify>,
+}
+
+impl<C: Poolable> Drop for Inner<C> {
+    fn drop(&mut self) {
+        // Lets the reaper see that the pool is gone and end.
+        self.wake_reaper.notify_one();
+    }
+}
+
+struct State<C: Poolable> {
+    limits: Limits,
+    /// Oldest first; checkout pops from the end (most recently used).
+    idle: Vec<Idle<C>>,
+    /// Slots taken: connecting + busy + idle.
+    open: usize,
+    waiters: VecDeque<oneshot::Sender<Grant<C>>>,
+    /// Every open connection, for `/pools`.
+    conns: HashMap<u64, ConnInfo>,
+    /// Drained (shutdown or upstream removed): releases close instead of pooling.
+    closing: bool,
+}
+
+struct Idle<C> {
+    conn: C,
+    meta: Meta,
+}
+
+/// A connection's identity and history.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta {
+    pub id: u64,
+    pub life: Life,
+    /// Requests this connection has carried, including the current one.
+    pub requests: u64,
+}
+
+/// What `/pools` shows of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub busy: bool,
+    pub created: Instant,
+    pub idle_since: Instant,
+    pub requests: u64,
+}
+
+/// What a waiter is handed: a live connection, or a slot to dial one.
+enum Grant<C: Poolable> {
+    Conn(Pooled<C>),
+    Slot(Slot<C>),
+}
+
+/// The result of a checkout.
+pub enum Checkout<C: Poolable> {
+    /// A pooled connection, healthy and within its limits.
+    Reused(Pooled<C>),
+    /// Capacity to dial a new connection; fill it with [`Slot::fill`].
+    Dial(Slot<C>),
+}
+
+/// No slot came free within `acquire_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcquireTimeout {
+    pub max_connections: usize,
+}
+
+/// A point-in-time view of a pool, for `/pools`.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub idle: usize,
+    pub busy: usize,
+    pub waiting: usize,
+    pub max_connections: usize,
+    pub connections: Vec<(u64, ConnInfo)>,
+}
+
+impl<C: Poolable> Pool<C> {
+    pub fn new(limits: Limits, metrics: PoolMetrics) -> Pool<C> {
+        metrics.limit.set(limits.max_connections as i64);
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                limits,
+                idle: Vec::new(),
+                open: 0,
+                waiters: VecDeque::new(),
+                conns: HashMap::new(),
+                closing: false,
+            }),
+            metrics,
+            wake_reaper: Arc::new(Notify::new()),
+        });
+        tokio::spawn(reaper::run(Arc::downgrade(&inner), inner.wake_reaper.clone()));
+        Pool { inner }
+    }
+
+    /// A healthy idle connection (most recently used first), else a slot to dial, else wait
+    /// first come, first served for either, up to `acquire_timeout`.
+    ///
+    /// `max_idle_for_request` restricts reuse to connections idle at most that long (a request
+    /// that could not be retried must not meet a connection a firewall may have forgotten).
+    pub async fn checkout(&self, max_idle_for_request: Option<Duration>) -> Result<Checkout<C>, AcquireTimeout> {
+        let mut doomed = Vec::new();
+        let (rx, acquire_timeout, max) = {
+            let mut st = self.inner.lock();
+            let now = Instant::now();
+            let queue_empty = !st.waiters.iter().any(|w| !w.is_closed());
+            if queue_empty && !st.closing {
+                let max_lifetime = st.limits.max_lifetime;
+                while let Some(entry) = st.idle.pop() {
+                    match reuse::verdict(&entry.meta.life, now, max_lifetime, entry.conn.is_open(), max_idle_for_request) {
+                        Verdict::Reuse => {
+                            let pooled = self.inner.take_idle(&mut st, entry, now);
+                            drop(st);
+                            drop(doomed);
+                            return Ok(Checkout::Reused(pooled));
+                        }
+                        Verdict::Close(reason) => {
+                            st.forget(entry.meta.id);
+                            st.open -= 1;
+                            self.inner.count_idle_close(reason);
+                            doomed.push(entry.conn);
+                        }
+                        Verdict::TooIdle => {
+                            // Older entries have idled even longer: stop looking.
+                            st.idle.push(entry);
+                            break;
+                        }
+                    }
+                }
+                if st.open < st.limits.max_connections {
+                    st.open += 1;
+                    drop(st);
+                    drop(doomed);
+                    return Ok(Checkout::Dial(Slot::new(self.inner.clone())));
+                }
+                if !st.idle.is_empty() {
+                    // At the cap with only too-idle connections: close the oldest, take its slot.
+                    let entry = st.idle.remove(0);
+                    st.forget(entry.meta.id);
+                    self.inner.count_idle_close(CloseReason::PoolFull);
+                    drop(st);
+                    drop(entry);
+                    drop(doomed);
+                    return Ok(Checkout::Dial(Slot::new(self.inner.clone())));
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            st.waiters.push_back(tx);
+            (rx, st.limits.acquire_timeout, st.limits.max_connections)
+        };
+        drop(doomed);
+        let metrics = &self.inner.metrics;
+        metrics.waiting.inc();
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(acquire_timeout, rx).await;
+        metrics.waiting.dec();
+        metrics.wait.observe(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(Ok(Grant::Conn(mut pooled))) => {
+                pooled.reused = true;
+                Ok(Checkout::Reused(pooled))
+            }
+            Ok(Ok(Grant::Slot(slot))) => Ok(Checkout::Dial(slot)),
+            Ok(Err(_)) | Err(_) => {
+                // Closed senders are pruned so a pool that never frees up does not grow a queue.
+                self.inner.lock().waiters.retain(|w| !w.is_closed());
+                metrics.acquire_timeouts.inc();
+                Err(AcquireTimeout { max_connections: max })
+            }
+        }
+    }
+
+    /// New limits after a reload; a raised cap lets waiters dial at once.
+    pub fn set_limits(&self, limits: Limits) {
+        self.inner.metrics.limit.set(limits.max_connections as i64);
+        let mut st = self.inner.lock();
+        st.limits = limits;
+        self.inner.grant_free_slots(st);
+        self.inner.wake_reaper.notify_one();
+    }
+
+    /// Close every idle connection now and every busy one when it finishes.
+    pub fn drain(&self, reason: CloseReason) {
+        let doomed: Vec<Idle<C>> = {
+            let mut st = self.inner.lock();
+            st.closing = true;
+            let idle = std::mem::take(&mut st.idle);
+            for e in &idle {
+                st.forget(e.meta.id);
+                st.open -= 1;
+                self.inner.count_idle_close(reason);
+            }
+            idle
+        };
+        drop(doomed);
+    }
+
+    /// The upstream closed connection `id` (its driver ended): drop it if it is idle.
+    pub fn closed_remotely(&self, id: u64) {
+        let mut st = self.inner.lock();
+        if let Some(i) = st.idle.iter().position(|e| e.meta.id == id) {
+            let entry = st.idle.remove(i);
+            st.forget(id);
+            st.open -= 1;
+            self.inner.count_idle_close(CloseReason::RemoteClosed);
+            self.inner.grant_free_slots(st);
+            drop(entry);
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let st = self.inner.lock();
+        let busy = st.conns.values().filter(|c| c.busy).count();
+        let mut connections: Vec<(u64, ConnInfo)> = st.conns.iter().map(|(id, c)| (*id, *c)).collect();
+        connections.sort_by_key(|(id, _)| *id);
+        Snapshot {
+            idle: st.idle.len(),
+            busy,
+            waiting: st.waiters.iter().filter(|w| !w.is_closed()).count(),
+            max_connections: st.limits.max_connections,
+            connections,
+        }
+    }
+
+    /// Slots taken (connecting + busy + idle): zero once everything is returned or closed.
+    pub fn open(&self) -> usize {
+        self.inner.lock().open
+    }
+}
+
+impl<C: Poolable> Inner<C> {
+    fn lock(&self) -> MutexGuard<'_, State<C>> {
+        // A panic elsewhere must not wedge every request: the state stays consistent per call.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count_idle_close(&self, reason: CloseReason) {
+        self.metrics.idle.dec();
+        self.metrics.closed(reason).inc();
+    }
+
+    /// Move an idle entry to busy.
+    fn take_idle(self: &Arc<Self>, st: &mut State<C>, mut entry: Idle<C>, now: Instant) -> Pooled<C> {
+        let idle_for = now.saturating_duration_since(entry.meta.life.idle_since);
+        entry.meta.requests += 1;
+        if let Some(info) = st.conns.get_mut(&entry.meta.id) {
+            info.busy = true;
+            info.requests = entry.meta.requests;
+        }
+        self.metrics.idle.dec();
+        self.metrics.busy.inc();
+        self.metrics.reuse_idle.observe(idle_for.as_secs_f64());
+        Pooled {
+            conn: Some(entry.conn),
+            meta: entry.meta,
+            reused: true,
+            idle_at_checkout: idle_for,
+            age_at_checkout: now.saturating_duration_since(entry.meta.life.created),
+            slot: Slot::new(self.clone()),
+            done: None,
+        }
+    }
+
+    /// Hand free capacity to waiters, oldest first, while slots remain.
+    fn grant_free_slots(self: &Arc<Self>, mut st: MutexGuard<'_, State<C>>) {
+        let mut refused = Vec::new();
+        while st.open < st.limits.max_connections && !st.closing {
+            let Some(tx) = st.waiters.pop_front() else { break };
+            if tx.is_closed() {
+                continue;
+            }
+            st.open += 1;
+            if let Err(Grant::Slot(mut slot)) = tx.send(Grant::Slot(Slot::new(self.clone()))) {
+                // Gave up a moment ago: take the slot back without running its drop under the lock.
+                slot.defuse();
+                st.open -= 1;
+                refused.push(slot);
+            }
+        }
+        drop(st);
+        drop(refused);
+    }
+
+    /// A busy connection is done: hand it to the oldest waiter, keep it idle, or close it.
+    fn put_back(self: &Arc<Self>, conn: C, mut meta: Meta, disposition: Result<(), CloseReason>) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let verdict = disposition
+            .and_then(|()| reuse::reusable_after_response(&meta.life, now, st.limits.max_lifetime, conn.is_open()))
+            .and_then(|()| if st.closing { Err(CloseReason::Shutdown) } else { Ok(()) });
+        if let Err(reason) = verdict {
+            st.forget(meta.id);
+            st.open -= 1;
+            self.metrics.busy.dec();
+            self.metrics.closed(reason).inc();
+            self.grant_free_slots(st);
+            drop(conn);
+            return;
+        }
+        meta.life.idle_since = now;
+        // Straight to the oldest waiter: it has waited longest, and the connection is fresh.
+        let mut conn = conn;
+        while let Some(tx) = st.waiters.pop_front() {
+            if tx.is_closed() {
+                continue;
+            }
+            meta.requests += 1;
+            if let Some(info) = st.conns.get_mut(&meta.id) {
+                info.requests = meta.requests;
+            }
+            self.metrics.reuse_idle.observe(0.0);
+            let pooled = Pooled {
+                conn: Some(conn),
+                meta,
+                reused: true,
+                idle_at_checkout: Duration::ZERO,
+                age_at_checkout: now.saturating_duration_since(meta.life.created),
+                slot: Slot::new(self.clone()),
+                done: None,
+            };
+            match tx.send(Grant::Conn(pooled)) {
+                Ok(()) => return,
+                Err(Grant::Conn(mut back)) => {
+                    back.slot.defuse();
+                    meta.requests -= 1;
+                    match back.conn.take() {
+                        Some(c) => conn = c,
+                        None => return,
+                    }
+                }
+                Err(Grant::Slot(mut s)) => {
+                    s.defuse();
+                    return;
+                }
+            }
+        }
+        if let Some(info) = st.conns.get_mut(&meta.id) {
+            info.busy = false;
+            info.idle_since = now;
+        }
+        self.metrics.busy.dec();
+        self.metrics.idle.inc();
+        let mut evicted = None;
+        if st.idle.len() >= st.limits.max_idle {
+            if st.idle.is_empty() {
+                // max_idle = 0: nothing is kept.
+                st.forget(meta.id);
+                st.open -= 1;
+                self.count_idle_close(CloseReason::PoolFull);
+                self.grant_free_slots(st);
+                drop(conn);
+                return;
+            }
+            let oldest = st.idle.remove(0);
+            st.forget(oldest.meta.id);
+            st.open -= 1;
+            self.count_idle_close(CloseReason::PoolFull);
+            evicted = Some(oldest);
+        }
+        st.idle.push(Idle { conn, meta });
+        drop(st);
+        self.wake_reaper.notify_one();
+        drop(evicted);
+    }
+}
+
+impl<C: Poolable> State<C> {
+    fn forget(&mut self, id: u64) {
+        self.conns.remove(&id);
+    }
+}
+
+/// Capacity for one connection. Dropped unfilled (a failed dial), it frees the slot for a waiter.
+pub struct Slot<C: Poolable> {
+    inner: Option<Arc<Inner<C>>>,
+}
+
+impl<C: Poolable> Slot<C> {
+    fn new(inner: Arc<Inner<C>>) -> Self {
+        Slot { inner: Some(inner) }
+    }
+
+    fn defuse(&mut self) {
+        self.inner = None;
+    }
+
+    /// A freshly dialed connection in this slot, busy with its first request.
+    pub fn fill(mut self, conn: C) -> Pooled<C> {
+        let inner = self.inner.take().expect("an armed slot");
+        let now = Instant::now();
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let idle_timeout = inner.lock().limits.idle_timeout;
+        let meta = Meta {
+            id,
+            life: Life { created: now, idle_since: now, idle_timeout, idle_reason: CloseReason::IdleTimeout },
+            requests: 1,
+        };
+        inner.lock().conns.insert(id, ConnInfo { busy: true, created: now, idle_since: now, requests: 1 });
+        inner.metrics.opened.inc();
+        inner.metrics.busy.inc();
+        Pooled {
+            conn: Some(conn),
+            meta,
+            reused: false,
+            idle_at_checkout: Duration::ZERO,
+            age_at_checkout: Duration::ZERO,
+            slot: Slot { inner: Some(inner) },
+            done: None,
+        }
+    }
+}
+
+impl<C: Poolable> Drop for Slot<C> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            let mut st = inner.lock();
+            st.open -= 1;
+            inner.grant_free_slots(st);
+        }
+    }
+}
+
+/// A connection checked out of a pool. `release` returns it; `discard` or drop closes it.
+pub struct Pooled<C: Poolable> {
+    conn: Option<C>,
+    meta: Meta,
+    /// Came from the pool (or a handoff) rather than a fresh dial: decides retry eligibility.
+    reused: bool,
+    idle_at_checkout: Duration,
+    age_at_checkout: Duration,
+    /// Owns the capacity; armed only while `conn` is here.
+    slot: Slot<C>,
+    /// How the holder finished with it; `None` on drop means an error path.
+    done: Option<Result<(), CloseReason>>,
+}
+
+impl<C: Poolable> Pooled<C> {
+    pub fn conn(&mut self) -> &mut C {
+        self.conn.as_mut().expect("connection present until drop")
+    }
+
+    pub fn id(&self) -> u64 {
+        self.meta.id
+    }
+
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    pub fn idle_at_checkout(&self) -> Duration {
+        self.idle_at_checkout
+    }
+
+    pub fn age_at_checkout(&self) -> Duration {
+        self.age_at_checkout
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.meta.requests
+    }
+
+    /// This connection's idle limit from now on (the upstream's `Keep-Alive: timeout`).
+    pub fn set_idle_timeout(&mut self, idle_timeout: Duration, reason: CloseReason) {
+        self.meta.life.idle_timeout = idle_timeout;
+        self.meta.life.idle_reason = reason;
+    }
+
+    /// The response was passed on whole: back to the pool if still within its limits.
+    pub fn release(mut self) {
+        self.done = Some(Ok(()));
+    }
+
+    /// Close it: it failed, or must not be reused for `reason`.
+    pub fn discard(mut self, reason: CloseReason) {
+        self.done = Some(Err(reason));
+    }
+}
+
+impl<C: Poolable> Drop for Pooled<C> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        let Some(inner) = self.slot.inner.take() else { return };
+        inner.put_back(conn, self.meta, self.done.unwrap_or(Err(CloseReason::Error)));
+    }
+}

@@ -1,0 +1,61 @@
+//! The reaper: closes each idle connection as soon as its idle time or lifetime runs out.
+
+use std::sync::{Arc, Weak};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{reuse, Inner, Poolable};
+
+/// Runs until the pool is dropped, sleeping until the next idle deadline or a wake-up.
+pub(super) async fn run<C: Poolable>(pool: Weak<Inner<C>>, wake: Arc<Notify>) {
+    loop {
+        let next = {
+            let Some(inner) = pool.upgrade() else { return };
+            sweep(&inner, Instant::now())
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+/// Close every expired idle connection; return the earliest remaining deadline.
+fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> Option<Instant> {
+    let mut st = inner.lock();
+    let max_lifetime = st.limits.max_lifetime;
+    let mut doomed = Vec::new();
+    let mut i = 0;
+    while i < st.idle.len() {
+        let entry = &st.idle[i];
+        let reason = if entry.conn.is_open() {
+            reuse::expired(&entry.meta.life, now, max_lifetime)
+        } else {
+            Some(crate::metrics::CloseReason::RemoteClosed)
+        };
+        match reason {
+            Some(reason) => {
+                let entry = st.idle.remove(i);
+                st.forget(entry.meta.id);
+                st.open -= 1;
+                inner.count_idle_close(reason);
+                doomed.push(entry);
+            }
+            None => i += 1,
+        }
+    }
+    let next = st.idle.iter().map(|e| reuse::deadline(&e.meta.life, max_lifetime)).min();
+    if !doomed.is_empty() {
+        inner.grant_free_slots(st);
+    } else {
+        drop(st);
+    }
+    drop(doomed);
+    next
+}

@@ -1,0 +1,186 @@
+//! Pure decisions about one pooled connection: may it be reused, and how long may it idle.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::metrics::CloseReason;
+
+/// The timestamps and limits of one connection that decide its reuse.
+#[derive(Debug, Clone, Copy)]
+pub struct Life {
+    pub created: Instant,
+    pub idle_since: Instant,
+    /// This connection's idle limit: `idle_timeout`, or less when the upstream's `Keep-Alive` says so.
+    pub idle_timeout: Duration,
+    /// Which reason to report when `idle_timeout` runs out.
+    pub idle_reason: CloseReason,
+}
+
+/// What to do with an idle connection at checkout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Reuse,
+    Close(CloseReason),
+    /// Healthy, but idle longer than this request accepts (a non-retriable request).
+    TooIdle,
+}
+
+/// May an idle connection be handed to a request that accepts at most `max_idle_for_request` idle?
+pub fn verdict(
+    life: &Life,
+    now: Instant,
+    max_lifetime: Duration,
+    is_open: bool,
+    max_idle_for_request: Option<Duration>,
+) -> Verdict {
+    if !is_open {
+        return Verdict::Close(CloseReason::RemoteClosed);
+    }
+    if let Some(reason) = expired(life, now, max_lifetime) {
+        return Verdict::Close(reason);
+    }
+    match max_idle_for_request {
+        Some(max) if now.saturating_duration_since(life.idle_since) > max => Verdict::TooIdle,
+        _ => Verdict::Reuse,
+    }
+}
+
+/// Whether an idle connection's time is up, and why. Lifetime wins: it is the firewall's limit.
+pub fn expired(life: &Life, now: Instant, max_lifetime: Duration) -> Option<CloseReason> {
+    if now.saturating_duration_since(life.created) >= max_lifetime {
+        Some(CloseReason::MaxLifetime)
+    } else if now.saturating_duration_since(life.idle_since) >= life.idle_timeout {
+        Some(life.idle_reason)
+    } else {
+        None
+    }
+}
+
+/// When an idle connection must be closed: the earlier of its idle and lifetime deadlines.
+pub fn deadline(life: &Life, max_lifetime: Duration) -> Instant {
+    (life.idle_since + life.idle_timeout).min(life.created + max_lifetime)
+}
+
+/// After a response: may the connection go back to the pool at all?
+pub fn reusable_after_response(life: &Life, now: Instant, max_lifetime: Duration, is_open: bool) -> Result<(), CloseReason> {
+    if !is_open {
+        return Err(CloseReason::RemoteClosed);
+    }
+    if now.saturating_duration_since(life.created) >= max_lifetime {
+        return Err(CloseReason::MaxLifetime);
+    }
+    if life.idle_timeout.is_zero() {
+        return Err(life.idle_reason);
+    }
+    Ok(())
+}
+
+/// The margin kept below an upstream's announced keep-alive timeout, so we close first.
+pub const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
+
+/// A connection's idle limit given the upstream's `Keep-Alive` header value (`timeout=N, max=M`).
+///
+/// The smaller of `configured` and N seconds less [`KEEP_ALIVE_MARGIN`]; zero (do not reuse)
+/// when N leaves no room. Unparsable values leave `configured` in force.
+pub fn keep_alive_idle(header: Option<&[u8]>, configured: Duration) -> (Duration, CloseReason) {
+    let Some(secs) = header.and_then(keep_alive_timeout_secs) else {
+        return (configured, CloseReason::IdleTimeout);
+    };
+    let announced = Duration::from_secs(secs).saturating_sub(KEEP_ALIVE_MARGIN);
+    if announced < configured {
+        (announced, CloseReason::KeepAliveTimeout)
+    } else {
+        (configured, CloseReason::IdleTimeout)
+    }
+}
+
+fn keep_alive_timeout_secs(value: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(value).ok()?;
+    text.split(',').find_map(|part| {
+        let (k, v) = part.split_once('=')?;
+        if k.trim().eq_ignore_ascii_case("timeout") {
+            v.trim().trim_matches('"').parse::<u64>().ok()
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    fn life(now: Instant, age: u64, idle: u64, idle_timeout: u64) -> Life {
+        Life {
+            created: now - S(age),
+            idle_since: now - S(idle),
+            idle_timeout: S(idle_timeout),
+            idle_reason: CloseReason::IdleTimeout,
+        }
+    }
+
+    #[test]
+    fn verdict_table() {
+        let now = Instant::now() + S(10_000);
+        let lifetime = S(60);
+        // (age, idle, idle_timeout, open, max idle for request) -> verdict
+        let cases = [
+            (10, 1, 30, true, None, Verdict::Reuse),
+            (10, 1, 30, false, None, Verdict::Close(CloseReason::RemoteClosed)),
+            (60, 1, 30, true, None, Verdict::Close(CloseReason::MaxLifetime)),
+            (300, 1, 30, true, None, Verdict::Close(CloseReason::MaxLifetime)),
+            (40, 30, 30, true, None, Verdict::Close(CloseReason::IdleTimeout)),
+            (40, 31, 30, true, None, Verdict::Close(CloseReason::IdleTimeout)),
+            (40, 29, 30, true, None, Verdict::Reuse),
+            (40, 3, 30, true, Some(S(2)), Verdict::TooIdle),
+            (40, 2, 30, true, Some(S(2)), Verdict::Reuse),
+            (40, 0, 30, true, Some(S(0)), Verdict::Reuse),
+            // a closed connection is never handed out, whatever else holds
+            (0, 0, 30, false, Some(S(2)), Verdict::Close(CloseReason::RemoteClosed)),
+        ];
+        for (age, idle, it, open, max, want) in cases {
+            let l = life(now, age, idle, it);
+            assert_eq!(verdict(&l, now, lifetime, open, max), want, "age {age} idle {idle} timeout {it} open {open} max {max:?}");
+        }
+    }
+
+    #[test]
+    fn deadline_is_the_earlier_limit() {
+        let now = Instant::now();
+        let l = Life { created: now, idle_since: now + S(50), idle_timeout: S(30), idle_reason: CloseReason::IdleTimeout };
+        assert_eq!(deadline(&l, S(60)), now + S(60));
+        assert_eq!(deadline(&l, S(100)), now + S(80));
+    }
+
+    #[test]
+    fn keep_alive_table() {
+        let c = S(30);
+        let cases: [(Option<&[u8]>, Duration, CloseReason); 8] = [
+            (None, c, CloseReason::IdleTimeout),
+            (Some(b"timeout=5"), S(4), CloseReason::KeepAliveTimeout),
+            (Some(b"timeout=5, max=100"), S(4), CloseReason::KeepAliveTimeout),
+            (Some(b"max=100,Timeout=2"), S(1), CloseReason::KeepAliveTimeout),
+            (Some(b"timeout=1"), S(0), CloseReason::KeepAliveTimeout),
+            (Some(b"timeout=120"), c, CloseReason::IdleTimeout),
+            (Some(b"timeout=abc"), c, CloseReason::IdleTimeout),
+            (Some(b"\xff\xfe"), c, CloseReason::IdleTimeout),
+        ];
+        for (h, want, reason) in cases {
+            assert_eq!(keep_alive_idle(h, c), (want, reason), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn reuse_after_response() {
+        let now = Instant::now() + S(1000);
+        assert_eq!(reusable_after_response(&life(now, 10, 0, 30), now, S(60), true), Ok(()));
+        assert_eq!(reusable_after_response(&life(now, 61, 0, 30), now, S(60), true), Err(CloseReason::MaxLifetime));
+        assert_eq!(reusable_after_response(&life(now, 1, 0, 30), now, S(60), false), Err(CloseReason::RemoteClosed));
+        let mut l = life(now, 1, 0, 0);
+        l.idle_reason = CloseReason::KeepAliveTimeout;
+        assert_eq!(reusable_after_response(&l, now, S(60), true), Err(CloseReason::KeepAliveTimeout));
+    }
+}

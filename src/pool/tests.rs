@@ -1,0 +1,292 @@
+//! Pool unit tests: fake connections, paused time; expiry, lifetime, LIFO reuse, the cap and FCFS waits.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::metrics::Metrics;
+
+struct Fake {
+    n: u32,
+    open: Arc<AtomicBool>,
+}
+
+impl Fake {
+    fn new(n: u32) -> Fake {
+        Fake { n, open: Arc::new(AtomicBool::new(true)) }
+    }
+}
+
+impl Poolable for Fake {
+    fn is_open(&self) -> bool {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+
+fn limits(max: usize) -> Limits {
+    Limits { max_connections: max, max_idle: max, idle_timeout: S(30), max_lifetime: S(60), acquire_timeout: S(5) }
+}
+
+fn pool(l: Limits) -> (Pool<Fake>, Metrics) {
+    let m = Metrics::new();
+    (Pool::new(l, m.pool("t")), m)
+}
+
+fn closed(m: &Metrics, reason: &str) -> u64 {
+    m.connections_closed.with_label_values(&["t", reason]).get()
+}
+
+async fn dial(p: &Pool<Fake>, n: u32) -> Pooled<Fake> {
+    match p.checkout(None).await.expect("no timeout") {
+        Checkout::Dial(slot) => slot.fill(Fake::new(n)),
+        Checkout::Reused(_) => panic!("expected a dial for {n}"),
+    }
+}
+
+async fn reuse(p: &Pool<Fake>, max_idle: Option<Duration>) -> Option<Pooled<Fake>> {
+    match p.checkout(max_idle).await.expect("no timeout") {
+        Checkout::Reused(c) => Some(c),
+        Checkout::Dial(_) => None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn most_recently_used_is_reused_first() {
+    let (p, _) = pool(limits(4));
+    let a = dial(&p, 1).await;
+    let b = dial(&p, 2).await;
+    a.release();
+    tokio::time::advance(S(1)).await;
+    b.release();
+    let mut c = reuse(&p, None).await.expect("reuse");
+    assert_eq!(c.conn().n, 2);
+    assert!(c.reused());
+    assert_eq!(c.requests(), 2);
+    let mut d = reuse(&p, None).await.expect("reuse");
+    assert_eq!(d.conn().n, 1);
+    assert_eq!(d.idle_at_checkout(), S(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_connections_are_closed_when_their_time_runs_out() {
+    let (p, m) = pool(limits(4));
+    dial(&p, 1).await.release();
+    assert_eq!(p.snapshot().idle, 1);
+    tokio::time::sleep(S(29)).await;
+    assert_eq!(p.snapshot().idle, 1, "still within idle_timeout");
+    tokio::time::sleep(S(2)).await;
+    assert_eq!(p.snapshot().idle, 0, "the reaper closed it without a checkout");
+    assert_eq!(p.open(), 0);
+    assert_eq!(closed(&m, "idle_timeout"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lifetime_is_never_exceeded_even_when_busy_all_along() {
+    let (p, m) = pool(limits(4));
+    let mut c = dial(&p, 1).await;
+    for _ in 0..5 {
+        c.release();
+        tokio::time::sleep(S(10)).await;
+        c = reuse(&p, None).await.expect("reusable before 60 s");
+    }
+    // 50 s old and busy: it passes 60 s while busy, finishes, and is closed.
+    tokio::time::sleep(S(15)).await;
+    c.release();
+    assert_eq!(p.snapshot().idle, 0);
+    assert_eq!(closed(&m, "max_lifetime"), 1);
+    assert!(reuse(&p, None).await.is_none(), "a new dial, never the old connection");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_reaped_at_lifetime_before_idle_timeout() {
+    let (p, m) = pool(limits(4));
+    let c = dial(&p, 1).await;
+    tokio::time::sleep(S(50)).await;
+    c.release();
+    tokio::time::sleep(S(11)).await;
+    assert_eq!(p.snapshot().idle, 0);
+    assert_eq!(closed(&m, "max_lifetime"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_connection_is_never_handed_out() {
+    let (p, m) = pool(limits(4));
+    let mut c = dial(&p, 1).await;
+    let flag = c.conn().open.clone();
+    c.release();
+    flag.store(false, Ordering::SeqCst);
+    assert!(reuse(&p, None).await.is_none());
+    assert_eq!(closed(&m, "remote_closed"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn closed_remotely_removes_an_idle_connection_at_once() {
+    let (p, m) = pool(limits(4));
+    let c = dial(&p, 1).await;
+    let id = c.id();
+    c.release();
+    p.closed_remotely(id);
+    assert_eq!(p.open(), 0);
+    assert_eq!(closed(&m, "remote_closed"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keep_alive_timeout_shortens_idle_life() {
+    let (p, m) = pool(limits(4));
+    let mut c = dial(&p, 1).await;
+    c.set_idle_timeout(S(1), CloseReason::KeepAliveTimeout);
+    c.release();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(p.open(), 0);
+    assert_eq!(closed(&m, "keep_alive_timeout"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn non_retriable_requests_skip_stale_connections() {
+    let (p, m) = pool(limits(1));
+    dial(&p, 1).await.release();
+    tokio::time::sleep(S(3)).await;
+    // At the cap, with the only connection idle 3 s > 2 s: it is closed and a new one dialed.
+    let slot = match p.checkout(Some(S(2))).await.unwrap() {
+        Checkout::Dial(slot) => slot,
+        Checkout::Reused(_) => panic!("a 3 s idle connection was given to a non-retriable request"),
+    };
+    assert_eq!(closed(&m, "pool_full"), 1);
+    assert_eq!(p.open(), 1, "the evicted connection's slot now belongs to the dial");
+    drop(slot);
+    assert_eq!(p.open(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fresh_enough_connection_serves_a_non_retriable_request() {
+    let (p, _) = pool(limits(2));
+    dial(&p, 1).await.release();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(reuse(&p, Some(S(2))).await.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_are_served_first_come_first_served() {
+    let (p, _) = pool(limits(1));
+    let held = dial(&p, 1).await;
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..5u32 {
+        let (p, order) = (p.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = match p.checkout(None).await.expect("served within acquire_timeout") {
+                Checkout::Reused(c) => c,
+                Checkout::Dial(s) => s.fill(Fake::new(100 + i)),
+            };
+            order.lock().unwrap().push(i);
+            assert_eq!(c.conn().n, 1, "the one connection is handed along");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            c.release();
+        }));
+        // Each waiter queues before the next arrives.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(p.snapshot().waiting, 5);
+    held.release();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_is_bounded_by_acquire_timeout() {
+    let (p, m) = pool(limits(1));
+    let _held = dial(&p, 1).await;
+    let started = Instant::now();
+    let r = p.checkout(None).await;
+    assert!(matches!(r, Err(AcquireTimeout { max_connections: 1 })));
+    assert_eq!(started.elapsed(), S(5));
+    assert_eq!(m.acquire_timeouts.with_label_values(&["t"]).get(), 1);
+    assert_eq!(p.snapshot().waiting, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_dial_frees_its_slot_for_the_next_waiter() {
+    let (p, _) = pool(limits(1));
+    let Checkout::Dial(slot) = p.checkout(None).await.unwrap() else { panic!() };
+    let p2 = p.clone();
+    let waiter = tokio::spawn(async move { matches!(p2.checkout(None).await, Ok(Checkout::Dial(_))) });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    drop(slot); // the dial failed
+    assert!(waiter.await.unwrap(), "the waiter got the slot to dial");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_without_release_closes_and_frees() {
+    let (p, m) = pool(limits(2));
+    let c = dial(&p, 1).await;
+    drop(c);
+    assert_eq!(p.open(), 0);
+    assert_eq!(closed(&m, "error"), 1);
+    assert_eq!(m.upstream_connections.with_label_values(&["t", "busy"]).get(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn discard_closes_with_its_reason() {
+    let (p, m) = pool(limits(2));
+    dial(&p, 1).await.discard(CloseReason::RemoteClosed);
+    assert_eq!(p.open(), 0);
+    assert_eq!(closed(&m, "remote_closed"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_beyond_max_idle_is_closed_oldest_first() {
+    let mut l = limits(4);
+    l.max_idle = 1;
+    let (p, m) = pool(l);
+    let a = dial(&p, 1).await;
+    let b = dial(&p, 2).await;
+    a.release();
+    b.release();
+    assert_eq!(closed(&m, "pool_full"), 1);
+    let mut c = reuse(&p, None).await.unwrap();
+    assert_eq!(c.conn().n, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_closes_idle_now_and_busy_on_return() {
+    let (p, m) = pool(limits(4));
+    let a = dial(&p, 1).await;
+    dial(&p, 2).await.release();
+    p.drain(CloseReason::Shutdown);
+    assert_eq!(closed(&m, "shutdown"), 1);
+    a.release();
+    assert_eq!(closed(&m, "shutdown"), 2);
+    assert_eq!(p.open(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn gauges_follow_the_connections() {
+    let (p, m) = pool(limits(4));
+    let g = |s: &str| m.upstream_connections.with_label_values(&["t", s]).get();
+    let a = dial(&p, 1).await;
+    let b = dial(&p, 2).await;
+    assert_eq!((g("busy"), g("idle")), (2, 0));
+    a.release();
+    assert_eq!((g("busy"), g("idle")), (1, 1));
+    drop(b);
+    assert_eq!((g("busy"), g("idle")), (0, 1));
+    tokio::time::sleep(S(31)).await;
+    assert_eq!((g("busy"), g("idle")), (0, 0));
+    assert_eq!(m.connections_opened.with_label_values(&["t"]).get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn raising_the_cap_lets_a_waiter_dial() {
+    let (p, _) = pool(limits(1));
+    let _held = dial(&p, 1).await;
+    let p2 = p.clone();
+    let waiter = tokio::spawn(async move { matches!(p2.checkout(None).await, Ok(Checkout::Dial(_))) });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    p.set_limits(limits(2));
+    assert!(waiter.await.unwrap());
+}
