@@ -7,4 +7,6 @@ pub mod error;
 pub mod metrics;
 pub mod policy;
 pub mod pool;
+pub mod retry;
+pub mod upstream;
 pub mod target;

@@ -152,7 +152,20 @@ pub struct Snapshot {
     pub connections: Vec<(u64, ConnInfo)>,
 }
 
+/// A handle that does not keep the pool alive (held by connection drivers).
+pub struct WeakPool<C: Poolable>(std::sync::Weak<Inner<C>>);
+
+impl<C: Poolable> WeakPool<C> {
+    pub fn upgrade(&self) -> Option<Pool<C>> {
+        self.0.upgrade().map(|inner| Pool { inner })
+    }
+}
+
 impl<C: Poolable> Pool<C> {
+    pub fn downgrade(&self) -> WeakPool<C> {
+        WeakPool(Arc::downgrade(&self.inner))
+    }
+
     pub fn new(limits: Limits, metrics: PoolMetrics) -> Pool<C> {
         metrics.limit.set(limits.max_connections as i64);
         let inner = Arc::new(Inner {
