@@ -1,12 +1,16 @@
 //! portcullis: an allowlisting egress proxy with a lifetime-bounded upstream pool.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod app;
 pub mod config;
 pub mod connect;
 pub mod error;
+pub mod http1;
 pub mod metrics;
 pub mod policy;
 pub mod pool;
+pub mod proxy;
 pub mod retry;
-pub mod upstream;
 pub mod target;
+pub mod upstream;

@@ -136,6 +136,17 @@ pub enum Checkout<C: Poolable> {
     Dial(Slot<C>),
 }
 
+/// Which idle connections a request accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// Any healthy one within its limits.
+    Any,
+    /// Only one idle at most this long (a request that could not be retried after writing).
+    IdleAtMost(Duration),
+    /// None: dial a new connection (a retry after a reused connection failed).
+    Never,
+}
+
 /// No slot came free within `acquire_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AcquireTimeout {
@@ -187,9 +198,14 @@ impl<C: Poolable> Pool<C> {
     /// A healthy idle connection (most recently used first), else a slot to dial, else wait
     /// first come, first served for either, up to `acquire_timeout`.
     ///
-    /// `max_idle_for_request` restricts reuse to connections idle at most that long (a request
-    /// that could not be retried must not meet a connection a firewall may have forgotten).
-    pub async fn checkout(&self, max_idle_for_request: Option<Duration>) -> Result<Checkout<C>, AcquireTimeout> {
+    /// `reuse` restricts which idle connections qualify (a request that could not be retried
+    /// must not meet a connection a firewall may have forgotten; a retry needs a new one).
+    pub async fn checkout(&self, reuse: Reuse) -> Result<Checkout<C>, AcquireTimeout> {
+        let max_idle_for_request = match reuse {
+            Reuse::Any => None,
+            Reuse::IdleAtMost(d) => Some(d),
+            Reuse::Never => Some(Duration::ZERO),
+        };
         let mut doomed = Vec::new();
         let (rx, acquire_timeout, max) = {
             let mut st = self.inner.lock();
@@ -197,7 +213,7 @@ impl<C: Poolable> Pool<C> {
             let queue_empty = !st.waiters.iter().any(|w| !w.is_closed());
             if queue_empty && !st.closing {
                 let max_lifetime = st.limits.max_lifetime;
-                while let Some(entry) = st.idle.pop() {
+                while let Some(entry) = st.idle.pop().filter(|_| reuse != Reuse::Never) {
                     match reuse::verdict(&entry.meta.life, now, max_lifetime, entry.conn.is_open(), max_idle_for_request) {
                         Verdict::Reuse => {
                             let pooled = self.inner.take_idle(&mut st, entry, now);
@@ -247,6 +263,10 @@ impl<C: Poolable> Pool<C> {
         metrics.waiting.dec();
         metrics.wait.observe(started.elapsed().as_secs_f64());
         match outcome {
+            Ok(Ok(Grant::Conn(pooled))) if reuse == Reuse::Never => {
+                // Handed a pooled connection but a new one is required: close it, dial in its slot.
+                Ok(Checkout::Dial(pooled.into_slot(CloseReason::PoolFull)))
+            }
             Ok(Ok(Grant::Conn(mut pooled))) => {
                 pooled.reused = true;
                 Ok(Checkout::Reused(pooled))
@@ -559,6 +579,20 @@ impl<C: Poolable> Pooled<C> {
     /// The response was passed on whole: back to the pool if still within its limits.
     pub fn release(mut self) {
         self.done = Some(Ok(()));
+    }
+
+    /// Close the connection but keep its capacity, to dial a replacement.
+    fn into_slot(mut self, reason: CloseReason) -> Slot<C> {
+        let inner = self.slot.inner.take().expect("an armed slot");
+        let conn = self.conn.take();
+        {
+            let mut st = inner.lock();
+            st.forget(self.meta.id);
+        }
+        inner.metrics.busy.dec();
+        inner.metrics.closed(reason).inc();
+        drop(conn);
+        Slot { inner: Some(inner) }
     }
 
     /// Close it: it failed, or must not be reused for `reason`.

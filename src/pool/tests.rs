@@ -40,14 +40,14 @@ fn closed(m: &Metrics, reason: &str) -> u64 {
 }
 
 async fn dial(p: &Pool<Fake>, n: u32) -> Pooled<Fake> {
-    match p.checkout(None).await.expect("no timeout") {
+    match p.checkout(Reuse::Any).await.expect("no timeout") {
         Checkout::Dial(slot) => slot.fill(Fake::new(n)),
         Checkout::Reused(_) => panic!("expected a dial for {n}"),
     }
 }
 
 async fn reuse(p: &Pool<Fake>, max_idle: Option<Duration>) -> Option<Pooled<Fake>> {
-    match p.checkout(max_idle).await.expect("no timeout") {
+    match p.checkout(max_idle.map_or(Reuse::Any, Reuse::IdleAtMost)).await.expect("no timeout") {
         Checkout::Reused(c) => Some(c),
         Checkout::Dial(_) => None,
     }
@@ -150,7 +150,7 @@ async fn non_retriable_requests_skip_stale_connections() {
     dial(&p, 1).await.release();
     tokio::time::sleep(S(3)).await;
     // At the cap, with the only connection idle 3 s > 2 s: it is closed and a new one dialed.
-    let slot = match p.checkout(Some(S(2))).await.unwrap() {
+    let slot = match p.checkout(Reuse::IdleAtMost(S(2))).await.unwrap() {
         Checkout::Dial(slot) => slot,
         Checkout::Reused(_) => panic!("a 3 s idle connection was given to a non-retriable request"),
     };
@@ -177,7 +177,7 @@ async fn waiters_are_served_first_come_first_served() {
     for i in 0..5u32 {
         let (p, order) = (p.clone(), order.clone());
         tasks.push(tokio::spawn(async move {
-            let mut c = match p.checkout(None).await.expect("served within acquire_timeout") {
+            let mut c = match p.checkout(Reuse::Any).await.expect("served within acquire_timeout") {
                 Checkout::Reused(c) => c,
                 Checkout::Dial(s) => s.fill(Fake::new(100 + i)),
             };
@@ -202,7 +202,7 @@ async fn waiting_is_bounded_by_acquire_timeout() {
     let (p, m) = pool(limits(1));
     let _held = dial(&p, 1).await;
     let started = Instant::now();
-    let r = p.checkout(None).await;
+    let r = p.checkout(Reuse::Any).await;
     assert!(matches!(r, Err(AcquireTimeout { max_connections: 1 })));
     assert_eq!(started.elapsed(), S(5));
     assert_eq!(m.acquire_timeouts.with_label_values(&["t"]).get(), 1);
@@ -212,9 +212,9 @@ async fn waiting_is_bounded_by_acquire_timeout() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_dial_frees_its_slot_for_the_next_waiter() {
     let (p, _) = pool(limits(1));
-    let Checkout::Dial(slot) = p.checkout(None).await.unwrap() else { panic!() };
+    let Checkout::Dial(slot) = p.checkout(Reuse::Any).await.unwrap() else { panic!() };
     let p2 = p.clone();
-    let waiter = tokio::spawn(async move { matches!(p2.checkout(None).await, Ok(Checkout::Dial(_))) });
+    let waiter = tokio::spawn(async move { matches!(p2.checkout(Reuse::Any).await, Ok(Checkout::Dial(_))) });
     tokio::time::sleep(Duration::from_millis(10)).await;
     drop(slot); // the dial failed
     assert!(waiter.await.unwrap(), "the waiter got the slot to dial");
@@ -285,8 +285,28 @@ async fn raising_the_cap_lets_a_waiter_dial() {
     let (p, _) = pool(limits(1));
     let _held = dial(&p, 1).await;
     let p2 = p.clone();
-    let waiter = tokio::spawn(async move { matches!(p2.checkout(None).await, Ok(Checkout::Dial(_))) });
+    let waiter = tokio::spawn(async move { matches!(p2.checkout(Reuse::Any).await, Ok(Checkout::Dial(_))) });
     tokio::time::sleep(Duration::from_millis(10)).await;
     p.set_limits(limits(2));
     assert!(waiter.await.unwrap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_reuse_dials_even_when_idle_exists() {
+    let (p, _) = pool(limits(2));
+    dial(&p, 1).await.release();
+    assert!(matches!(p.checkout(Reuse::Never).await, Ok(Checkout::Dial(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_reuse_waiter_handed_a_connection_dials_instead() {
+    let (p, m) = pool(limits(1));
+    let held = dial(&p, 1).await;
+    let p2 = p.clone();
+    let waiter = tokio::spawn(async move { matches!(p2.checkout(Reuse::Never).await, Ok(Checkout::Dial(_))) });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    held.release();
+    assert!(waiter.await.unwrap());
+    assert_eq!(closed(&m, "pool_full"), 1);
+    assert_eq!(p.open(), 0);
 }

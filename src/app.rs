@@ -1,0 +1,117 @@
+//! Bind the listeners, build the shared state, run, reload on SIGHUP, and shut down gracefully.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::proxy::{self, Phase, Shared};
+
+/// A running portcullis: its bound addresses and the handles to reload or stop it.
+pub struct Handle {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    /// The file to re-read on reload; `None` for the built-in config.
+    config_path: Option<PathBuf>,
+    /// Client-connection permits: all available again once every connection is gone.
+    limit: Arc<Semaphore>,
+    max_clients: usize,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Bind both listeners (port 0 picks a free port) and start serving.
+pub async fn start(config: Config, config_path: Option<PathBuf>) -> io::Result<Handle> {
+    let proxy_listener = TcpListener::bind(config.proxy.listen)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.proxy.listen)))?;
+    let admin_listener = TcpListener::bind(config.proxy.admin_listen)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.proxy.admin_listen)))?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let max_clients = config.proxy.max_client_connections;
+    let shared = Shared::new(config, Metrics::new());
+    let limit = Arc::new(Semaphore::new(max_clients));
+    let tasks = vec![
+        tokio::spawn(proxy::run(proxy_listener, shared.clone(), limit.clone())),
+        tokio::spawn(crate::admin::run(admin_listener, shared.clone())),
+    ];
+    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "portcullis listening");
+    Ok(Handle { proxy_addr, admin_addr, shared, config_path, limit, max_clients, tasks })
+}
+
+impl Handle {
+    /// Re-read the config file; a valid one takes effect for new requests, an invalid one is
+    /// logged and counted and the running config stays.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let reloads = &self.shared.metrics.config_reloads;
+        let loaded = match &self.config_path {
+            Some(p) => Config::from_file(p),
+            None => Config::from_toml(crate::config::BUILTIN, crate::config::BUILTIN_NAME),
+        };
+        match loaded {
+            Ok(config) => {
+                let old = self.shared.config();
+                if config.proxy.listen != old.proxy.listen || config.proxy.admin_listen != old.proxy.admin_listen {
+                    tracing::warn!("listen addresses changed in the file: they take effect only on restart");
+                }
+                self.shared.replace_config(config);
+                reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(source = %old.source, "config reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                reloads.with_label_values(&["error"]).inc();
+                for line in e.to_string().lines() {
+                    tracing::error!("config reload refused, keeping the running config: {line}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Stop accepting, let in-flight work finish within `shutdown_grace`, close pooled connections.
+    pub async fn shutdown(self) {
+        let grace = self.shared.config().proxy.shutdown_grace;
+        self.shared.phase.send_replace(Phase::Draining);
+        let all = u32::try_from(self.max_clients).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(grace, self.limit.acquire_many(all)).await;
+        if drained.is_err() {
+            tracing::warn!(grace_s = grace.as_secs_f64(), "shutdown grace over: cutting remaining connections");
+        }
+        self.shared.phase.send_replace(Phase::Stopped);
+        self.shared.pools.drain_all();
+        for t in self.tasks {
+            t.abort();
+        }
+        tracing::info!("portcullis stopped");
+    }
+}
+
+/// Run until SIGTERM or SIGINT; SIGHUP reloads.
+pub async fn run_until_signal(config: Config, config_path: Option<PathBuf>) -> io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let handle = start(config, config_path).await?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                let _ = handle.reload();
+            }
+        }
+    }
+    tracing::info!("signal received: draining");
+    handle.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! The proxy listener: accept loop, connection limit, and the per-client-connection request loop.
+
+pub mod access;
+pub mod forward;
+pub mod headers;
+pub mod respond;
+pub mod tunnel;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http::{Method, Version};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::timeout;
+
+use crate::config::Config;
+use crate::connect::Connector;
+use crate::error::ProxyError;
+use crate::http1::{ClientReader, HeadError};
+use crate::metrics::Metrics;
+use crate::pool::Pools;
+use crate::upstream::UpstreamConn;
+
+/// Where the process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// SIGTERM: no new connections; in-flight work finishes, then connections close.
+    Draining,
+    /// `shutdown_grace` is over: whatever is still running is cut.
+    Stopped,
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    /// Swapped whole on reload; requests keep the snapshot they started with.
+    config: RwLock<Arc<Config>>,
+    pub pools: Pools<UpstreamConn>,
+    pub connector: Connector,
+    pub metrics: Metrics,
+    pub phase: watch::Sender<Phase>,
+}
+
+impl Shared {
+    pub fn new(config: Config, metrics: Metrics) -> Arc<Shared> {
+        let connector = Connector::new(&config.proxy);
+        Arc::new(Shared {
+            config: RwLock::new(Arc::new(config)),
+            pools: Pools::new(metrics.clone()),
+            connector,
+            metrics,
+            phase: watch::channel(Phase::Running).0,
+        })
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Take a new config for new requests; pools pick up new limits, removed upstreams drain.
+    pub fn replace_config(&self, config: Config) {
+        self.pools.reconfigure(&config);
+        self.connector.reload();
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
+    pub fn draining(&self) -> bool {
+        *self.phase.borrow() != Phase::Running
+    }
+}
+
+/// One client connection's view: shared state, the config snapshot, and who is asking.
+pub struct Ctx {
+    pub shared: Arc<Shared>,
+    pub config: Arc<Config>,
+    pub peer: SocketAddr,
+    pub draining: bool,
+}
+
+/// Whether the client connection may carry another request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    KeepAlive,
+    Close,
+}
+
+/// Accept until draining begins. Each connection holds a permit of `limit`: at the limit,
+/// further accepts wait (the kernel's backlog holds them).
+pub async fn run(listener: TcpListener, shared: Arc<Shared>, limit: Arc<Semaphore>) {
+    let mut phase = shared.phase.subscribe();
+    let mut last_accept_error: Option<tokio::time::Instant> = None;
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = phase.wait_for(|p| *p != Phase::Running) => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = phase.wait_for(|p| *p != Phase::Running) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let shared = shared.clone();
+                tokio::spawn(serve_client(shared, stream, peer, permit));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning, and say so once a minute at most.
+                let now = tokio::time::Instant::now();
+                if last_accept_error.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60)) {
+                    tracing::error!(error = %e, "accept failed; backing off (file descriptors exhausted?)");
+                    last_accept_error = Some(now);
+                }
+                drop(permit);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Decrements the open-client gauge however the connection ends.
+struct ClientGauge(prometheus::IntGauge);
+
+impl Drop for ClientGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One client connection, cut short when the shutdown grace runs out.
+async fn serve_client(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, _permit: OwnedSemaphorePermit) {
+    shared.metrics.client_connections.inc();
+    let _gauge = ClientGauge(shared.metrics.client_connections.clone());
+    let mut phase = shared.phase.subscribe();
+    tokio::select! {
+        _ = requests(shared, stream, peer) => {}
+        _ = phase.wait_for(|p| *p == Phase::Stopped) => {}
+    }
+}
+
+/// The request loop of one client connection.
+async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let mut phase = shared.phase.subscribe();
+    let (rd, mut wr) = stream.into_split();
+    let proxy = shared.config().proxy.clone();
+    let mut reader = ClientReader::new(rd, proxy.max_header_bytes);
+    let mut first = true;
+    loop {
+        if !first && reader.buffered().is_empty() {
+            // Idle keep-alive: wait for the next request's first byte, or close.
+            tokio::select! {
+                r = timeout(proxy.client_idle_timeout, reader.get_ref().readable()) => match r {
+                    Ok(Ok(())) => {}
+                    _ => return,
+                },
+                _ = phase.wait_for(|p| *p != Phase::Running) => return,
+            }
+        }
+        first = false;
+        let head = match timeout(proxy.header_read_timeout, reader.read_head()).await {
+            Err(_) => {
+                tracing::debug!(client = %peer, "request head not received within header_read_timeout; closing");
+                return;
+            }
+            Ok(Err(HeadError::Closed)) | Ok(Err(HeadError::Io(_))) => return,
+            Ok(Err(e)) => {
+                let err = match e {
+                    HeadError::TooLarge => ProxyError::HeadTooLarge { limit: proxy.max_header_bytes },
+                    HeadError::Malformed(why) => ProxyError::bad_request(why),
+                    HeadError::Closed | HeadError::Io(_) => return,
+                };
+                let ctx = Ctx { shared: shared.clone(), config: shared.config(), peer, draining: shared.draining() };
+                respond::error(&ctx, &mut wr, Version::HTTP_11, &err, true).await;
+                log_refused(&ctx, &err);
+                return;
+            }
+            Ok(Ok(head)) => head,
+        };
+        let ctx = Ctx { shared: shared.clone(), config: shared.config(), peer, draining: shared.draining() };
+        if ctx.draining && head.method != Method::CONNECT {
+            respond::error(&ctx, &mut wr, head.version, &ProxyError::ShuttingDown, true).await;
+            return;
+        }
+        if head.method == Method::CONNECT {
+            let (rd, leftover) = reader.into_parts();
+            tunnel::serve(&ctx, head, rd, leftover, wr).await;
+            return;
+        }
+        if forward::serve(&ctx, head, &mut reader, &mut wr).await == Flow::Close {
+            return;
+        }
+    }
+}
+
+/// Access-log line for a request refused before its head could be parsed.
+fn log_refused(ctx: &Ctx, err: &ProxyError) {
+    let status = err.status();
+    ctx.shared.metrics.requests.with_label_values(&["none", "OTHER", status.as_str()]).inc();
+    access::log(&access::Record {
+        client: ctx.peer,
+        client_name: None,
+        upstream: "none",
+        method: "-",
+        host: "",
+        port: 0,
+        path: "",
+        status: status.as_u16(),
+        duration: Duration::ZERO,
+        bytes_in: 0,
+        bytes_out: 0,
+        lineage: None,
+        attempts: 0,
+        error: Some(err.token()),
+    });
+}

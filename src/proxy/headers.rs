@@ -1,0 +1,127 @@
+//! Header rewriting at the proxy hop: hop-by-hop headers out, `Via` in, `Host` from the URI.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1, plus `Proxy-*`).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Our hop's `Via` entry.
+pub const VIA: HeaderValue = HeaderValue::from_static("1.1 portcullis");
+
+/// Remove hop-by-hop headers, including every header that `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .chain(headers.get_all("proxy-connection").iter())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        // Never let a Connection token strip what framing or routing depends on.
+        if name != header::HOST && name != header::CONTENT_LENGTH {
+            headers.remove(&name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Append our `Via` after any the message already carries.
+pub fn add_via(headers: &mut HeaderMap) {
+    headers.append(header::VIA, VIA);
+}
+
+/// The `Host` value for an upstream request: the URI's authority (port only when explicit).
+pub fn host_value(host: &crate::target::Host, explicit_port: Option<u16>) -> Option<HeaderValue> {
+    let text = match explicit_port {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    HeaderValue::from_str(&text).ok()
+}
+
+/// Does the message ask for the connection to be closed?
+pub fn wants_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-secret-hop", "1"),
+            ("x-kept", "yes"),
+            ("idempotency-key", "abc"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-kept", "idempotency-key"]);
+    }
+
+    #[test]
+    fn connection_cannot_strip_host_or_length() {
+        let mut h = map(&[("connection", "host, content-length"), ("host", "a"), ("content-length", "3")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.contains_key("host") && h.contains_key("content-length"));
+    }
+
+    #[test]
+    fn via_is_appended() {
+        let mut h = map(&[("via", "1.0 fred")]);
+        add_via(&mut h);
+        let all: Vec<_> = h.get_all("via").iter().collect();
+        assert_eq!(all, vec!["1.0 fred", "1.1 portcullis"]);
+    }
+
+    #[test]
+    fn close_detection() {
+        assert!(wants_close(&map(&[("connection", "Keep-Alive, Close")])));
+        assert!(!wants_close(&map(&[("connection", "keep-alive")])));
+        assert!(!wants_close(&map(&[])));
+    }
+
+    #[test]
+    fn host_value_keeps_an_explicit_port() {
+        let h = crate::target::Host::Name("api.example.com".into());
+        assert_eq!(host_value(&h, None).unwrap(), "api.example.com");
+        assert_eq!(host_value(&h, Some(8443)).unwrap(), "api.example.com:8443");
+        let v6 = crate::target::Host::Ip("::1".parse().unwrap());
+        assert_eq!(host_value(&v6, Some(80)).unwrap(), "[::1]:80");
+    }
+}

@@ -1,0 +1,169 @@
+//! CONNECT: check, dial, answer 200, then copy bytes both ways until a side closes or the tunnel idles out.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderValue};
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::access::{self, Lineage};
+use super::{respond, Ctx};
+use crate::connect::UpstreamIo;
+use crate::error::ProxyError;
+use crate::http1::RequestHead;
+use crate::policy::{self, Want};
+use crate::target::{self, TargetError};
+
+/// Per-direction copy buffer. Allocated only when a tunnel is set up.
+const TUNNEL_BUF: usize = 16 * 1024;
+
+/// Serve a CONNECT request; the client connection is consumed either way.
+pub async fn serve<R, W>(ctx: &Ctx, head: RequestHead, reader: R, leftover: BytesMut, mut writer: W)
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let started = Instant::now();
+    let mut upstream_name = String::from("none");
+    let mut host = String::new();
+    let mut port = 0;
+    let mut client_name = None;
+    let (status, error, up_bytes, down_bytes) = match open(ctx, &head, &mut upstream_name, &mut host, &mut port, &mut client_name).await {
+        Err(e) => {
+            respond::error(ctx, &mut writer, head.version, &e, true).await;
+            (e.status(), Some(e.token()), 0, 0)
+        }
+        Ok((io, idle)) => {
+            let m = &ctx.shared.metrics;
+            let active = m.tunnels_active.with_label_values(&[&upstream_name]);
+            active.inc();
+            let (up, down) = relay(reader, leftover, writer, io, idle).await;
+            active.dec();
+            m.tunnel_bytes.with_label_values(&[&upstream_name, "upstream"]).inc_by(up);
+            m.tunnel_bytes.with_label_values(&[&upstream_name, "client"]).inc_by(down);
+            (StatusCode::OK, None, up, down)
+        }
+    };
+    let elapsed = started.elapsed();
+    let m = &ctx.shared.metrics;
+    m.requests.with_label_values(&[&upstream_name, "CONNECT", status.as_str()]).inc();
+    m.request_duration.with_label_values(&[&upstream_name]).observe(elapsed.as_secs_f64());
+    access::log(&access::Record {
+        client: ctx.peer,
+        client_name: client_name.as_deref(),
+        upstream: &upstream_name,
+        method: "CONNECT",
+        host: &host,
+        port,
+        path: "",
+        status: status.as_u16(),
+        duration: elapsed,
+        bytes_in: up_bytes,
+        bytes_out: down_bytes,
+        lineage: None::<Lineage>,
+        attempts: 1,
+        error,
+    });
+}
+
+/// Policy, dial and the 200; returns the upstream stream and the tunnel's idle limit.
+async fn open(
+    ctx: &Ctx,
+    head: &RequestHead,
+    upstream_name: &mut String,
+    host_out: &mut String,
+    port_out: &mut u16,
+    client_name: &mut Option<String>,
+) -> Result<(UpstreamIo, Duration), ProxyError> {
+    if ctx.draining {
+        return Err(ProxyError::ShuttingDown);
+    }
+    let (host, port) = target::parse_connect(&head.target).map_err(|e| match e {
+        TargetError::MissingPort => ProxyError::bad_request("CONNECT needs host:port, e.g. CONNECT api.example.com:443"),
+        other => ProxyError::bad_request(other.to_string()),
+    })?;
+    *host_out = host.to_string();
+    *port_out = port;
+    let auth = head.headers.get(header::PROXY_AUTHORIZATION).map(HeaderValue::as_bytes);
+    let allowed = policy::decide(&ctx.config, ctx.peer.ip(), auth, &host, Want::Tunnel { port })?;
+    *upstream_name = allowed.upstream.name.clone();
+    *client_name = allowed.client;
+    let dialed = ctx.shared.connector.dial(&allowed.target, &allowed.upstream).await?;
+    Ok((dialed.io, allowed.upstream.settings.tunnel_idle_timeout))
+}
+
+/// Copy both ways. A side's EOF is passed on as a half-close; the tunnel ends when both
+/// directions are done, or when no byte has moved either way for `idle`.
+/// Returns (bytes client→upstream, bytes upstream→client).
+async fn relay<R, W>(mut client_rd: R, leftover: BytesMut, mut client_wr: W, upstream: UpstreamIo, idle: Duration) -> (u64, u64)
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let (mut up_rd, mut up_wr) = tokio::io::split(upstream);
+    if client_wr.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_err() {
+        return (0, 0);
+    }
+    let epoch = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let touch = |last: &AtomicU64| last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let up_count = AtomicU64::new(leftover.len() as u64);
+    let down_count = AtomicU64::new(0);
+
+    let to_upstream = async {
+        if !leftover.is_empty() && up_wr.write_all(&leftover).await.is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; TUNNEL_BUF];
+        loop {
+            match client_rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    touch(&last);
+                    if up_wr.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    up_count.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        let _ = up_wr.shutdown().await;
+    };
+    let to_client = async {
+        let mut buf = vec![0u8; TUNNEL_BUF];
+        loop {
+            match up_rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    touch(&last);
+                    if client_wr.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    down_count.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        let _ = client_wr.shutdown().await;
+    };
+    let watchdog = async {
+        loop {
+            let quiet_since = Duration::from_millis(last.load(Ordering::Relaxed));
+            let deadline = epoch + quiet_since + idle;
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::join!(to_upstream, to_client) } => {}
+        _ = watchdog => {
+            tracing::debug!(idle_ms = idle.as_millis() as u64, "tunnel idle timeout: closing both sides");
+        }
+    }
+    (up_count.load(Ordering::Relaxed), down_count.load(Ordering::Relaxed))
+}
