@@ -2,5 +2,6 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod http1;
 pub mod target;
 pub mod policy;
