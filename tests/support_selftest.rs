@@ -1,0 +1,405 @@
+//! Proves each fixture in tests/support behaves as documented, over real loopback sockets.
+
+mod support;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use rustls::CertificateError;
+use tokio::net::{TcpListener, TcpStream};
+
+use support::*;
+
+const WITHIN: Duration = Duration::from_secs(5);
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: origin.test\r\n\r\n").into_bytes()
+}
+
+fn targets(origin: &Origin) -> Vec<String> {
+    origin.requests().into_iter().map(|r| r.target).collect()
+}
+
+/// True once nothing accepts connections on `addr` any more.
+async fn refuses_connections(addr: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if TcpStream::connect(addr).await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+// ---------------------------------------------------------------- origin
+
+#[tokio::test]
+async fn origin_records_each_request_as_sent() {
+    let origin = origin().spawn().await;
+
+    let post = b"POST /a?b HTTP/1.1\r\nHost: origin.test\r\nX-First: 1\r\nx-second: 2\r\nContent-Length: 5\r\n\r\nhello";
+    let resp = raw_exchange(origin.addr, post, WITHIN).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.body_text(), "ok");
+    assert_eq!(resp.header("content-length"), Some("2"));
+    assert!(!resp.closed, "keep-alive by default");
+
+    let chunked = b"POST /c HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
+    assert_eq!(raw_exchange(origin.addr, chunked, WITHIN).await.status, 200);
+
+    let http10 = raw_exchange(origin.addr, b"GET /old HTTP/1.0\r\n\r\n", WITHIN).await;
+    assert_eq!(http10.status, 200);
+    assert_eq!(http10.header("connection"), Some("close"));
+    assert!(http10.closed, "HTTP/1.0 without keep-alive is closed");
+
+    assert!(origin.wait_for_requests(3, WITHIN).await);
+    assert!(
+        !origin
+            .wait_for_requests(4, Duration::from_millis(100))
+            .await
+    );
+    let seen = origin.requests();
+    let first = &seen[0];
+    assert_eq!(
+        (first.method.as_str(), first.target.as_str(), first.version),
+        ("POST", "/a?b", 1)
+    );
+    let names: Vec<&str> = first.headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["Host", "X-First", "x-second", "Content-Length"]);
+    assert_eq!(first.header("X-SECOND"), Some("2"));
+    assert_eq!(first.body, b"hello");
+    assert_eq!((first.conn_id, first.conn_request_index), (1, 0));
+    assert_eq!(seen[1].body_text(), "hello world");
+    assert_eq!(seen[1].conn_id, 2);
+    assert_eq!(seen[2].version, 0);
+    assert!(seen[0].received_at <= seen[1].received_at);
+    assert_eq!(origin.connections_accepted(), 3);
+}
+
+#[tokio::test]
+async fn origin_keeps_connections_alive_between_requests() {
+    let origin = origin().spawn().await;
+    let mut conn = ProxyConn::connect(origin.addr).await;
+    for path in ["/1", "/2", "/3"] {
+        let resp = conn.send(&get(path)).await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert!(!resp.closed);
+    }
+    let seen = origin.requests();
+    assert!(seen.iter().all(|r| r.conn_id == 1));
+    let indexes: Vec<usize> = seen.iter().map(|r| r.conn_request_index).collect();
+    assert_eq!(indexes, [0, 1, 2]);
+    assert_eq!(origin.connections_accepted(), 1);
+    assert_eq!(origin.open_connections(), 1);
+    drop(conn);
+    assert!(origin.wait_for_open_connections(0, WITHIN).await);
+}
+
+#[tokio::test]
+async fn origin_replies_as_the_handler_says() {
+    let origin = origin()
+        .handler(|req| match req.target.as_str() {
+            "/status" => Reply::status(404, "nope").header("X-Test", "1"),
+            "/chunked" => Reply::ok("hello chunked world").chunked(),
+            "/delay" => Reply::ok("late").delay(Duration::from_millis(300)),
+            "/trickle" => Reply::ok("abcdefgh").trickle(2, Duration::from_millis(50)),
+            "/trickle-chunked" => Reply::ok("abcdefgh")
+                .chunked()
+                .trickle(3, Duration::from_millis(20)),
+            "/close" => Reply::ok("bye").close(),
+            _ => Reply::ok("ok"),
+        })
+        .spawn()
+        .await;
+
+    let resp = raw_exchange(origin.addr, &get("/status"), WITHIN).await;
+    assert_eq!((resp.status, resp.body_text().as_str()), (404, "nope"));
+    assert_eq!(resp.header("x-test"), Some("1"));
+
+    let resp = raw_exchange(origin.addr, &get("/chunked"), WITHIN).await;
+    assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(resp.header("content-length"), None);
+    assert_eq!(resp.body_text(), "hello chunked world");
+
+    let started = Instant::now();
+    let resp = raw_exchange(origin.addr, &get("/delay"), WITHIN).await;
+    assert_eq!(resp.body_text(), "late");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    let started = Instant::now();
+    let resp = raw_exchange(origin.addr, &get("/trickle"), WITHIN).await;
+    assert_eq!(resp.body_text(), "abcdefgh");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "4 pieces, 50 ms apart"
+    );
+
+    let resp = raw_exchange(origin.addr, &get("/trickle-chunked"), WITHIN).await;
+    assert_eq!(resp.body_text(), "abcdefgh");
+
+    let head = raw_exchange(origin.addr, b"HEAD /x HTTP/1.1\r\nHost: o\r\n\r\n", WITHIN).await;
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, Some("2"))
+    );
+    assert!(head.body.is_empty() && head.error.is_none(), "{head:?}");
+
+    let resp = raw_exchange(origin.addr, &get("/close"), WITHIN).await;
+    assert_eq!(resp.body_text(), "bye");
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(resp.closed);
+    assert!(origin.wait_for_open_connections(0, WITHIN).await);
+}
+
+#[tokio::test]
+async fn origin_faults_look_like_real_failures() {
+    let origin = origin()
+        .handler(|req| match req.target.as_str() {
+            "/fin" => Reply::close_without_answer(),
+            "/rst" => Reply::reset_without_answer(),
+            "/hang" => Reply::hang(),
+            "/half" => Reply::ok(vec![b'x'; 1000]).close_mid_body(),
+            "/endless" => Reply::endless_header(),
+            "/garbage" => Reply::garbage(),
+            _ => Reply::ok("ok"),
+        })
+        .spawn()
+        .await;
+
+    let fin = raw_exchange(origin.addr, &get("/fin"), WITHIN).await;
+    assert_eq!((fin.status, fin.bytes_received), (0, 0));
+    assert_eq!(
+        fin.error_kind(),
+        Some(io::ErrorKind::UnexpectedEof),
+        "a FIN, not an RST: {fin:?}"
+    );
+    assert!(fin.closed);
+
+    let rst = raw_exchange(origin.addr, &get("/rst"), WITHIN).await;
+    assert!(rst.is_reset() && rst.closed && rst.status == 0, "{rst:?}");
+
+    let hang = raw_exchange(origin.addr, &get("/hang"), Duration::from_millis(300)).await;
+    assert!(
+        hang.timed_out() && !hang.closed && hang.status == 0,
+        "{hang:?}"
+    );
+
+    let half = raw_exchange(origin.addr, &get("/half"), WITHIN).await;
+    assert_eq!(
+        (half.status, half.header("content-length")),
+        (200, Some("1000"))
+    );
+    assert_eq!(half.body.len(), 500);
+    assert_eq!(half.error_kind(), Some(io::ErrorKind::UnexpectedEof));
+    assert!(half.closed);
+
+    let endless = raw_exchange(origin.addr, &get("/endless"), WITHIN).await;
+    assert_eq!(
+        endless.error_kind(),
+        Some(io::ErrorKind::InvalidData),
+        "{endless:?}"
+    );
+    assert!(endless.bytes_received > 256 * 1024);
+
+    let garbage = raw_exchange(origin.addr, &get("/garbage"), WITHIN).await;
+    assert_eq!(
+        (garbage.status, garbage.error_kind()),
+        (0, Some(io::ErrorKind::InvalidData))
+    );
+
+    // Every request was read in full before the fault.
+    assert_eq!(
+        targets(&origin),
+        ["/fin", "/rst", "/hang", "/half", "/endless", "/garbage"]
+    );
+    // The clients left, so even the hanging and endless connections are gone.
+    assert!(origin.wait_for_open_connections(0, WITHIN).await);
+}
+
+#[tokio::test]
+async fn origin_keep_alive_timeout_announces_and_closes_idle_connections() {
+    let origin = origin()
+        .keep_alive_timeout(Duration::from_secs(1))
+        .spawn()
+        .await;
+    let mut conn = ProxyConn::connect(origin.addr).await;
+
+    let resp = conn.send(&get("/1")).await;
+    assert_eq!(resp.header("keep-alive"), Some("timeout=1"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resp = conn.send(&get("/2")).await;
+    assert_eq!(resp.status, 200, "still open after 500 ms idle: {resp:?}");
+
+    let idle_from = Instant::now();
+    assert!(conn.wait_closed(Duration::from_secs(3)).await);
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_millis(1900),
+        "{idle:?}"
+    );
+    assert_eq!(origin.connections_accepted(), 1);
+    assert_eq!(origin.requests()[1].conn_request_index, 1);
+}
+
+#[tokio::test]
+async fn dropping_an_origin_stops_listener_and_connections() {
+    let origin = origin().handler(|_| Reply::hang()).spawn().await;
+    let addr = origin.addr;
+    let mut conn = ProxyConn::connect(addr).await;
+    conn.write(&get("/hang")).await.unwrap();
+    assert!(origin.wait_for_requests(1, WITHIN).await);
+    assert!(!conn.is_closed().await);
+
+    drop(origin);
+    assert!(conn.wait_closed(Duration::from_secs(2)).await);
+    assert!(refuses_connections(addr).await);
+}
+
+// ---------------------------------------------------------------- TLS
+
+/// The certificate problem a TLS client reported, if that is why it failed.
+fn certificate_error(e: &io::Error) -> Option<CertificateError> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(c) => Some(c.clone()),
+        _ => None,
+    }
+}
+
+async fn tls_get(ca: &TestCa, addr: SocketAddr, name: &str) -> io::Result<RawResponse> {
+    let tcp = TcpStream::connect(addr).await?;
+    let server_name = ServerName::try_from(name.to_string()).expect("valid server name");
+    let mut tls = ca.connector().connect(server_name, tcp).await?;
+    Ok(exchange_on(&mut tls, &get("/tls"), WITHIN).await)
+}
+
+#[tokio::test]
+async fn tls_origin_serves_a_cert_from_the_test_ca() {
+    let ca = TestCa::new("selftest ca");
+    let origin = origin()
+        .tls(&ca.issue(&["localhost", "127.0.0.1"]))
+        .spawn()
+        .await;
+
+    for name in ["localhost", "127.0.0.1"] {
+        let resp = tls_get(&ca, origin.addr, name)
+            .await
+            .expect("handshake with a trusted cert");
+        assert_eq!(
+            (resp.status, resp.body_text().as_str()),
+            (200, "ok"),
+            "{name}"
+        );
+    }
+    assert_eq!(origin.requests()[0].target, "/tls");
+    assert_eq!(origin.tls_handshake_failures(), 0);
+
+    // The PEM file works for other TLS stacks too (curl here uses OpenSSL).
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("selftest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = ca.write_pem(&dir);
+    let url = format!("https://127.0.0.1:{}/curl", origin.port());
+    let trusted = curl(&["--cacert", pem.to_str().unwrap(), &url]).await;
+    assert_eq!((trusted.status, trusted.exit_code), (200, 0), "{trusted:?}");
+    let untrusted = curl(&[&url]).await;
+    assert_eq!(untrusted.exit_code, 60, "unknown CA: {untrusted:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn tls_helpers_make_certificates_that_clients_reject() {
+    let ca = TestCa::new("selftest ca");
+    let other_ca = TestCa::new("other ca");
+    let cases = [
+        ("expired", ca.expired_cert(&["localhost"])),
+        ("self-signed", TestCa::self_signed(&["localhost"])),
+        ("other CA", other_ca.issue(&["localhost"])),
+        ("wrong name", ca.issue(&["elsewhere.test"])),
+    ];
+    for (what, cert) in cases {
+        let origin = origin().tls(&cert).spawn().await;
+        let err = tls_get(&ca, origin.addr, "localhost")
+            .await
+            .expect_err(what);
+        let problem = certificate_error(&err).unwrap_or_else(|| panic!("{what}: {err}"));
+        let expected = match problem {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::UnknownIssuer => "unknown issuer",
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                "wrong name"
+            }
+            other => panic!("{what}: unexpected {other:?}"),
+        };
+        let wanted = match what {
+            "self-signed" | "other CA" => "unknown issuer",
+            w => w,
+        };
+        assert_eq!(expected, wanted, "{what}");
+        assert!(origin.requests().is_empty());
+    }
+}
+
+// ---------------------------------------------------------------- clients
+
+#[tokio::test]
+async fn curl_runs_the_real_binary() {
+    let origin = origin()
+        .handler(|req| Reply::ok(format!("{} {}", req.method, req.target)).header("X-Seen", "yes"))
+        .spawn()
+        .await;
+
+    let plain = curl(&[&origin.url("/curl?x=1")]).await;
+    assert_eq!((plain.status, plain.exit_code), (200, 0), "{plain:?}");
+    assert_eq!(plain.body_text(), "GET /curl?x=1");
+    assert_eq!(plain.header("x-seen"), Some("yes"));
+
+    // The origin answers `Expect: 100-continue` at once (curl would wait 1 s otherwise).
+    let started = Instant::now();
+    let post = curl(&[
+        "-H",
+        "Expect: 100-continue",
+        "-d",
+        "amount=1",
+        &origin.url("/post"),
+    ])
+    .await;
+    assert_eq!(post.body_text(), "POST /post");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(origin.requests()[1].body_text(), "amount=1");
+
+    // With -x, curl speaks absolute-form to whatever listens there.
+    let proxy = format!("http://{}", origin.addr);
+    let via = curl(&["-x", &proxy, "http://example.test/via"]).await;
+    assert_eq!(via.body_text(), "GET http://example.test/via");
+    assert_eq!(origin.requests()[2].header("host"), Some("example.test"));
+
+    drop(origin);
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let refused = curl(&[&url]).await;
+    assert_eq!((refused.status, refused.exit_code), (0, 7), "{refused:?}");
+}
+
+#[tokio::test]
+async fn proxy_get_sends_absolute_form_with_host() {
+    let origin = origin().spawn().await;
+    let resp = proxy_get(origin.addr, "http://api.pay.test:8443/v1/pay?amount=1").await;
+    assert_eq!(resp.status, 200);
+    let seen = &origin.requests()[0];
+    assert_eq!(seen.target, "http://api.pay.test:8443/v1/pay?amount=1");
+    assert_eq!(seen.header("host"), Some("api.pay.test:8443"));
+
+    let mut conn = ProxyConn::connect(origin.addr).await;
+    assert_eq!(conn.get("http://api.pay.test/a").await.status, 200);
+    assert_eq!(conn.get("http://api.pay.test/b").await.status, 200);
+    assert_eq!(origin.requests()[2].conn_request_index, 1);
+}
