@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use rustls::CertificateError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use support::*;
@@ -402,4 +403,96 @@ async fn proxy_get_sends_absolute_form_with_host() {
     assert_eq!(conn.get("http://api.pay.test/a").await.status, 200);
     assert_eq!(conn.get("http://api.pay.test/b").await.status, 200);
     assert_eq!(origin.requests()[2].conn_request_index, 1);
+}
+
+// ---------------------------------------------------------------- firewall
+
+#[tokio::test]
+async fn firewall_resets_a_flow_idle_past_its_limit_while_a_busy_one_lives_on() {
+    let origin = origin().spawn().await;
+    // Busy traffic every 100 ms against a 500 ms limit leaves room for a loaded machine.
+    let firewall = Firewall::spawn(origin.addr, Duration::from_millis(500)).await;
+    let mut idle = ProxyConn::connect(firewall.addr).await;
+    let mut busy = ProxyConn::connect(firewall.addr).await;
+
+    assert_eq!(idle.send(&get("/idle-1")).await.status, 200);
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let resp = busy.send(&get("/busy")).await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+    }
+    assert!(firewall.wait_for_forgotten(1, WITHIN).await);
+    assert_eq!((firewall.flows_forgotten(), firewall.flows_open()), (1, 1));
+    assert_eq!(firewall.resets_sent(), 0);
+    assert!(
+        !idle.is_closed().await,
+        "a firewall tells nobody when it forgets"
+    );
+    assert_eq!(origin.open_connections(), 2, "nor the upstream");
+
+    let resp = idle.send(&get("/idle-2")).await;
+    assert!(resp.is_reset() && resp.status == 0, "{resp:?}");
+    assert_eq!(firewall.resets_sent(), 1);
+    assert!(
+        origin.wait_for_open_connections(1, WITHIN).await,
+        "upstream side dropped"
+    );
+
+    let resp = busy.send(&get("/busy")).await;
+    assert_eq!(resp.status, 200);
+    assert!(
+        !targets(&origin).contains(&"/idle-2".to_string()),
+        "forgotten bytes never delivered"
+    );
+    assert_eq!(
+        (firewall.flows_forgotten(), firewall.flows_accepted()),
+        (1, 2)
+    );
+}
+
+#[tokio::test]
+async fn firewall_drops_the_upstream_side_when_it_talks_to_a_forgotten_flow() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let firewall =
+        Firewall::spawn(upstream.local_addr().unwrap(), Duration::from_millis(200)).await;
+    let mut client = ProxyConn::connect(firewall.addr).await;
+    let (mut server, _) = tokio::time::timeout(WITHIN, upstream.accept())
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert!(firewall.wait_for_forgotten(1, WITHIN).await);
+    server.write_all(b"late news").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(WITHIN, server.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "upstream side closed: {n:?}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !client.is_closed().await,
+        "client neither told nor given the bytes"
+    );
+
+    let resp = client.send(&get("/")).await;
+    assert!(resp.is_reset(), "{resp:?}");
+    assert_eq!(firewall.resets_sent(), 1);
+}
+
+#[tokio::test]
+async fn dropping_a_firewall_stops_it() {
+    let origin = origin().spawn().await;
+    let firewall = Firewall::spawn(origin.addr, Duration::from_secs(60)).await;
+    let addr = firewall.addr;
+    let mut conn = ProxyConn::connect(addr).await;
+    assert_eq!(conn.send(&get("/")).await.status, 200);
+    drop(firewall);
+    assert!(conn.wait_closed(Duration::from_secs(2)).await);
+    assert!(refuses_connections(addr).await);
+}
+
+#[tokio::test]
+#[should_panic(expected = "only relays to loopback")]
+async fn firewall_refuses_non_loopback_upstreams() {
+    Firewall::spawn("192.0.2.1:443".parse().unwrap(), Duration::from_secs(1)).await;
 }

@@ -1,4 +1,4 @@
-//! Integration-test fixtures: real loopback servers, clients and TLS.
+//! Integration-test fixtures: real loopback servers, clients, TLS and a forgetful firewall.
 //!
 //! Use from a test file with `mod support;` and `use support::*;`. Everything listens on
 //! 127.0.0.1 port 0, refuses non-loopback targets, stops itself when dropped (its tasks are
@@ -12,12 +12,15 @@
 //!   `endless_header`, `garbage`.
 //! - [`TestCa::new`] → `issue(&["localhost", "127.0.0.1"])` → [`IssuedCert`] (`acceptor()`);
 //!   `expired_cert`, `TestCa::self_signed`, `pem`, `write_pem(dir)`, `client_config()`.
+//! - [`Firewall::spawn(upstream, idle_limit)`](Firewall::spawn): forgets idle flows, RSTs
+//!   their next client bytes; `flows_forgotten()`, `resets_sent()`, `flows_open()`.
 //! - Clients: [`raw_exchange`], [`exchange_on`], [`proxy_get`], [`ProxyConn`] (keep-alive),
 //!   [`curl`] (the real binary) → [`RawResponse`] / [`CurlResult`].
 // Each test file uses only part of this module.
 #![allow(dead_code)]
 
 mod client;
+mod firewall;
 mod origin;
 mod reply;
 mod tls;
@@ -28,6 +31,8 @@ pub use client::{
     absolute_get, curl, exchange_on, proxy_get, raw_exchange, CurlResult, ProxyConn, RawResponse,
     DEFAULT_WITHIN,
 };
+#[allow(unused_imports)]
+pub use firewall::Firewall;
 #[allow(unused_imports)]
 pub use origin::{origin, Origin, OriginBuilder, SeenRequest};
 #[allow(unused_imports)]
