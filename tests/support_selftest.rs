@@ -3,14 +3,21 @@
 mod support;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_resolver::config::{
+    LookupIpStrategy, NameServerConfigGroup, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::error::ResolveErrorKind;
+use hickory_resolver::TokioAsyncResolver;
 use rustls::pki_types::ServerName;
 use rustls::CertificateError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use support::*;
 
@@ -495,4 +502,151 @@ async fn dropping_a_firewall_stops_it() {
 #[should_panic(expected = "only relays to loopback")]
 async fn firewall_refuses_non_loopback_upstreams() {
     Firewall::spawn("192.0.2.1:443".parse().unwrap(), Duration::from_secs(1)).await;
+}
+
+// ---------------------------------------------------------------- DNS
+
+const V4A: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+const V4B: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+fn resolver_for(dns: &TestDns) -> TokioAsyncResolver {
+    let servers = NameServerConfigGroup::from_ips_clear(&[dns.addr.ip()], dns.addr.port(), true);
+    let mut opts = ResolverOpts::default();
+    opts.timeout = Duration::from_millis(300);
+    opts.attempts = 1;
+    opts.use_hosts_file = false;
+    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    TokioAsyncResolver::tokio(ResolverConfig::from_parts(None, vec![], servers), opts)
+}
+
+fn question(name: &str, rtype: RecordType) -> Vec<u8> {
+    let mut msg = Message::new();
+    msg.set_id(4242)
+        .set_message_type(MessageType::Query)
+        .set_recursion_desired(true);
+    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+    msg.to_vec().unwrap()
+}
+
+#[tokio::test]
+async fn dns_answers_on_udp_and_tcp_with_ttl_one_in_order() {
+    let dns = TestDns::spawn(&[
+        ("api.pay.test", V4A),
+        ("API.pay.test.", V4B),
+        ("api.pay.test", V6),
+    ])
+    .await;
+
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp.send_to(&question("api.pay.test.", RecordType::A), dns.addr)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(WITHIN, udp.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(
+        (answer.id(), answer.response_code()),
+        (4242, ResponseCode::NoError)
+    );
+    assert!(answer.authoritative());
+    let ips: Vec<RData> = answer
+        .answers()
+        .iter()
+        .filter_map(|r| r.data().cloned())
+        .collect();
+    assert_eq!(
+        ips,
+        [
+            RData::A(Ipv4Addr::new(127, 0, 0, 1).into()),
+            RData::A(Ipv4Addr::new(127, 0, 0, 2).into())
+        ]
+    );
+    assert!(answer.answers().iter().all(|r| r.ttl() == 1));
+
+    let mut tcp = TcpStream::connect(dns.addr).await.unwrap();
+    let q = question("api.pay.test.", RecordType::AAAA);
+    tcp.write_u16(q.len() as u16).await.unwrap();
+    tcp.write_all(&q).await.unwrap();
+    let len = tokio::time::timeout(WITHIN, tcp.read_u16())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut msg = vec![0u8; len as usize];
+    tcp.read_exact(&mut msg).await.unwrap();
+    let answer = Message::from_vec(&msg).unwrap();
+    let ips: Vec<RData> = answer
+        .answers()
+        .iter()
+        .filter_map(|r| r.data().cloned())
+        .collect();
+    assert_eq!(ips, [RData::AAAA(Ipv6Addr::LOCALHOST.into())]);
+    assert_eq!(dns.queries(), 2);
+}
+
+#[tokio::test]
+async fn dns_serves_a_real_resolver_including_failures() {
+    let dns = TestDns::spawn(&[
+        ("api.pay.test", V4A),
+        ("api.pay.test", V4B),
+        ("api.pay.test", V6),
+    ])
+    .await;
+    dns.hang("slow.pay.test");
+    dns.servfail("broken.pay.test");
+    let resolver = resolver_for(&dns);
+
+    let ips: Vec<IpAddr> = resolver
+        .lookup_ip("api.pay.test.")
+        .await
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(ips, [V4A, V4B, V6]);
+
+    let err = resolver.lookup_ip("nope.pay.test.").await.unwrap_err();
+    match err.kind() {
+        ResolveErrorKind::NoRecordsFound { response_code, .. } => {
+            assert_eq!(*response_code, ResponseCode::NXDomain)
+        }
+        other => panic!("expected NXDOMAIN, got {other:?}"),
+    }
+
+    let err = resolver.lookup_ip("broken.pay.test.").await.unwrap_err();
+    match err.kind() {
+        ResolveErrorKind::NoRecordsFound { response_code, .. } => {
+            assert_eq!(*response_code, ResponseCode::ServFail)
+        }
+        other => panic!("expected SERVFAIL, got {other:?}"),
+    }
+
+    let started = Instant::now();
+    let err = resolver.lookup_ip("slow.pay.test.").await.unwrap_err();
+    assert!(matches!(err.kind(), ResolveErrorKind::Timeout), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        dns.queries_for("slow.pay.test") >= 1,
+        "asked, never answered"
+    );
+
+    dns.set_records("api.pay.test", &[IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9))]);
+    let ips: Vec<IpAddr> = resolver_for(&dns)
+        .lookup_ip("api.pay.test.")
+        .await
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(ips, [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9))]);
+    assert!(dns.queries() >= 6);
+}
+
+#[tokio::test]
+async fn dropping_the_dns_server_stops_it() {
+    let dns = TestDns::spawn(&[("api.pay.test", V4A)]).await;
+    let addr = dns.addr;
+    drop(dns);
+    assert!(refuses_connections(addr).await, "TCP listener closed");
 }

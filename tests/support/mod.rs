@@ -1,4 +1,4 @@
-//! Integration-test fixtures: real loopback servers, clients, TLS and a forgetful firewall.
+//! Integration-test fixtures: real loopback servers, clients, TLS, a forgetful firewall and DNS.
 //!
 //! Use from a test file with `mod support;` and `use support::*;`. Everything listens on
 //! 127.0.0.1 port 0, refuses non-loopback targets, stops itself when dropped (its tasks are
@@ -14,12 +14,15 @@
 //!   `expired_cert`, `TestCa::self_signed`, `pem`, `write_pem(dir)`, `client_config()`.
 //! - [`Firewall::spawn(upstream, idle_limit)`](Firewall::spawn): forgets idle flows, RSTs
 //!   their next client bytes; `flows_forgotten()`, `resets_sent()`, `flows_open()`.
+//! - [`TestDns::spawn(&[(name, ip)])`](TestDns::spawn): A/AAAA with TTL 1, NXDOMAIN otherwise;
+//!   `hang(name)`, `servfail(name)`, `set_records`, `queries()`.
 //! - Clients: [`raw_exchange`], [`exchange_on`], [`proxy_get`], [`ProxyConn`] (keep-alive),
 //!   [`curl`] (the real binary) → [`RawResponse`] / [`CurlResult`].
 // Each test file uses only part of this module.
 #![allow(dead_code)]
 
 mod client;
+mod dns;
 mod firewall;
 mod origin;
 mod reply;
@@ -31,6 +34,8 @@ pub use client::{
     absolute_get, curl, exchange_on, proxy_get, raw_exchange, CurlResult, ProxyConn, RawResponse,
     DEFAULT_WITHIN,
 };
+#[allow(unused_imports)]
+pub use dns::TestDns;
 #[allow(unused_imports)]
 pub use firewall::Firewall;
 #[allow(unused_imports)]
