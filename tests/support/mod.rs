@@ -1,0 +1,48 @@
+//! Integration-test fixtures: real loopback servers, clients, TLS, a forgetful firewall and DNS.
+//!
+//! Use from a test file with `mod support;` and `use support::*;`. Everything listens on
+//! 127.0.0.1 port 0, refuses non-loopback targets, stops itself when dropped (its tasks are
+//! aborted), and bounds every wait with a timeout.
+//!
+//! - [`origin()`] → [`OriginBuilder`] (`.handler(|req| Reply::…)`, `.keep_alive_timeout(d)`,
+//!   `.tls(&cert)`) → `.spawn().await` → [`Origin`]: `addr`, `requests()`,
+//!   `connections_accepted()`, `open_connections()`, `wait_for_requests(n, within)`.
+//!   [`Reply`]: `ok`, `status`, `.header`, `.chunked`, `.delay`, `.close`, `.trickle`,
+//!   `.close_mid_body`; faults `close_without_answer`, `reset_without_answer`, `hang`,
+//!   `endless_header`, `garbage`.
+//! - [`TestCa::new`] → `issue(&["localhost", "127.0.0.1"])` → [`IssuedCert`] (`acceptor()`);
+//!   `expired_cert`, `TestCa::self_signed`, `pem`, `write_pem(dir)`, `client_config()`.
+//! - [`Firewall::spawn(upstream, idle_limit)`](Firewall::spawn): forgets idle flows, RSTs
+//!   their next client bytes; `flows_forgotten()`, `resets_sent()`, `flows_open()`.
+//! - [`TestDns::spawn(&[(name, ip)])`](TestDns::spawn): A/AAAA with TTL 1, NXDOMAIN otherwise;
+//!   `hang(name)`, `servfail(name)`, `set_records`, `queries()`.
+//! - Clients: [`raw_exchange`], [`exchange_on`], [`proxy_get`], [`ProxyConn`] (keep-alive),
+//!   [`curl`] (the real binary) → [`RawResponse`] / [`CurlResult`].
+// Each test file uses only part of this module.
+#![allow(dead_code)]
+
+mod client;
+mod dns;
+mod firewall;
+mod origin;
+mod reply;
+mod tls;
+mod wire;
+
+#[allow(unused_imports)]
+pub use client::{
+    absolute_get, curl, exchange_on, proxy_get, raw_exchange, CurlResult, ProxyConn, RawResponse,
+    DEFAULT_WITHIN,
+};
+#[allow(unused_imports)]
+pub use dns::TestDns;
+#[allow(unused_imports)]
+pub use firewall::Firewall;
+#[allow(unused_imports)]
+pub use origin::{origin, Origin, OriginBuilder, SeenRequest};
+#[allow(unused_imports)]
+pub use reply::Reply;
+#[allow(unused_imports)]
+pub use tls::{ring_provider, IssuedCert, TestCa};
+#[allow(unused_imports)]
+pub use wire::reset_on_drop;
