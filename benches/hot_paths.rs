@@ -1,1 +1,112 @@
-fn main() {}
+//! Criterion micro-benchmarks of the per-request hot pieces: target parsing, policy, headers, pool.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue, Uri};
+use portcullis::config::Config;
+use portcullis::pool::{Checkout, Limits, Pool, Poolable, Reuse};
+use portcullis::policy::{self, Want};
+use portcullis::proxy::headers;
+use portcullis::target;
+
+const CONFIG: &str = r#"
+[[upstream]]
+name = "stripe"
+hosts = ["api.stripe.com", "files.stripe.com"]
+ports = [443]
+[[upstream]]
+name = "adyen"
+hosts = ["*.adyen.com"]
+ports = [443]
+[[upstream]]
+name = "worldpay"
+hosts = ["secure.worldpay.com", "*.worldpay.com"]
+ports = [443]
+tls = "originate"
+"#;
+
+fn parse(c: &mut Criterion) {
+    let uri: Uri = "http://secure.worldpay.com/v1/payments?ref=abc".parse().unwrap();
+    c.bench_function("target::parse_absolute", |b| b.iter(|| target::parse_absolute(black_box(&uri)).unwrap()));
+    c.bench_function("target::parse_connect", |b| {
+        b.iter(|| target::parse_connect(black_box("api.stripe.com:443")).unwrap())
+    });
+}
+
+fn policy_decide(c: &mut Criterion) {
+    let config = Config::from_toml(CONFIG, "bench").unwrap();
+    let host = target::parse_host("checkout-test.adyen.com").unwrap();
+    let peer: IpAddr = "10.1.2.3".parse().unwrap();
+    c.bench_function("policy::decide (3rd upstream, wildcard)", |b| {
+        b.iter(|| {
+            policy::decide(black_box(&config), peer, None, black_box(&host), Want::Tunnel { port: 443 }).unwrap()
+        })
+    });
+}
+
+fn header_rewrite(c: &mut Criterion) {
+    let mut base = HeaderMap::new();
+    for (k, v) in [
+        ("host", "secure.worldpay.com"),
+        ("user-agent", "payments-client/1.2"),
+        ("accept", "application/json"),
+        ("content-type", "application/json"),
+        ("authorization", "Bearer secret"),
+        ("idempotency-key", "8c1f0e2a"),
+        ("connection", "keep-alive"),
+        ("proxy-connection", "keep-alive"),
+        ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+    ] {
+        base.insert(k, HeaderValue::from_static(v));
+    }
+    c.bench_function("headers::strip_hop_by_hop + via", |b| {
+        b.iter(|| {
+            let mut h = black_box(&base).clone();
+            headers::strip_hop_by_hop(&mut h);
+            headers::add_via(&mut h);
+            h
+        })
+    });
+}
+
+struct Fake;
+impl Poolable for Fake {
+    fn is_open(&self) -> bool {
+        true
+    }
+}
+
+fn pool_cycle(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let metrics = portcullis::metrics::Metrics::new();
+    let pool: Pool<Fake> = rt.block_on(async {
+        let limits = Limits {
+            max_connections: 128,
+            max_idle: 16,
+            idle_timeout: std::time::Duration::from_secs(30),
+            max_lifetime: std::time::Duration::from_secs(3600),
+            acquire_timeout: std::time::Duration::from_secs(5),
+        };
+        Pool::new(limits, metrics.pool("bench"))
+    });
+    rt.block_on(async {
+        if let Checkout::Dial(slot) = pool.checkout(Reuse::Any).await.unwrap() {
+            slot.fill(Fake).release();
+        }
+    });
+    c.bench_function("pool checkout + release (reuse)", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                match pool.checkout(Reuse::Any).await.unwrap() {
+                    Checkout::Reused(c) => c.release(),
+                    Checkout::Dial(_) => panic!("expected reuse"),
+                }
+            })
+        })
+    });
+}
+
+criterion_group!(benches, parse, policy_decide, header_rewrite, pool_cycle);
+criterion_main!(benches);

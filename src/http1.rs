@@ -73,6 +73,11 @@ impl<R: AsyncRead + Unpin> ClientReader<R> {
         &self.buf
     }
 
+    /// The read half, e.g. to wait until it is readable while a connection idles.
+    pub fn get_ref(&self) -> &R {
+        &self.io
+    }
+
     /// Gives back the read half and the buffered bytes (see [`Self::buffered`]).
     pub fn into_parts(self) -> (R, BytesMut) {
         (self.io, self.buf)

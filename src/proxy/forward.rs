@@ -459,7 +459,9 @@ async fn respond_upstream<W: AsyncWrite + Unpin>(
     p: &mut Progress<'_>,
 ) -> Result<Flow, ProxyError> {
     let (parts, mut body) = response.into_parts();
-    let upstream_close = headers::wants_close(&parts.headers);
+    // An HTTP/1.0 upstream closes after each response unless it says keep-alive.
+    let upstream_close = headers::wants_close(&parts.headers)
+        || (parts.version == Version::HTTP_10 && !headers::wants_keep_alive(&parts.headers));
     let (idle, reason) = reuse::keep_alive_idle(parts.headers.get("keep-alive").map(HeaderValue::as_bytes), settings.idle_timeout);
     pooled.set_idle_timeout(idle, reason);
 

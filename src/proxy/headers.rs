@@ -54,12 +54,21 @@ pub fn host_value(host: &crate::target::Host, explicit_port: Option<u16>) -> Opt
 
 /// Does the message ask for the connection to be closed?
 pub fn wants_close(headers: &HeaderMap) -> bool {
+    connection_has(headers, "close")
+}
+
+/// Does the message ask for keep-alive (needed from HTTP/1.0 peers)?
+pub fn wants_keep_alive(headers: &HeaderMap) -> bool {
+    connection_has(headers, "keep-alive")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]
