@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Uri};
 use portcullis::config::Config;
-use portcullis::pool::{Checkout, Limits, Pool, Poolable, Reuse};
 use portcullis::policy::{self, Want};
+use portcullis::pool::{Checkout, Limits, Pool, Poolable, Reuse};
 use portcullis::proxy::headers;
 use portcullis::target;
 
@@ -28,8 +28,12 @@ tls = "originate"
 "#;
 
 fn parse(c: &mut Criterion) {
-    let uri: Uri = "http://secure.worldpay.com/v1/payments?ref=abc".parse().unwrap();
-    c.bench_function("target::parse_absolute", |b| b.iter(|| target::parse_absolute(black_box(&uri)).unwrap()));
+    let uri: Uri = "http://secure.worldpay.com/v1/payments?ref=abc"
+        .parse()
+        .unwrap();
+    c.bench_function("target::parse_absolute", |b| {
+        b.iter(|| target::parse_absolute(black_box(&uri)).unwrap())
+    });
     c.bench_function("target::parse_connect", |b| {
         b.iter(|| target::parse_connect(black_box("api.stripe.com:443")).unwrap())
     });
@@ -41,7 +45,14 @@ fn policy_decide(c: &mut Criterion) {
     let peer: IpAddr = "10.1.2.3".parse().unwrap();
     c.bench_function("policy::decide (3rd upstream, wildcard)", |b| {
         b.iter(|| {
-            policy::decide(black_box(&config), peer, None, black_box(&host), Want::Tunnel { port: 443 }).unwrap()
+            policy::decide(
+                black_box(&config),
+                peer,
+                None,
+                black_box(&host),
+                Want::Tunnel { port: 443 },
+            )
+            .unwrap()
         })
     });
 }
@@ -79,7 +90,10 @@ impl Poolable for Fake {
 }
 
 fn pool_cycle(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let metrics = portcullis::metrics::Metrics::new();
     let pool: Pool<Fake> = rt.block_on(async {
         let limits = Limits {

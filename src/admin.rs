@@ -55,8 +55,10 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(shared.metrics.render())));
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
             r
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -67,17 +69,26 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/pools" => {
             let body = serde_json::to_vec(&pools(shared)).unwrap_or_default();
             let mut r = Response::new(Full::new(Bytes::from(body)));
-            r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
             r
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz, /readyz, /pools\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz, /readyz, /pools\n",
+        ),
     }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -137,7 +148,11 @@ fn pools(shared: &Shared) -> PoolsDoc {
                     id,
                     state: if c.busy { "busy" } else { "idle" },
                     age_seconds: round1(now.saturating_duration_since(c.created).as_secs_f64()),
-                    idle_seconds: if c.busy { 0.0 } else { round1(now.saturating_duration_since(c.idle_since).as_secs_f64()) },
+                    idle_seconds: if c.busy {
+                        0.0
+                    } else {
+                        round1(now.saturating_duration_since(c.idle_since).as_secs_f64())
+                    },
                     requests: c.requests,
                 })
                 .collect(),

@@ -28,12 +28,20 @@ pub struct Handle {
 
 /// Bind both listeners (port 0 picks a free port) and start serving.
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> io::Result<Handle> {
-    let proxy_listener = TcpListener::bind(config.proxy.listen)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.proxy.listen)))?;
+    let proxy_listener = TcpListener::bind(config.proxy.listen).await.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", config.proxy.listen),
+        )
+    })?;
     let admin_listener = TcpListener::bind(config.proxy.admin_listen)
         .await
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.proxy.admin_listen)))?;
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", config.proxy.admin_listen),
+            )
+        })?;
     let proxy_addr = proxy_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let max_clients = config.proxy.max_client_connections;
@@ -44,7 +52,15 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> io::Result<H
         tokio::spawn(crate::admin::run(admin_listener, shared.clone())),
     ];
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "portcullis listening");
-    Ok(Handle { proxy_addr, admin_addr, shared, config_path, limit, max_clients, tasks })
+    Ok(Handle {
+        proxy_addr,
+        admin_addr,
+        shared,
+        config_path,
+        limit,
+        max_clients,
+        tasks,
+    })
 }
 
 impl Handle {
@@ -59,8 +75,12 @@ impl Handle {
         match loaded {
             Ok(config) => {
                 let old = self.shared.config();
-                if config.proxy.listen != old.proxy.listen || config.proxy.admin_listen != old.proxy.admin_listen {
-                    tracing::warn!("listen addresses changed in the file: they take effect only on restart");
+                if config.proxy.listen != old.proxy.listen
+                    || config.proxy.admin_listen != old.proxy.admin_listen
+                {
+                    tracing::warn!(
+                        "listen addresses changed in the file: they take effect only on restart"
+                    );
                 }
                 self.shared.replace_config(config);
                 reloads.with_label_values(&["ok"]).inc();
@@ -84,7 +104,10 @@ impl Handle {
         let all = u32::try_from(self.max_clients).unwrap_or(u32::MAX);
         let drained = tokio::time::timeout(grace, self.limit.acquire_many(all)).await;
         if drained.is_err() {
-            tracing::warn!(grace_s = grace.as_secs_f64(), "shutdown grace over: cutting remaining connections");
+            tracing::warn!(
+                grace_s = grace.as_secs_f64(),
+                "shutdown grace over: cutting remaining connections"
+            );
         }
         self.shared.phase.send_replace(Phase::Stopped);
         self.shared.pools.drain_all();

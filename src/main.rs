@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::config::Config;
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "An allowlisting egress proxy for payment traffic")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "An allowlisting egress proxy for payment traffic"
+)]
 struct Cli {
     /// Config file (default: $PORTCULLIS_CONFIG, else the built-in config).
     #[arg(long, global = true)]
@@ -33,7 +37,10 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let path = cli.config.clone().or_else(|| std::env::var_os("PORTCULLIS_CONFIG").map(PathBuf::from));
+    let path = cli
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("PORTCULLIS_CONFIG").map(PathBuf::from));
     let config = match Config::load(path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -48,7 +55,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("portcullis: cannot start the runtime: {e}");

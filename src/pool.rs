@@ -68,7 +68,9 @@ pub struct Pool<C: Poolable> {
 
 impl<C: Poolable> Clone for Pool<C> {
     fn clone(&self) -> Self {
-        Pool { inner: self.inner.clone() }
+        Pool {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -191,7 +193,10 @@ impl<C: Poolable> Pool<C> {
             metrics,
             wake_reaper: Arc::new(Notify::new()),
         });
-        tokio::spawn(reaper::run(Arc::downgrade(&inner), inner.wake_reaper.clone()));
+        tokio::spawn(reaper::run(
+            Arc::downgrade(&inner),
+            inner.wake_reaper.clone(),
+        ));
         Pool { inner }
     }
 
@@ -214,7 +219,13 @@ impl<C: Poolable> Pool<C> {
             if queue_empty && !st.closing {
                 let max_lifetime = st.limits.max_lifetime;
                 while let Some(entry) = st.idle.pop().filter(|_| reuse != Reuse::Never) {
-                    match reuse::verdict(&entry.meta.life, now, max_lifetime, entry.conn.is_open(), max_idle_for_request) {
+                    match reuse::verdict(
+                        &entry.meta.life,
+                        now,
+                        max_lifetime,
+                        entry.conn.is_open(),
+                        max_idle_for_request,
+                    ) {
                         Verdict::Reuse => {
                             let pooled = self.inner.take_idle(&mut st, entry, now);
                             drop(st);
@@ -276,7 +287,9 @@ impl<C: Poolable> Pool<C> {
                 // Closed senders are pruned so a pool that never frees up does not grow a queue.
                 self.inner.lock().waiters.retain(|w| !w.is_closed());
                 metrics.acquire_timeouts.inc();
-                Err(AcquireTimeout { max_connections: max })
+                Err(AcquireTimeout {
+                    max_connections: max,
+                })
             }
         }
     }
@@ -322,7 +335,8 @@ impl<C: Poolable> Pool<C> {
     pub fn snapshot(&self) -> Snapshot {
         let st = self.inner.lock();
         let busy = st.conns.values().filter(|c| c.busy).count();
-        let mut connections: Vec<(u64, ConnInfo)> = st.conns.iter().map(|(id, c)| (*id, *c)).collect();
+        let mut connections: Vec<(u64, ConnInfo)> =
+            st.conns.iter().map(|(id, c)| (*id, *c)).collect();
         connections.sort_by_key(|(id, _)| *id);
         Snapshot {
             idle: st.idle.len(),
@@ -351,7 +365,12 @@ impl<C: Poolable> Inner<C> {
     }
 
     /// Move an idle entry to busy.
-    fn take_idle(self: &Arc<Self>, st: &mut State<C>, mut entry: Idle<C>, now: Instant) -> Pooled<C> {
+    fn take_idle(
+        self: &Arc<Self>,
+        st: &mut State<C>,
+        mut entry: Idle<C>,
+        now: Instant,
+    ) -> Pooled<C> {
         let idle_for = now.saturating_duration_since(entry.meta.life.idle_since);
         entry.meta.requests += 1;
         if let Some(info) = st.conns.get_mut(&entry.meta.id) {
@@ -376,7 +395,9 @@ impl<C: Poolable> Inner<C> {
     fn grant_free_slots(self: &Arc<Self>, mut st: MutexGuard<'_, State<C>>) {
         let mut refused = Vec::new();
         while st.open < st.limits.max_connections && !st.closing {
-            let Some(tx) = st.waiters.pop_front() else { break };
+            let Some(tx) = st.waiters.pop_front() else {
+                break;
+            };
             if tx.is_closed() {
                 continue;
             }
@@ -397,8 +418,21 @@ impl<C: Poolable> Inner<C> {
         let now = Instant::now();
         let mut st = self.lock();
         let verdict = disposition
-            .and_then(|()| reuse::reusable_after_response(&meta.life, now, st.limits.max_lifetime, conn.is_open()))
-            .and_then(|()| if st.closing { Err(CloseReason::Shutdown) } else { Ok(()) });
+            .and_then(|()| {
+                reuse::reusable_after_response(
+                    &meta.life,
+                    now,
+                    st.limits.max_lifetime,
+                    conn.is_open(),
+                )
+            })
+            .and_then(|()| {
+                if st.closing {
+                    Err(CloseReason::Shutdown)
+                } else {
+                    Ok(())
+                }
+            });
         if let Err(reason) = verdict {
             st.forget(meta.id);
             st.open -= 1;
@@ -503,10 +537,23 @@ impl<C: Poolable> Slot<C> {
         let idle_timeout = inner.lock().limits.idle_timeout;
         let meta = Meta {
             id,
-            life: Life { created: now, idle_since: now, idle_timeout, idle_reason: CloseReason::IdleTimeout },
+            life: Life {
+                created: now,
+                idle_since: now,
+                idle_timeout,
+                idle_reason: CloseReason::IdleTimeout,
+            },
             requests: 1,
         };
-        inner.lock().conns.insert(id, ConnInfo { busy: true, created: now, idle_since: now, requests: 1 });
+        inner.lock().conns.insert(
+            id,
+            ConnInfo {
+                busy: true,
+                created: now,
+                idle_since: now,
+                requests: 1,
+            },
+        );
         inner.metrics.opened.inc();
         inner.metrics.busy.inc();
         Pooled {
@@ -604,7 +651,13 @@ impl<C: Poolable> Pooled<C> {
 impl<C: Poolable> Drop for Pooled<C> {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
-        let Some(inner) = self.slot.inner.take() else { return };
-        inner.put_back(conn, self.meta, self.done.unwrap_or(Err(CloseReason::Error)));
+        let Some(inner) = self.slot.inner.take() else {
+            return;
+        };
+        inner.put_back(
+            conn,
+            self.meta,
+            self.done.unwrap_or(Err(CloseReason::Error)),
+        );
     }
 }

@@ -56,7 +56,10 @@ impl Shared {
     }
 
     pub fn config(&self) -> Arc<Config> {
-        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Take a new config for new requests; pools pick up new limits, removed upstreams drain.
@@ -111,7 +114,8 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, limit: Arc<Semaphor
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning, and say so once a minute at most.
                 let now = tokio::time::Instant::now();
-                if last_accept_error.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60)) {
+                if last_accept_error.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
+                {
                     tracing::error!(error = %e, "accept failed; backing off (file descriptors exhausted?)");
                     last_accept_error = Some(now);
                 }
@@ -132,7 +136,12 @@ impl Drop for ClientGauge {
 }
 
 /// One client connection, cut short when the shutdown grace runs out.
-async fn serve_client(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, _permit: OwnedSemaphorePermit) {
+async fn serve_client(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
     shared.metrics.client_connections.inc();
     let _gauge = ClientGauge(shared.metrics.client_connections.clone());
     let mut phase = shared.phase.subscribe();
@@ -170,18 +179,30 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             Ok(Err(HeadError::Closed)) | Ok(Err(HeadError::Io(_))) => return,
             Ok(Err(e)) => {
                 let err = match e {
-                    HeadError::TooLarge => ProxyError::HeadTooLarge { limit: proxy.max_header_bytes },
+                    HeadError::TooLarge => ProxyError::HeadTooLarge {
+                        limit: proxy.max_header_bytes,
+                    },
                     HeadError::Malformed(why) => ProxyError::bad_request(why),
                     HeadError::Closed | HeadError::Io(_) => return,
                 };
-                let ctx = Ctx { shared: shared.clone(), config: shared.config(), peer, draining: shared.draining() };
+                let ctx = Ctx {
+                    shared: shared.clone(),
+                    config: shared.config(),
+                    peer,
+                    draining: shared.draining(),
+                };
                 respond::error(&ctx, &mut wr, Version::HTTP_11, &err, true).await;
                 log_refused(&ctx, &err);
                 return;
             }
             Ok(Ok(head)) => head,
         };
-        let ctx = Ctx { shared: shared.clone(), config: shared.config(), peer, draining: shared.draining() };
+        let ctx = Ctx {
+            shared: shared.clone(),
+            config: shared.config(),
+            peer,
+            draining: shared.draining(),
+        };
         if ctx.draining && head.method != Method::CONNECT {
             respond::error(&ctx, &mut wr, head.version, &ProxyError::ShuttingDown, true).await;
             return;
@@ -200,7 +221,11 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
 /// Access-log line for a request refused before its head could be parsed.
 fn log_refused(ctx: &Ctx, err: &ProxyError) {
     let status = err.status();
-    ctx.shared.metrics.requests.with_label_values(&["none", "OTHER", status.as_str()]).inc();
+    ctx.shared
+        .metrics
+        .requests
+        .with_label_values(&["none", "OTHER", status.as_str()])
+        .inc();
     access::log(&access::Record {
         client: ctx.peer,
         client_name: None,

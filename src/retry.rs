@@ -63,7 +63,10 @@ pub fn repeatable(method: &Method, has_idempotency_key: bool, retry_non_idempote
 
 /// RFC 9110 §9.2.2 idempotent methods.
 pub fn idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// Could this request be retried if its connection died after it was written? If not, it may
@@ -83,8 +86,24 @@ mod tests {
         // (retry_on_reset, reused, replayable, repeatable, sends, stage) -> decision
         let cases = [
             // any method is retried when the request never fully left
-            (true, true, true, false, 1, BeforeWrite, Some(ClosedBeforeWrite)),
-            (true, true, true, true, 1, BeforeWrite, Some(ClosedBeforeWrite)),
+            (
+                true,
+                true,
+                true,
+                false,
+                1,
+                BeforeWrite,
+                Some(ClosedBeforeWrite),
+            ),
+            (
+                true,
+                true,
+                true,
+                true,
+                1,
+                BeforeWrite,
+                Some(ClosedBeforeWrite),
+            ),
             // after writing: only repeatable requests
             (true, true, true, true, 1, AfterWrite, Some(ResetAfterWrite)),
             (true, true, true, false, 1, AfterWrite, None),
@@ -102,7 +121,13 @@ mod tests {
             (true, true, true, true, 2, AfterWrite, None),
         ];
         for (ror, reused, replayable, repeatable, sends, stage, want) in cases {
-            let f = Facts { retry_on_reset: ror, reused, replayable, repeatable, sends };
+            let f = Facts {
+                retry_on_reset: ror,
+                reused,
+                replayable,
+                repeatable,
+                sends,
+            };
             assert_eq!(decide(&f, stage), want, "{f:?} {stage:?}");
         }
     }
@@ -123,7 +148,11 @@ mod tests {
             (Method::CONNECT, false, false, false),
         ];
         for (m, key, rni, want) in cases {
-            assert_eq!(repeatable(&m, key, rni), want, "{m} key={key} retry_non_idempotent={rni}");
+            assert_eq!(
+                repeatable(&m, key, rni),
+                want,
+                "{m} key={key} retry_non_idempotent={rni}"
+            );
         }
     }
 
@@ -131,7 +160,13 @@ mod tests {
     fn unsafe_reuse_applies_when_a_retry_is_impossible() {
         assert!(retriable_after_write(true, true, true));
         assert!(!retriable_after_write(true, true, false), "a plain POST");
-        assert!(!retriable_after_write(true, false, true), "a body too large to replay");
-        assert!(!retriable_after_write(false, true, true), "retries switched off");
+        assert!(
+            !retriable_after_write(true, false, true),
+            "a body too large to replay"
+        );
+        assert!(
+            !retriable_after_write(false, true, true),
+            "retries switched off"
+        );
     }
 }

@@ -57,7 +57,11 @@ impl UpstreamConn {
                 }
             }
         });
-        Ok(UpstreamConn { sender, driver, hook })
+        Ok(UpstreamConn {
+            sender,
+            driver,
+            hook,
+        })
     }
 
     /// Tell the driver which pool entry it is, once the connection is in a pool.
@@ -84,7 +88,11 @@ pub enum ReqBody {
     /// Held whole (no body, or within `max_replay_body`): can be sent again.
     Full { data: Option<Bytes>, sent: Sent },
     /// Streamed from the client as it arrives: cannot be replayed.
-    Stream { rx: mpsc::Receiver<io::Result<Bytes>>, sent: Sent, remaining: Option<u64> },
+    Stream {
+        rx: mpsc::Receiver<io::Result<Bytes>>,
+        sent: Sent,
+        remaining: Option<u64>,
+    },
 }
 
 impl ReqBody {
@@ -97,12 +105,25 @@ impl ReqBody {
         } else {
             Some(data)
         };
-        (ReqBody::Full { data, sent: sent.clone() }, sent)
+        (
+            ReqBody::Full {
+                data,
+                sent: sent.clone(),
+            },
+            sent,
+        )
     }
 
     pub fn stream(rx: mpsc::Receiver<io::Result<Bytes>>, length: Option<u64>) -> (ReqBody, Sent) {
         let sent = Sent::default();
-        (ReqBody::Stream { rx, sent: sent.clone(), remaining: length }, sent)
+        (
+            ReqBody::Stream {
+                rx,
+                sent: sent.clone(),
+                remaining: length,
+            },
+            sent,
+        )
     }
 }
 
@@ -110,14 +131,21 @@ impl Body for ReqBody {
     type Data = Bytes;
     type Error = io::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match self.get_mut() {
             ReqBody::Full { data, sent } => {
                 // The one frame is the whole body: handing it over is sending it all.
                 sent.mark();
                 Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
             }
-            ReqBody::Stream { rx, sent, remaining } => match rx.poll_recv(cx) {
+            ReqBody::Stream {
+                rx,
+                sent,
+                remaining,
+            } => match rx.poll_recv(cx) {
                 Poll::Ready(Some(Ok(d))) => {
                     if let Some(r) = remaining {
                         *r = r.saturating_sub(d.len() as u64);
@@ -146,9 +174,15 @@ impl Body for ReqBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ReqBody::Full { data, .. } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            ReqBody::Stream { remaining: Some(n), .. } => SizeHint::with_exact(*n),
-            ReqBody::Stream { remaining: None, .. } => SizeHint::default(),
+            ReqBody::Full { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ReqBody::Stream {
+                remaining: Some(n), ..
+            } => SizeHint::with_exact(*n),
+            ReqBody::Stream {
+                remaining: None, ..
+            } => SizeHint::default(),
         }
     }
 }

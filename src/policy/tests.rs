@@ -1,1 +1,364 @@
 //! Policy decision tests: identities, host and port rules.
+
+use super::*;
+
+use std::sync::Once;
+
+use crate::target::parse_host;
+
+/// Set once for the whole test binary; no other test reads or writes it. The colon checks
+/// that only the first `:` of `user:pass` splits.
+const PASSWORD_VAR: &str = "PORTCULLIS_UNIT_POLICY_PW";
+const PASSWORD: &str = "s3cr:et";
+
+fn config(text: &str) -> Config {
+    static SET: Once = Once::new();
+    SET.call_once(|| std::env::set_var(PASSWORD_VAR, PASSWORD));
+    let text = text.replace("$PW", PASSWORD_VAR);
+    Config::from_toml(&text, "policy-test.toml").unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+fn basic(user: &str, pass: &str) -> Vec<u8> {
+    credentials("Basic", user, pass)
+}
+
+/// `<scheme> base64(user:pass)`, to try other spellings of the scheme.
+fn credentials(scheme: &str, user: &str, pass: &str) -> Vec<u8> {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    format!("{scheme} {b64}").into_bytes()
+}
+
+/// What a case expects from `decide`.
+#[derive(Debug)]
+enum Expect {
+    Allow {
+        upstream: &'static str,
+        port: u16,
+        tls: bool,
+        client: Option<&'static str>,
+    },
+    Deny(DenyReason),
+    AuthRequired,
+}
+
+use Expect::{AuthRequired, Deny};
+
+fn allow(upstream: &'static str, port: u16, tls: bool) -> Expect {
+    Expect::Allow {
+        upstream,
+        port,
+        tls,
+        client: None,
+    }
+}
+
+fn allow_as(client: &'static str, upstream: &'static str, port: u16) -> Expect {
+    Expect::Allow {
+        upstream,
+        port,
+        tls: false,
+        client: Some(client),
+    }
+}
+
+fn http(port: Option<u16>) -> Want {
+    Want::Forward {
+        scheme: Scheme::Http,
+        port,
+    }
+}
+
+fn https(port: Option<u16>) -> Want {
+    Want::Forward {
+        scheme: Scheme::Https,
+        port,
+    }
+}
+
+fn tunnel(port: u16) -> Want {
+    Want::Tunnel { port }
+}
+
+/// (peer, Proxy-Authorization, host, what is asked, expected)
+type Case<'a> = (&'a str, Option<Vec<u8>>, &'a str, Want, Expect);
+
+fn run(config: &Config, cases: &[Case]) {
+    let mut failures = Vec::new();
+    for (peer, auth, host, want, expect) in cases {
+        let peer: IpAddr = peer.parse().unwrap_or_else(|e| panic!("{peer}: {e}"));
+        let host_parsed = parse_host(host).unwrap_or_else(|e| panic!("{host}: {e}"));
+        let got = decide(config, peer, auth.as_deref(), &host_parsed, *want);
+        let ok = match (&got, expect) {
+            (
+                Ok(a),
+                Expect::Allow {
+                    upstream,
+                    port,
+                    tls,
+                    client,
+                },
+            ) => {
+                a.upstream.name == *upstream
+                    && a.target.port == *port
+                    && a.target.tls == *tls
+                    && a.target.host == host_parsed
+                    && a.client.as_deref() == *client
+            }
+            (Err(ProxyError::Denied { reason, .. }), Deny(want)) => reason == want,
+            (Err(ProxyError::AuthRequired), AuthRequired) => true,
+            _ => false,
+        };
+        if !ok {
+            let auth = auth.as_deref().map(String::from_utf8_lossy);
+            failures.push(format!(
+                "peer {peer} auth {auth:?} host {host} {want:?}: want {expect:?}, got {got:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+const HOSTS: &str = r#"
+[[upstream]]
+name = "exact-first"
+hosts = ["api.example.com"]
+ports = [443]
+
+[[upstream]]
+name = "wide"
+hosts = ["*.example.com", "api.example.com"]
+ports = [80, 443, 8443]
+
+[[upstream]]
+name = "originate"
+hosts = ["secure.pay.example"]
+tls = "originate"
+
+[[upstream]]
+name = "originate-443"
+hosts = ["alt.pay.example"]
+tls = "originate"
+ports = [443, 8443]
+
+[[upstream]]
+name = "literals"
+hosts = ["10.9.9.9", "::1"]
+ports = [8080]
+
+[[upstream]]
+name = "default-ports"
+hosts = ["plain.example.net"]
+"#;
+
+#[test]
+fn hosts_ports_and_tls_without_clients() {
+    let c = config(HOSTS);
+    let anyone = "203.0.113.5";
+    #[rustfmt::skip]
+    let cases: Vec<Case> = vec![
+        // The first upstream in file order whose hosts match decides, even when a later one
+        // would allow the port.
+        (anyone, None, "api.example.com", tunnel(443), allow("exact-first", 443, false)),
+        (anyone, None, "API.Example.COM", tunnel(443), allow("exact-first", 443, false)),
+        (anyone, None, "api.example.com", tunnel(8443), Deny(DenyReason::Port)),
+        (anyone, None, "api.example.com", http(None), Deny(DenyReason::Port)),
+        (anyone, None, "api.example.com", https(None), allow("exact-first", 443, true)),
+        // Wildcards: any depth below the suffix, never the suffix itself.
+        (anyone, None, "www.example.com", tunnel(8443), allow("wide", 8443, false)),
+        (anyone, None, "a.b.c.example.com", tunnel(443), allow("wide", 443, false)),
+        (anyone, None, "example.com", tunnel(443), Deny(DenyReason::Host)),
+        (anyone, None, "badexample.com", tunnel(443), Deny(DenyReason::Host)),
+        (anyone, None, "www.example.com.evil.test", tunnel(443), Deny(DenyReason::Host)),
+        (anyone, None, "unlisted.test", http(None), Deny(DenyReason::Host)),
+        // Absolute-form ports: explicit, else 443 for https, else 80.
+        (anyone, None, "www.example.com", http(None), allow("wide", 80, false)),
+        (anyone, None, "www.example.com", https(None), allow("wide", 443, true)),
+        (anyone, None, "www.example.com", http(Some(8443)), allow("wide", 8443, false)),
+        (anyone, None, "www.example.com", https(Some(80)), allow("wide", 80, true)),
+        (anyone, None, "www.example.com", http(Some(8080)), Deny(DenyReason::Port)),
+        // CONNECT port must be in `ports`.
+        (anyone, None, "www.example.com", tunnel(22), Deny(DenyReason::Port)),
+        (anyone, None, "plain.example.net", tunnel(80), allow("default-ports", 80, false)),
+        (anyone, None, "plain.example.net", tunnel(443), allow("default-ports", 443, false)),
+        (anyone, None, "plain.example.net", tunnel(8443), Deny(DenyReason::Port)),
+        // tls = "originate": http:// defaults to 443 and always speaks TLS; CONNECT stays end-to-end.
+        (anyone, None, "secure.pay.example", http(None), allow("originate", 443, true)),
+        (anyone, None, "secure.pay.example", http(Some(80)), allow("originate", 80, true)),
+        (anyone, None, "secure.pay.example", tunnel(443), allow("originate", 443, false)),
+        (anyone, None, "alt.pay.example", http(None), allow("originate-443", 443, true)),
+        (anyone, None, "alt.pay.example", http(Some(80)), Deny(DenyReason::Port)),
+        (anyone, None, "alt.pay.example", tunnel(80), Deny(DenyReason::Port)),
+        // IP literals match only themselves.
+        (anyone, None, "10.9.9.9", tunnel(8080), allow("literals", 8080, false)),
+        (anyone, None, "[::1]", tunnel(8080), allow("literals", 8080, false)),
+        (anyone, None, "10.9.9.9", http(None), Deny(DenyReason::Port)),
+        (anyone, None, "127.0.0.1", tunnel(8080), Deny(DenyReason::Host)),
+        (anyone, None, "[::ffff:10.9.9.9]", tunnel(8080), Deny(DenyReason::Host)),
+    ];
+    run(&c, &cases);
+}
+
+#[test]
+fn without_clients_anyone_passes() {
+    let c = config(HOSTS);
+    let garbage = Some(b"Bearer not-basic-at-all".to_vec());
+    #[rustfmt::skip]
+    let cases: Vec<Case> = vec![
+        ("10.1.2.3", None, "api.example.com", tunnel(443), allow("exact-first", 443, false)),
+        ("2001:db8::7", None, "api.example.com", tunnel(443), allow("exact-first", 443, false)),
+        ("127.0.0.1", garbage.clone(), "api.example.com", tunnel(443), allow("exact-first", 443, false)),
+        ("203.0.113.5", Some(basic("who", "ever")), "api.example.com", tunnel(443),
+            allow("exact-first", 443, false)),
+    ];
+    run(&c, &cases);
+}
+
+const CLIENTS: &str = r#"
+[[upstream]]
+name = "stripe"
+hosts = ["api.stripe.com"]
+ports = [443]
+
+[[upstream]]
+name = "worldpay"
+hosts = ["secure.worldpay.com"]
+ports = [443]
+
+[[upstream]]
+name = "adyen"
+hosts = ["*.adyen.com"]
+ports = [443]
+
+[[client]]
+name = "checkout"
+cidrs = ["10.0.0.0/8", "2001:db8::/32"]
+upstreams = ["stripe"]
+
+[[client]]
+name = "batch"
+cidrs = ["192.168.0.0/16"]
+username = "batch"
+password_env = "$PW"
+upstreams = ["adyen"]
+
+[[client]]
+name = "connector"
+username = "connector"
+password_env = "$PW"
+upstreams = ["stripe", "worldpay"]
+"#;
+
+#[test]
+fn client_identity() {
+    let c = config(CLIENTS);
+    let right = || Some(basic("connector", PASSWORD));
+    let batch = || Some(basic("batch", PASSWORD));
+    let lower = Some(credentials("basic", "connector", PASSWORD));
+    let stripe = "api.stripe.com";
+    let worldpay = "secure.worldpay.com";
+    #[rustfmt::skip]
+    let cases: Vec<Case> = vec![
+        // By CIDR, v4, v6 and an IPv4-mapped peer from a dual-stack listener.
+        ("10.1.2.3", None, stripe, tunnel(443), allow_as("checkout", "stripe", 443)),
+        ("2001:db8:5::1", None, stripe, tunnel(443), allow_as("checkout", "stripe", 443)),
+        ("::ffff:10.1.2.3", None, stripe, tunnel(443), allow_as("checkout", "stripe", 443)),
+        // A client's `upstreams` lacks the matched upstream.
+        ("10.1.2.3", None, worldpay, tunnel(443), Deny(DenyReason::Client)),
+        ("::ffff:10.1.2.3", None, "x.adyen.com", tunnel(443), Deny(DenyReason::Client)),
+        // Identity comes before host and port: a known client still gets Host / Port.
+        ("10.1.2.3", None, "unlisted.test", tunnel(443), Deny(DenyReason::Host)),
+        ("10.1.2.3", None, stripe, tunnel(8443), Deny(DenyReason::Port)),
+        // Outside every password-less CIDR, a password client could log in: 407, even for
+        // a host that is not on the allowlist.
+        ("172.16.0.1", None, stripe, tunnel(443), AuthRequired),
+        ("172.16.0.1", None, "unlisted.test", tunnel(443), AuthRequired),
+        ("::ffff:172.16.0.1", None, stripe, tunnel(443), AuthRequired),
+        // Right credentials: that client, from anywhere its CIDRs allow, even inside
+        // another client's CIDR.
+        ("172.16.0.1", right(), worldpay, tunnel(443), allow_as("connector", "worldpay", 443)),
+        ("10.1.2.3", right(), worldpay, tunnel(443), allow_as("connector", "worldpay", 443)),
+        ("2001:db8::1", right(), stripe, tunnel(443), allow_as("connector", "stripe", 443)),
+        ("172.16.0.1", right(), "x.adyen.com", tunnel(443), Deny(DenyReason::Client)),
+        ("172.16.0.1", lower, stripe, tunnel(443), allow_as("connector", "stripe", 443)),
+        ("192.168.4.4", batch(), "x.adyen.com", tunnel(443), allow_as("batch", "adyen", 443)),
+        // Right credentials from outside that client's CIDRs.
+        ("10.1.2.3", batch(), "x.adyen.com", tunnel(443), Deny(DenyReason::Client)),
+        // Wrong or unusable credentials.
+        ("172.16.0.1", Some(basic("connector", "s3cr")), stripe, tunnel(443), AuthRequired),
+        ("172.16.0.1", Some(basic("connector", "s3cr:et ")), stripe, tunnel(443), AuthRequired),
+        ("172.16.0.1", Some(basic("connector", "")), stripe, tunnel(443), AuthRequired),
+        ("172.16.0.1", Some(basic("Connector", PASSWORD)), stripe, tunnel(443), AuthRequired),
+        ("172.16.0.1", Some(basic("checkout", "")), stripe, tunnel(443), AuthRequired),
+        ("172.16.0.1", Some(basic("nobody", PASSWORD)), stripe, tunnel(443), AuthRequired),
+        ("10.1.2.3", Some(basic("connector", "wrong")), stripe, tunnel(443), AuthRequired),
+        ("172.16.0.1", Some(b"Basic !!!not-base64".to_vec()), stripe, tunnel(443), AuthRequired),
+        ("172.16.0.1", Some(b"Bearer abc".to_vec()), stripe, tunnel(443), AuthRequired),
+        ("172.16.0.1", Some(b"Basic".to_vec()), stripe, tunnel(443), AuthRequired),
+    ];
+    run(&c, &cases);
+}
+
+#[test]
+fn outside_every_cidr_without_a_password_client_is_denied() {
+    let c = config(
+        r#"
+        [[upstream]]
+        name = "stripe"
+        hosts = ["api.stripe.com"]
+
+        [[client]]
+        name = "checkout"
+        cidrs = ["10.0.0.0/8", "fd00::/8"]
+        upstreams = ["stripe"]
+
+        [[client]]
+        name = "batch"
+        cidrs = ["192.168.0.0/16"]
+        username = "batch"
+        password_env = "$PW"
+        upstreams = ["stripe"]
+        "#,
+    );
+    let stripe = "api.stripe.com";
+    #[rustfmt::skip]
+    let cases: Vec<Case> = vec![
+        ("172.16.0.1", None, stripe, tunnel(443), Deny(DenyReason::Client)),
+        ("2001:db8::1", None, stripe, tunnel(443), Deny(DenyReason::Client)),
+        ("11.0.0.1", None, stripe, tunnel(443), Deny(DenyReason::Client)),
+        // The password client's own range asks for credentials instead.
+        ("192.168.1.1", None, stripe, tunnel(443), AuthRequired),
+        ("::ffff:192.168.1.1", None, stripe, tunnel(443), AuthRequired),
+        ("192.168.1.1", Some(basic("batch", PASSWORD)), stripe, http(None), allow_as("batch", "stripe", 80)),
+        ("fd12::1", None, stripe, tunnel(443), allow_as("checkout", "stripe", 443)),
+        ("10.255.255.255", None, stripe, tunnel(443), allow_as("checkout", "stripe", 443)),
+    ];
+    run(&c, &cases);
+}
+
+#[test]
+fn identify_without_clients_is_anonymous() {
+    let peer: IpAddr = "198.51.100.1".parse().unwrap();
+    assert!(matches!(identify(&[], peer, None), Ok(None)));
+    assert!(matches!(identify(&[], peer, Some(b"junk")), Ok(None)));
+}
+
+#[test]
+fn denials_explain_themselves() {
+    let c = config(CLIENTS);
+    let peer: IpAddr = "10.1.2.3".parse().unwrap();
+    let host = parse_host("secure.worldpay.com").unwrap();
+    let err = decide(&c, peer, None, &host, tunnel(443)).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("checkout") && text.contains("worldpay"),
+        "{text}"
+    );
+    let host = parse_host("api.stripe.com").unwrap();
+    let text = decide(&c, peer, None, &host, tunnel(22))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("port 22") && text.contains("api.stripe.com"),
+        "{text}"
+    );
+}

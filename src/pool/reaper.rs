@@ -50,7 +50,11 @@ fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> Option<Instant> {
             None => i += 1,
         }
     }
-    let next = st.idle.iter().map(|e| reuse::deadline(&e.meta.life, max_lifetime)).min();
+    let next = st
+        .idle
+        .iter()
+        .map(|e| reuse::deadline(&e.meta.life, max_lifetime))
+        .min();
     if !doomed.is_empty() {
         inner.grant_free_slots(st);
     } else {

@@ -33,7 +33,11 @@ pub struct Pools<C: Poolable> {
 
 impl<C: Poolable> Pools<C> {
     pub fn new(metrics: Metrics) -> Self {
-        Pools { map: RwLock::new(HashMap::new()), per_upstream: RwLock::new(HashMap::new()), metrics }
+        Pools {
+            map: RwLock::new(HashMap::new()),
+            per_upstream: RwLock::new(HashMap::new()),
+            metrics,
+        }
     }
 
     /// The pool for this destination, made with the upstream's limits if it is new.
@@ -53,17 +57,34 @@ impl<C: Poolable> Pools<C> {
             // A reload moved this destination to another upstream: its old pool drains.
             e.pool.drain(CloseReason::Shutdown);
         }
-        let pool = Pool::new(Limits::from_settings(&upstream.settings), self.metrics_for(&upstream.name));
-        map.insert(target.clone(), Entry { upstream: Arc::from(upstream.name.as_str()), pool: pool.clone() });
+        let pool = Pool::new(
+            Limits::from_settings(&upstream.settings),
+            self.metrics_for(&upstream.name),
+        );
+        map.insert(
+            target.clone(),
+            Entry {
+                upstream: Arc::from(upstream.name.as_str()),
+                pool: pool.clone(),
+            },
+        );
         pool
     }
 
     fn metrics_for(&self, upstream: &str) -> PoolMetrics {
-        if let Some(m) = self.per_upstream.read().unwrap_or_else(|e| e.into_inner()).get(upstream) {
+        if let Some(m) = self
+            .per_upstream
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(upstream)
+        {
             return m.clone();
         }
         let m = self.metrics.pool(upstream);
-        self.per_upstream.write().unwrap_or_else(|e| e.into_inner()).insert(Arc::from(upstream), m.clone());
+        self.per_upstream
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(Arc::from(upstream), m.clone());
         m
     }
 
@@ -94,14 +115,29 @@ impl<C: Poolable> Pools<C> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
         let mut all: Vec<(Key, Snapshot)> = map
             .iter()
-            .map(|(t, e)| (Key { upstream: e.upstream.clone(), target: t.clone() }, e.pool.snapshot()))
+            .map(|(t, e)| {
+                (
+                    Key {
+                        upstream: e.upstream.clone(),
+                        target: t.clone(),
+                    },
+                    e.pool.snapshot(),
+                )
+            })
             .collect();
-        all.sort_by(|a, b| (&a.0.upstream, a.0.target.authority()).cmp(&(&b.0.upstream, b.0.target.authority())));
+        all.sort_by(|a, b| {
+            (&a.0.upstream, a.0.target.authority()).cmp(&(&b.0.upstream, b.0.target.authority()))
+        });
         all
     }
 
     /// Slots taken across all pools: zero when nothing is connecting, busy or idle.
     pub fn open(&self) -> usize {
-        self.map.read().unwrap_or_else(|e| e.into_inner()).values().map(|e| e.pool.open()).sum()
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|e| e.pool.open())
+            .sum()
     }
 }

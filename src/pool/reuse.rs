@@ -63,7 +63,12 @@ pub fn deadline(life: &Life, max_lifetime: Duration) -> Instant {
 }
 
 /// After a response: may the connection go back to the pool at all?
-pub fn reusable_after_response(life: &Life, now: Instant, max_lifetime: Duration, is_open: bool) -> Result<(), CloseReason> {
+pub fn reusable_after_response(
+    life: &Life,
+    now: Instant,
+    max_lifetime: Duration,
+    is_open: bool,
+) -> Result<(), CloseReason> {
     if !is_open {
         return Err(CloseReason::RemoteClosed);
     }
@@ -129,28 +134,79 @@ mod tests {
         // (age, idle, idle_timeout, open, max idle for request) -> verdict
         let cases = [
             (10, 1, 30, true, None, Verdict::Reuse),
-            (10, 1, 30, false, None, Verdict::Close(CloseReason::RemoteClosed)),
-            (60, 1, 30, true, None, Verdict::Close(CloseReason::MaxLifetime)),
-            (300, 1, 30, true, None, Verdict::Close(CloseReason::MaxLifetime)),
-            (40, 30, 30, true, None, Verdict::Close(CloseReason::IdleTimeout)),
-            (40, 31, 30, true, None, Verdict::Close(CloseReason::IdleTimeout)),
+            (
+                10,
+                1,
+                30,
+                false,
+                None,
+                Verdict::Close(CloseReason::RemoteClosed),
+            ),
+            (
+                60,
+                1,
+                30,
+                true,
+                None,
+                Verdict::Close(CloseReason::MaxLifetime),
+            ),
+            (
+                300,
+                1,
+                30,
+                true,
+                None,
+                Verdict::Close(CloseReason::MaxLifetime),
+            ),
+            (
+                40,
+                30,
+                30,
+                true,
+                None,
+                Verdict::Close(CloseReason::IdleTimeout),
+            ),
+            (
+                40,
+                31,
+                30,
+                true,
+                None,
+                Verdict::Close(CloseReason::IdleTimeout),
+            ),
             (40, 29, 30, true, None, Verdict::Reuse),
             (40, 3, 30, true, Some(S(2)), Verdict::TooIdle),
             (40, 2, 30, true, Some(S(2)), Verdict::Reuse),
             (40, 0, 30, true, Some(S(0)), Verdict::Reuse),
             // a closed connection is never handed out, whatever else holds
-            (0, 0, 30, false, Some(S(2)), Verdict::Close(CloseReason::RemoteClosed)),
+            (
+                0,
+                0,
+                30,
+                false,
+                Some(S(2)),
+                Verdict::Close(CloseReason::RemoteClosed),
+            ),
         ];
         for (age, idle, it, open, max, want) in cases {
             let l = life(now, age, idle, it);
-            assert_eq!(verdict(&l, now, lifetime, open, max), want, "age {age} idle {idle} timeout {it} open {open} max {max:?}");
+            assert_eq!(
+                verdict(&l, now, lifetime, open, max),
+                want,
+                "age {age} idle {idle} timeout {it} open {open} max {max:?}"
+            );
         }
     }
 
     #[test]
     fn deadline_is_the_earlier_limit() {
         let now = Instant::now();
-        let l = Life { created: now, idle_since: now + S(50), idle_timeout: S(30), idle_reason: CloseReason::IdleTimeout };
+        let l = Life {
+            created: now,
+            idle_since: now + S(50),
+            idle_timeout: S(30),
+            idle_reason: CloseReason::IdleTimeout,
+        };
         assert_eq!(deadline(&l, S(60)), now + S(60));
         assert_eq!(deadline(&l, S(100)), now + S(80));
     }
@@ -161,8 +217,16 @@ mod tests {
         let cases: [(Option<&[u8]>, Duration, CloseReason); 8] = [
             (None, c, CloseReason::IdleTimeout),
             (Some(b"timeout=5"), S(4), CloseReason::KeepAliveTimeout),
-            (Some(b"timeout=5, max=100"), S(4), CloseReason::KeepAliveTimeout),
-            (Some(b"max=100,Timeout=2"), S(1), CloseReason::KeepAliveTimeout),
+            (
+                Some(b"timeout=5, max=100"),
+                S(4),
+                CloseReason::KeepAliveTimeout,
+            ),
+            (
+                Some(b"max=100,Timeout=2"),
+                S(1),
+                CloseReason::KeepAliveTimeout,
+            ),
             (Some(b"timeout=1"), S(0), CloseReason::KeepAliveTimeout),
             (Some(b"timeout=120"), c, CloseReason::IdleTimeout),
             (Some(b"timeout=abc"), c, CloseReason::IdleTimeout),
@@ -176,11 +240,23 @@ mod tests {
     #[test]
     fn reuse_after_response() {
         let now = Instant::now() + S(1000);
-        assert_eq!(reusable_after_response(&life(now, 10, 0, 30), now, S(60), true), Ok(()));
-        assert_eq!(reusable_after_response(&life(now, 61, 0, 30), now, S(60), true), Err(CloseReason::MaxLifetime));
-        assert_eq!(reusable_after_response(&life(now, 1, 0, 30), now, S(60), false), Err(CloseReason::RemoteClosed));
+        assert_eq!(
+            reusable_after_response(&life(now, 10, 0, 30), now, S(60), true),
+            Ok(())
+        );
+        assert_eq!(
+            reusable_after_response(&life(now, 61, 0, 30), now, S(60), true),
+            Err(CloseReason::MaxLifetime)
+        );
+        assert_eq!(
+            reusable_after_response(&life(now, 1, 0, 30), now, S(60), false),
+            Err(CloseReason::RemoteClosed)
+        );
         let mut l = life(now, 1, 0, 0);
         l.idle_reason = CloseReason::KeepAliveTimeout;
-        assert_eq!(reusable_after_response(&l, now, S(60), true), Err(CloseReason::KeepAliveTimeout));
+        assert_eq!(
+            reusable_after_response(&l, now, S(60), true),
+            Err(CloseReason::KeepAliveTimeout)
+        );
     }
 }

@@ -14,7 +14,10 @@ struct Fake {
 
 impl Fake {
     fn new(n: u32) -> Fake {
-        Fake { n, open: Arc::new(AtomicBool::new(true)) }
+        Fake {
+            n,
+            open: Arc::new(AtomicBool::new(true)),
+        }
     }
 }
 
@@ -27,7 +30,13 @@ impl Poolable for Fake {
 const S: fn(u64) -> Duration = Duration::from_secs;
 
 fn limits(max: usize) -> Limits {
-    Limits { max_connections: max, max_idle: max, idle_timeout: S(30), max_lifetime: S(60), acquire_timeout: S(5) }
+    Limits {
+        max_connections: max,
+        max_idle: max,
+        idle_timeout: S(30),
+        max_lifetime: S(60),
+        acquire_timeout: S(5),
+    }
 }
 
 fn pool(l: Limits) -> (Pool<Fake>, Metrics) {
@@ -47,7 +56,11 @@ async fn dial(p: &Pool<Fake>, n: u32) -> Pooled<Fake> {
 }
 
 async fn reuse(p: &Pool<Fake>, max_idle: Option<Duration>) -> Option<Pooled<Fake>> {
-    match p.checkout(max_idle.map_or(Reuse::Any, Reuse::IdleAtMost)).await.expect("no timeout") {
+    match p
+        .checkout(max_idle.map_or(Reuse::Any, Reuse::IdleAtMost))
+        .await
+        .expect("no timeout")
+    {
         Checkout::Reused(c) => Some(c),
         Checkout::Dial(_) => None,
     }
@@ -78,7 +91,11 @@ async fn idle_connections_are_closed_when_their_time_runs_out() {
     tokio::time::sleep(S(29)).await;
     assert_eq!(p.snapshot().idle, 1, "still within idle_timeout");
     tokio::time::sleep(S(2)).await;
-    assert_eq!(p.snapshot().idle, 0, "the reaper closed it without a checkout");
+    assert_eq!(
+        p.snapshot().idle,
+        0,
+        "the reaper closed it without a checkout"
+    );
     assert_eq!(p.open(), 0);
     assert_eq!(closed(&m, "idle_timeout"), 1);
 }
@@ -97,7 +114,10 @@ async fn lifetime_is_never_exceeded_even_when_busy_all_along() {
     c.release();
     assert_eq!(p.snapshot().idle, 0);
     assert_eq!(closed(&m, "max_lifetime"), 1);
-    assert!(reuse(&p, None).await.is_none(), "a new dial, never the old connection");
+    assert!(
+        reuse(&p, None).await.is_none(),
+        "a new dial, never the old connection"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -155,7 +175,11 @@ async fn non_retriable_requests_skip_stale_connections() {
         Checkout::Reused(_) => panic!("a 3 s idle connection was given to a non-retriable request"),
     };
     assert_eq!(closed(&m, "pool_full"), 1);
-    assert_eq!(p.open(), 1, "the evicted connection's slot now belongs to the dial");
+    assert_eq!(
+        p.open(),
+        1,
+        "the evicted connection's slot now belongs to the dial"
+    );
     drop(slot);
     assert_eq!(p.open(), 0);
 }
@@ -177,7 +201,11 @@ async fn waiters_are_served_first_come_first_served() {
     for i in 0..5u32 {
         let (p, order) = (p.clone(), order.clone());
         tasks.push(tokio::spawn(async move {
-            let mut c = match p.checkout(Reuse::Any).await.expect("served within acquire_timeout") {
+            let mut c = match p
+                .checkout(Reuse::Any)
+                .await
+                .expect("served within acquire_timeout")
+            {
                 Checkout::Reused(c) => c,
                 Checkout::Dial(s) => s.fill(Fake::new(100 + i)),
             };
@@ -212,9 +240,12 @@ async fn waiting_is_bounded_by_acquire_timeout() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_dial_frees_its_slot_for_the_next_waiter() {
     let (p, _) = pool(limits(1));
-    let Checkout::Dial(slot) = p.checkout(Reuse::Any).await.unwrap() else { panic!() };
+    let Checkout::Dial(slot) = p.checkout(Reuse::Any).await.unwrap() else {
+        panic!()
+    };
     let p2 = p.clone();
-    let waiter = tokio::spawn(async move { matches!(p2.checkout(Reuse::Any).await, Ok(Checkout::Dial(_))) });
+    let waiter =
+        tokio::spawn(async move { matches!(p2.checkout(Reuse::Any).await, Ok(Checkout::Dial(_))) });
     tokio::time::sleep(Duration::from_millis(10)).await;
     drop(slot); // the dial failed
     assert!(waiter.await.unwrap(), "the waiter got the slot to dial");
@@ -227,7 +258,12 @@ async fn dropping_without_release_closes_and_frees() {
     drop(c);
     assert_eq!(p.open(), 0);
     assert_eq!(closed(&m, "error"), 1);
-    assert_eq!(m.upstream_connections.with_label_values(&["t", "busy"]).get(), 0);
+    assert_eq!(
+        m.upstream_connections
+            .with_label_values(&["t", "busy"])
+            .get(),
+        0
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -285,7 +321,8 @@ async fn raising_the_cap_lets_a_waiter_dial() {
     let (p, _) = pool(limits(1));
     let _held = dial(&p, 1).await;
     let p2 = p.clone();
-    let waiter = tokio::spawn(async move { matches!(p2.checkout(Reuse::Any).await, Ok(Checkout::Dial(_))) });
+    let waiter =
+        tokio::spawn(async move { matches!(p2.checkout(Reuse::Any).await, Ok(Checkout::Dial(_))) });
     tokio::time::sleep(Duration::from_millis(10)).await;
     p.set_limits(limits(2));
     assert!(waiter.await.unwrap());
@@ -295,7 +332,10 @@ async fn raising_the_cap_lets_a_waiter_dial() {
 async fn never_reuse_dials_even_when_idle_exists() {
     let (p, _) = pool(limits(2));
     dial(&p, 1).await.release();
-    assert!(matches!(p.checkout(Reuse::Never).await, Ok(Checkout::Dial(_))));
+    assert!(matches!(
+        p.checkout(Reuse::Never).await,
+        Ok(Checkout::Dial(_))
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -303,7 +343,10 @@ async fn never_reuse_waiter_handed_a_connection_dials_instead() {
     let (p, m) = pool(limits(1));
     let held = dial(&p, 1).await;
     let p2 = p.clone();
-    let waiter = tokio::spawn(async move { matches!(p2.checkout(Reuse::Never).await, Ok(Checkout::Dial(_))) });
+    let waiter =
+        tokio::spawn(
+            async move { matches!(p2.checkout(Reuse::Never).await, Ok(Checkout::Dial(_))) },
+        );
     tokio::time::sleep(Duration::from_millis(10)).await;
     held.release();
     assert!(waiter.await.unwrap());

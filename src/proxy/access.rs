@@ -37,7 +37,10 @@ pub struct Record<'a> {
 
 /// The path of a request target without its query string (which may carry secrets).
 pub fn path_only(target: &str) -> &str {
-    let path_start = if let Some(rest) = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://")) {
+    let path_start = if let Some(rest) = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
         let offset = target.len() - rest.len();
         match rest.find(['/', '?']) {
             Some(i) => offset + i,

@@ -48,7 +48,12 @@ struct Progress<'a> {
 }
 
 /// Serve one absolute-form request; errors become the SPEC's responses here.
-pub async fn serve<R, W>(ctx: &Ctx, head: RequestHead, reader: &mut ClientReader<R>, writer: &mut W) -> Flow
+pub async fn serve<R, W>(
+    ctx: &Ctx,
+    head: RequestHead,
+    reader: &mut ClientReader<R>,
+    writer: &mut W,
+) -> Flow
 where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
@@ -73,19 +78,31 @@ where
         Err(e) if p.responded.is_some() => {
             // Mid-response: the head is out, so the only honest signal left is closing.
             tracing::debug!(error = %e, "response cut short");
-            (p.responded.unwrap_or(StatusCode::BAD_GATEWAY), Some(e.token()), Flow::Close)
+            (
+                p.responded.unwrap_or(StatusCode::BAD_GATEWAY),
+                Some(e.token()),
+                Flow::Close,
+            )
         }
         Err(e) => {
             let close = e.closes_client() || !p.body_done || !head.keep_alive || ctx.draining;
             let status = e.status();
             p.bytes_out += respond::error(ctx, writer, head.version, &e, close).await;
-            (status, Some(e.token()), if close { Flow::Close } else { Flow::KeepAlive })
+            (
+                status,
+                Some(e.token()),
+                if close { Flow::Close } else { Flow::KeepAlive },
+            )
         }
     };
     let elapsed = started.elapsed();
     let m = &ctx.shared.metrics;
-    m.requests.with_label_values(&[p.upstream, method_label(&head.method), status.as_str()]).inc();
-    m.request_duration.with_label_values(&[p.upstream]).observe(elapsed.as_secs_f64());
+    m.requests
+        .with_label_values(&[p.upstream, method_label(&head.method), status.as_str()])
+        .inc();
+    m.request_duration
+        .with_label_values(&[p.upstream])
+        .observe(elapsed.as_secs_f64());
     access::log(&access::Record {
         client: ctx.peer,
         client_name: p.client_name.as_deref(),
@@ -132,7 +149,11 @@ struct Prepared {
 enum ClientBody {
     Full(Bytes),
     /// Over `max_replay_body`: what was read so far, and the rest still in the client stream.
-    Streaming { prefix: Bytes, state: BodyState, length: Option<u64> },
+    Streaming {
+        prefix: Bytes,
+        state: BodyState,
+        length: Option<u64>,
+    },
 }
 
 async fn forward<'c, R, W>(
@@ -159,18 +180,34 @@ where
     })?;
     p.host = requested.host.to_string();
     p.port = requested.port.unwrap_or(0);
-    let auth = head.headers.get(header::PROXY_AUTHORIZATION).map(HeaderValue::as_bytes);
-    let want = Want::Forward { scheme: requested.scheme, port: requested.port };
-    let Allowed { client, upstream, target } = policy::decide(&ctx.config, ctx.peer.ip(), auth, &requested.host, want)?;
+    let auth = head
+        .headers
+        .get(header::PROXY_AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let want = Want::Forward {
+        scheme: requested.scheme,
+        port: requested.port,
+    };
+    let Allowed {
+        client,
+        upstream,
+        target,
+    } = policy::decide(&ctx.config, ctx.peer.ip(), auth, &requested.host, want)?;
     // Borrow the name from the config snapshot this request runs under.
-    p.upstream = upstreams.iter().find(|u| u.name == upstream.name).map_or("none", |u| u.name.as_str());
+    p.upstream = upstreams
+        .iter()
+        .find(|u| u.name == upstream.name)
+        .map_or("none", |u| u.name.as_str());
     p.client_name = client;
     p.port = target.port;
     let settings = &upstream.settings;
 
     if head.expect_continue && head.framing != BodyFraming::Empty {
         // Policy passed: let the client send its body (the upstream never sees the Expect).
-        writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.map_err(client_gone)?;
+        writer
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .map_err(client_gone)?;
     }
     let body = read_body(reader, head.framing, settings.max_replay_body).await?;
     p.body_done = matches!(body, ClientBody::Full(_));
@@ -184,11 +221,12 @@ where
         head.headers.contains_key("idempotency-key"),
         settings.retry_non_idempotent,
     );
-    let reuse_rule = if retry::retriable_after_write(settings.retry_on_reset, replayable, repeatable) {
-        Reuse::Any
-    } else {
-        Reuse::IdleAtMost(settings.unsafe_reuse_max_idle)
-    };
+    let reuse_rule =
+        if retry::retriable_after_write(settings.retry_on_reset, replayable, repeatable) {
+            Reuse::Any
+        } else {
+            Reuse::IdleAtMost(settings.unsafe_reuse_max_idle)
+        };
     let pool = ctx.shared.pools.get(&upstream, &target);
     let mut body = Some(body);
     let mut reuse_rule = reuse_rule;
@@ -207,20 +245,43 @@ where
                 (rb, sent, None)
             }
             _ => match body.take() {
-                Some(ClientBody::Streaming { prefix, state, length }) => {
+                Some(ClientBody::Streaming {
+                    prefix,
+                    state,
+                    length,
+                }) => {
                     let (tx, rx) = mpsc::channel(4);
                     let (rb, sent) = ReqBody::stream(rx, length);
                     (rb, sent, Some((prefix, state, tx)))
                 }
-                _ => return Err(ProxyError::bad_request("request body could not be replayed")),
+                _ => {
+                    return Err(ProxyError::bad_request(
+                        "request body could not be replayed",
+                    ))
+                }
             },
         };
         let request = build(&prepared, req_body);
         let outcome = match pump {
-            None => send(&mut pooled, request, &sent, settings.response_timeout, p.upstream).await,
+            None => {
+                send(
+                    &mut pooled,
+                    request,
+                    &sent,
+                    settings.response_timeout,
+                    p.upstream,
+                )
+                .await
+            }
             Some((prefix, state, tx)) => {
                 let (outcome, pumped) = with_pump(
-                    send(&mut pooled, request, &sent, settings.response_timeout, p.upstream),
+                    send(
+                        &mut pooled,
+                        request,
+                        &sent,
+                        settings.response_timeout,
+                        p.upstream,
+                    ),
                     pump_body(reader, prefix, state, tx),
                 )
                 .await;
@@ -239,7 +300,9 @@ where
             }
         };
         match outcome {
-            Ok(response) => return respond_upstream(ctx, head, settings, response, pooled, writer, p).await,
+            Ok(response) => {
+                return respond_upstream(ctx, head, settings, response, pooled, writer, p).await
+            }
             Err((stage, error)) => {
                 let facts = Facts {
                     retry_on_reset: settings.retry_on_reset,
@@ -252,7 +315,11 @@ where
                 match retry::decide(&facts, stage) {
                     Some(reason) => {
                         tracing::debug!(error = %error, reason = reason.label(), "retrying on a new connection");
-                        ctx.shared.metrics.retries.with_label_values(&[p.upstream, reason.label()]).inc();
+                        ctx.shared
+                            .metrics
+                            .retries
+                            .with_label_values(&[p.upstream, reason.label()])
+                            .inc();
                         reuse_rule = Reuse::Never;
                     }
                     None => return Err(error),
@@ -286,10 +353,13 @@ async fn acquire(
         }
     };
     let dialed = ctx.shared.connector.dial(target, upstream).await?;
-    let conn = UpstreamConn::handshake(dialed.io).await.map_err(|e| ProxyError::ConnectionTerminated {
-        upstream: upstream.name.clone(),
-        detail: format!("HTTP handshake failed: {e}"),
-    })?;
+    let conn =
+        UpstreamConn::handshake(dialed.io)
+            .await
+            .map_err(|e| ProxyError::ConnectionTerminated {
+                upstream: upstream.name.clone(),
+                detail: format!("HTTP handshake failed: {e}"),
+            })?;
     let pooled = slot.fill(conn);
     let id = pooled.id();
     let mut pooled = pooled;
@@ -305,18 +375,34 @@ async fn send(
     response_timeout: Duration,
     upstream: &str,
 ) -> Result<Response<Incoming>, (Stage, ProxyError)> {
-    let terminated = |detail: String| ProxyError::ConnectionTerminated { upstream: upstream.to_string(), detail };
+    let terminated = |detail: String| ProxyError::ConnectionTerminated {
+        upstream: upstream.to_string(),
+        detail,
+    };
     let sender = &mut pooled.conn().sender;
     match timeout(READY_WAIT, sender.ready()).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err((Stage::BeforeWrite, terminated(format!("closed before the request was sent: {e}")))),
-        Err(_) => return Err((Stage::BeforeWrite, terminated("connection not ready for a request".into()))),
+        Ok(Err(e)) => {
+            return Err((
+                Stage::BeforeWrite,
+                terminated(format!("closed before the request was sent: {e}")),
+            ))
+        }
+        Err(_) => {
+            return Err((
+                Stage::BeforeWrite,
+                terminated("connection not ready for a request".into()),
+            ))
+        }
     }
     match timeout(response_timeout, sender.try_send_request(request)).await {
         Ok(Ok(response)) => Ok(response),
         Err(_) => Err((
             Stage::AfterResponse,
-            ProxyError::ResponseTimeout { upstream: upstream.to_string(), timeout_ms: response_timeout.as_millis() },
+            ProxyError::ResponseTimeout {
+                upstream: upstream.to_string(),
+                timeout_ms: response_timeout.as_millis(),
+            },
         )),
         Ok(Err(mut e)) => {
             let unsent = e.take_message().is_some();
@@ -324,13 +410,23 @@ async fn send(
             if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
                 return Err((
                     Stage::AfterResponse,
-                    ProxyError::UpstreamProtocol { upstream: upstream.to_string(), detail: err.to_string() },
+                    ProxyError::UpstreamProtocol {
+                        upstream: upstream.to_string(),
+                        detail: err.to_string(),
+                    },
                 ));
             }
             if err.is_user() {
-                return Err((Stage::AfterResponse, ProxyError::bad_request(format!("request body failed: {err}"))));
+                return Err((
+                    Stage::AfterResponse,
+                    ProxyError::bad_request(format!("request body failed: {err}")),
+                ));
             }
-            let stage = if unsent || !sent.all() { Stage::BeforeWrite } else { Stage::AfterWrite };
+            let stage = if unsent || !sent.all() {
+                Stage::BeforeWrite
+            } else {
+                Stage::AfterWrite
+            };
             let detail = match std::error::Error::source(&err) {
                 Some(src) => format!("{err}: {src}"),
                 None => err.to_string(),
@@ -400,7 +496,11 @@ async fn read_body<R: AsyncRead + Unpin>(
     let mut state = BodyState::new(framing);
     if let Some(n) = length {
         if n > limit as u64 {
-            return Ok(ClientBody::Streaming { prefix: Bytes::new(), state, length });
+            return Ok(ClientBody::Streaming {
+                prefix: Bytes::new(),
+                state,
+                length,
+            });
         }
     }
     let mut buf = BytesMut::with_capacity(length.map_or(8 * 1024, |n| n as usize));
@@ -409,7 +509,11 @@ async fn read_body<R: AsyncRead + Unpin>(
             Ok(Some(chunk)) => {
                 buf.extend_from_slice(&chunk);
                 if buf.len() > limit {
-                    return Ok(ClientBody::Streaming { prefix: buf.freeze(), state, length });
+                    return Ok(ClientBody::Streaming {
+                        prefix: buf.freeze(),
+                        state,
+                        length,
+                    });
                 }
             }
             Ok(None) => return Ok(ClientBody::Full(buf.freeze())),
@@ -421,8 +525,14 @@ async fn read_body<R: AsyncRead + Unpin>(
 /// Method, origin-form URI and forwarded headers, computed once per request.
 fn prepare(head: &RequestHead, uri: &Uri, requested: &target::RequestTarget) -> Prepared {
     let origin_form = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let origin_form = if origin_form.is_empty() { "/" } else { origin_form };
-    let uri = origin_form.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    let origin_form = if origin_form.is_empty() {
+        "/"
+    } else {
+        origin_form
+    };
+    let uri = origin_form
+        .parse::<Uri>()
+        .unwrap_or_else(|_| Uri::from_static("/"));
     let mut headers = head.headers.clone();
     headers::strip_hop_by_hop(&mut headers);
     headers.remove(header::EXPECT);
@@ -431,7 +541,11 @@ fn prepare(head: &RequestHead, uri: &Uri, requested: &target::RequestTarget) -> 
         headers.insert(header::HOST, host);
     }
     headers::add_via(&mut headers);
-    Prepared { method: head.method.clone(), uri, headers }
+    Prepared {
+        method: head.method.clone(),
+        uri,
+        headers,
+    }
 }
 
 fn build(p: &Prepared, body: ReqBody) -> Request<ReqBody> {
@@ -441,8 +555,14 @@ fn build(p: &Prepared, body: ReqBody) -> Request<ReqBody> {
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = p.headers.clone();
     if let Some(n) = req.body().size_hint().exact() {
-        if n > 0 || !matches!(p.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE) {
-            req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        if n > 0
+            || !matches!(
+                p.method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE
+            )
+        {
+            req.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
     req
@@ -462,7 +582,10 @@ async fn respond_upstream<W: AsyncWrite + Unpin>(
     // An HTTP/1.0 upstream closes after each response unless it says keep-alive.
     let upstream_close = headers::wants_close(&parts.headers)
         || (parts.version == Version::HTTP_10 && !headers::wants_keep_alive(&parts.headers));
-    let (idle, reason) = reuse::keep_alive_idle(parts.headers.get("keep-alive").map(HeaderValue::as_bytes), settings.idle_timeout);
+    let (idle, reason) = reuse::keep_alive_idle(
+        parts.headers.get("keep-alive").map(HeaderValue::as_bytes),
+        settings.idle_timeout,
+    );
     pooled.set_idle_timeout(idle, reason);
 
     let status = parts.status;
@@ -483,7 +606,10 @@ async fn respond_upstream<W: AsyncWrite + Unpin>(
             }
             None if head.version == Version::HTTP_11 => {
                 headers.remove(header::CONTENT_LENGTH);
-                headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+                headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
                 chunked = true;
             }
             None => {
@@ -515,10 +641,15 @@ async fn respond_upstream<W: AsyncWrite + Unpin>(
                         writer.write_all(&out).await.ok();
                     }
                     pooled.discard(CloseReason::Error);
-                    return Err(ProxyError::ConnectionTerminated { upstream: p.upstream.to_string(), detail: e.to_string() });
+                    return Err(ProxyError::ConnectionTerminated {
+                        upstream: p.upstream.to_string(),
+                        detail: e.to_string(),
+                    });
                 }
             };
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             if data.is_empty() {
                 continue;
             }
@@ -556,10 +687,17 @@ async fn respond_upstream<W: AsyncWrite + Unpin>(
     }
     write_out(writer, &mut out).await?;
     writer.flush().await.map_err(client_gone)?;
-    Ok(if keep_alive { Flow::KeepAlive } else { Flow::Close })
+    Ok(if keep_alive {
+        Flow::KeepAlive
+    } else {
+        Flow::Close
+    })
 }
 
-async fn write_out<W: AsyncWrite + Unpin>(writer: &mut W, out: &mut BytesMut) -> Result<(), ProxyError> {
+async fn write_out<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    out: &mut BytesMut,
+) -> Result<(), ProxyError> {
     if !out.is_empty() {
         writer.write_all(out).await.map_err(client_gone)?;
         out.clear();

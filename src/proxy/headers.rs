@@ -78,7 +78,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -105,7 +108,11 @@ mod tests {
 
     #[test]
     fn connection_cannot_strip_host_or_length() {
-        let mut h = map(&[("connection", "host, content-length"), ("host", "a"), ("content-length", "3")]);
+        let mut h = map(&[
+            ("connection", "host, content-length"),
+            ("host", "a"),
+            ("content-length", "3"),
+        ]);
         strip_hop_by_hop(&mut h);
         assert!(h.contains_key("host") && h.contains_key("content-length"));
     }

@@ -8,18 +8,39 @@ use super::Ctx;
 use crate::error::{Culprit, ProxyError};
 
 /// Write the SPEC's answer for `err`, count denials, and log the cause once. Returns bytes written.
-pub async fn error<W: AsyncWrite + Unpin>(ctx: &Ctx, writer: &mut W, version: Version, err: &ProxyError, close: bool) -> u64 {
+pub async fn error<W: AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    writer: &mut W,
+    version: Version,
+    err: &ProxyError,
+    close: bool,
+) -> u64 {
     if let Some(reason) = err.deny_reason() {
-        ctx.shared.metrics.denied.with_label_values(&[reason.label()]).inc();
+        ctx.shared
+            .metrics
+            .denied
+            .with_label_values(&[reason.label()])
+            .inc();
     }
     match err.culprit() {
-        Culprit::Upstream | Culprit::Proxy => tracing::warn!(client = %ctx.peer, error = %err, token = err.token(), "request failed"),
-        Culprit::Client | Culprit::Policy => tracing::debug!(client = %ctx.peer, error = %err, token = err.token(), "request refused"),
+        Culprit::Upstream | Culprit::Proxy => {
+            tracing::warn!(client = %ctx.peer, error = %err, token = err.token(), "request failed")
+        }
+        Culprit::Client | Culprit::Policy => {
+            tracing::debug!(client = %ctx.peer, error = %err, token = err.token(), "request refused")
+        }
     }
     let headers = err.headers();
     let extra: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut out = BytesMut::with_capacity(256);
-    crate::http1::encode_simple_response(&mut out, version, err.status(), &extra, &err.body(), close);
+    crate::http1::encode_simple_response(
+        &mut out,
+        version,
+        err.status(),
+        &extra,
+        &err.body(),
+        close,
+    );
     if writer.write_all(&out).await.is_err() {
         return 0;
     }

@@ -32,7 +32,16 @@ where
     let mut host = String::new();
     let mut port = 0;
     let mut client_name = None;
-    let (status, error, up_bytes, down_bytes) = match open(ctx, &head, &mut upstream_name, &mut host, &mut port, &mut client_name).await {
+    let (status, error, up_bytes, down_bytes) = match open(
+        ctx,
+        &head,
+        &mut upstream_name,
+        &mut host,
+        &mut port,
+        &mut client_name,
+    )
+    .await
+    {
         Err(e) => {
             respond::error(ctx, &mut writer, head.version, &e, true).await;
             (e.status(), Some(e.token()), 0, 0)
@@ -43,15 +52,23 @@ where
             active.inc();
             let (up, down) = relay(reader, leftover, writer, io, idle).await;
             active.dec();
-            m.tunnel_bytes.with_label_values(&[&upstream_name, "upstream"]).inc_by(up);
-            m.tunnel_bytes.with_label_values(&[&upstream_name, "client"]).inc_by(down);
+            m.tunnel_bytes
+                .with_label_values(&[&upstream_name, "upstream"])
+                .inc_by(up);
+            m.tunnel_bytes
+                .with_label_values(&[&upstream_name, "client"])
+                .inc_by(down);
             (StatusCode::OK, None, up, down)
         }
     };
     let elapsed = started.elapsed();
     let m = &ctx.shared.metrics;
-    m.requests.with_label_values(&[&upstream_name, "CONNECT", status.as_str()]).inc();
-    m.request_duration.with_label_values(&[&upstream_name]).observe(elapsed.as_secs_f64());
+    m.requests
+        .with_label_values(&[&upstream_name, "CONNECT", status.as_str()])
+        .inc();
+    m.request_duration
+        .with_label_values(&[&upstream_name])
+        .observe(elapsed.as_secs_f64());
     access::log(&access::Record {
         client: ctx.peer,
         client_name: client_name.as_deref(),
@@ -83,34 +100,60 @@ async fn open(
         return Err(ProxyError::ShuttingDown);
     }
     let (host, port) = target::parse_connect(&head.target).map_err(|e| match e {
-        TargetError::MissingPort => ProxyError::bad_request("CONNECT needs host:port, e.g. CONNECT api.example.com:443"),
+        TargetError::MissingPort => {
+            ProxyError::bad_request("CONNECT needs host:port, e.g. CONNECT api.example.com:443")
+        }
         other => ProxyError::bad_request(other.to_string()),
     })?;
     *host_out = host.to_string();
     *port_out = port;
-    let auth = head.headers.get(header::PROXY_AUTHORIZATION).map(HeaderValue::as_bytes);
-    let allowed = policy::decide(&ctx.config, ctx.peer.ip(), auth, &host, Want::Tunnel { port })?;
+    let auth = head
+        .headers
+        .get(header::PROXY_AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let allowed = policy::decide(
+        &ctx.config,
+        ctx.peer.ip(),
+        auth,
+        &host,
+        Want::Tunnel { port },
+    )?;
     *upstream_name = allowed.upstream.name.clone();
     *client_name = allowed.client;
-    let dialed = ctx.shared.connector.dial(&allowed.target, &allowed.upstream).await?;
+    let dialed = ctx
+        .shared
+        .connector
+        .dial(&allowed.target, &allowed.upstream)
+        .await?;
     Ok((dialed.io, allowed.upstream.settings.tunnel_idle_timeout))
 }
 
 /// Copy both ways. A side's EOF is passed on as a half-close; the tunnel ends when both
 /// directions are done, or when no byte has moved either way for `idle`.
 /// Returns (bytes client→upstream, bytes upstream→client).
-async fn relay<R, W>(mut client_rd: R, leftover: BytesMut, mut client_wr: W, upstream: UpstreamIo, idle: Duration) -> (u64, u64)
+async fn relay<R, W>(
+    mut client_rd: R,
+    leftover: BytesMut,
+    mut client_wr: W,
+    upstream: UpstreamIo,
+    idle: Duration,
+) -> (u64, u64)
 where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
     let (mut up_rd, mut up_wr) = tokio::io::split(upstream);
-    if client_wr.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_err() {
+    if client_wr
+        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        .await
+        .is_err()
+    {
         return (0, 0);
     }
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
-    let touch = |last: &AtomicU64| last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let touch =
+        |last: &AtomicU64| last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     let up_count = AtomicU64::new(leftover.len() as u64);
     let down_count = AtomicU64::new(0);
 
@@ -165,5 +208,8 @@ where
             tracing::debug!(idle_ms = idle.as_millis() as u64, "tunnel idle timeout: closing both sides");
         }
     }
-    (up_count.load(Ordering::Relaxed), down_count.load(Ordering::Relaxed))
+    (
+        up_count.load(Ordering::Relaxed),
+        down_count.load(Ordering::Relaxed),
+    )
 }

@@ -16,6 +16,8 @@
 //!   their next client bytes; `flows_forgotten()`, `resets_sent()`, `flows_open()`.
 //! - [`TestDns::spawn(&[(name, ip)])`](TestDns::spawn): A/AAAA with TTL 1, NXDOMAIN otherwise;
 //!   `hang(name)`, `servfail(name)`, `set_records`, `queries()`.
+//! - [`spawn_proxy`] / [`spawn_proxy_with`]: portcullis in process on port 0; [`Proxy`] reads
+//!   `/metrics` ([`Proxy::metric`]), `/pools`, and waits for the pools to settle.
 //! - Clients: [`raw_exchange`], [`exchange_on`], [`proxy_get`], [`ProxyConn`] (keep-alive),
 //!   [`curl`] (the real binary) → [`RawResponse`] / [`CurlResult`].
 // Each test file uses only part of this module.
@@ -25,6 +27,7 @@ mod client;
 mod dns;
 mod firewall;
 mod origin;
+mod proxy;
 mod reply;
 mod tls;
 mod wire;
@@ -40,6 +43,8 @@ pub use dns::TestDns;
 pub use firewall::Firewall;
 #[allow(unused_imports)]
 pub use origin::{origin, Origin, OriginBuilder, SeenRequest};
+#[allow(unused_imports)]
+pub use proxy::{local_upstream, metric_in, spawn_proxy, spawn_proxy_with, Proxy};
 #[allow(unused_imports)]
 pub use reply::Reply;
 #[allow(unused_imports)]

@@ -1,0 +1,270 @@
+//! The `portcullis` binary as users run it: `check`, `--version`, where the config comes from,
+//! exit codes and what goes to stdout and stderr (SPEC §2).
+//!
+//! Every run uses `check`, `--version` or a usage error, so no test ever starts the proxy.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+const VALID: &str = "tests/fixtures/config/valid";
+const INVALID: &str = "tests/fixtures/config/invalid";
+const PASSWORD_VAR: &str = "PORTCULLIS_TEST_FIXTURE_PW";
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The binary, run from the crate root with a clean environment for config selection.
+fn portcullis(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(manifest_dir())
+        .env_remove("PORTCULLIS_CONFIG")
+        .env_remove("RUST_LOG")
+        .env(PASSWORD_VAR, "cli-secret")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Exit code, stdout and stderr, for assertion messages.
+fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+/// The lines of one `[[upstream]]` section of `check` output, found by its name.
+fn upstream_section<'a>(stdout: &'a str, name: &str) -> Vec<&'a str> {
+    let wanted = format!("name = \"{name}\"");
+    stdout
+        .split("[[upstream]]")
+        .skip(1)
+        .map(|s| s.split("[[client]]").next().unwrap_or(s))
+        .find(|s| s.lines().any(|l| l == wanted))
+        .unwrap_or_else(|| panic!("no upstream {name:?} in:\n{stdout}"))
+        .lines()
+        .collect()
+}
+
+#[test]
+fn check_valid_config_prints_effective_settings() {
+    let path = format!("{VALID}/tcp_keepalive_off.toml");
+    let out = run(&mut portcullis(&["check", "--config", &path]));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(out.stderr.is_empty(), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("# effective config from {path}\n")),
+        "{stdout}"
+    );
+    // `quiet` sets nothing itself: it shows [defaults] from the file and the built-in defaults.
+    let quiet = upstream_section(&stdout, "quiet");
+    assert!(quiet.contains(&"tcp_keepalive = \"off\""), "{quiet:#?}");
+    assert!(quiet.contains(&"max_lifetime = \"60s\""), "{quiet:#?}");
+    assert!(quiet.contains(&"ports = [80, 443]"), "{quiet:#?}");
+    assert!(quiet.contains(&"tls = \"as-requested\""), "{quiet:#?}");
+    // `chatty` overrides the default.
+    let chatty = upstream_section(&stdout, "chatty");
+    assert!(chatty.contains(&"tcp_keepalive = \"10s\""), "{chatty:#?}");
+}
+
+#[test]
+fn check_never_prints_a_password() {
+    let path = format!("{VALID}/clients.toml");
+    let out = run(&mut portcullis(&["check", "--config", &path]));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("username = \"connector\""), "{all}");
+    assert!(!all.contains("cli-secret"), "{all}");
+}
+
+#[test]
+fn check_invalid_config_exits_2_naming_file_key_and_problem() {
+    let path = format!("{INVALID}/max_lifetime_over_remote_idle_limit.toml");
+    let out = run(&mut portcullis(&["check", "--config", &path]));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(out.stdout.is_empty(), "{}", describe(&out));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr.lines().next(),
+        Some(
+            format!(
+                "{path}: upstream \"worldpay\": max_lifetime (600s) must be below remote_idle_limit (500s)"
+            )
+            .as_str()
+        ),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn check_reports_every_problem_one_line_each() {
+    let path = format!("{INVALID}/three_problems.toml");
+    let out = run(&mut portcullis(&["check", "--config", &path]));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    for (line, key) in lines
+        .iter()
+        .zip(["admin_listen", "max_lifetime", "upstreams"])
+    {
+        assert!(line.starts_with(&format!("{path}: ")), "{line}");
+        assert!(line.contains(key), "{line} lacks {key}");
+    }
+}
+
+#[test]
+fn unreadable_config_exits_2_naming_the_file() {
+    let path = format!("{VALID}/no-such-file.toml");
+    let out = run(&mut portcullis(&["check", "--config", &path]));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{path}: cannot read")),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn version() {
+    let out = run(&mut portcullis(&["--version"]));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(text(&out.stdout), "portcullis 0.1.0\n");
+    assert_eq!(env!("CARGO_PKG_VERSION"), "0.1.0");
+}
+
+#[test]
+fn portcullis_config_is_used_without_config_flag() {
+    let valid = format!("{VALID}/tcp_keepalive_off.toml");
+    let out = run(portcullis(&["check"]).env("PORTCULLIS_CONFIG", &valid));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("# effective config from {valid}\n")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("quiet.example.com"), "{stdout}");
+    assert!(!stdout.contains("api.stripe.com"), "{stdout}");
+
+    let invalid = format!("{INVALID}/bad_tls.toml");
+    let out = run(portcullis(&["check"]).env("PORTCULLIS_CONFIG", &invalid));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).starts_with(&format!("{invalid}: upstream \"worldpay\": tls")),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn config_flag_wins_over_portcullis_config() {
+    let valid = format!("{VALID}/minimal.toml");
+    let invalid = format!("{INVALID}/bad_tls.toml");
+    let out = run(portcullis(&["check", "--config", &valid]).env("PORTCULLIS_CONFIG", &invalid));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        text(&out.stdout).starts_with(&format!("# effective config from {valid}\n")),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn builtin_config_without_flag_or_env() {
+    // Run from a folder with no config/ in it: the built-in text must not come from the disk.
+    let out = run(portcullis(&["check"]).current_dir(std::env::temp_dir()));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!(
+            "# effective config from {}\n",
+            portcullis::config::BUILTIN_NAME
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"api.stripe.com\""), "{stdout}");
+    let worldpay = upstream_section(&stdout, "worldpay");
+    assert!(worldpay.contains(&"tls = \"originate\""), "{worldpay:#?}");
+    assert!(
+        worldpay.contains(&"remote_idle_limit = \"500s\""),
+        "{worldpay:#?}"
+    );
+}
+
+#[test]
+fn builtin_config_is_the_shipped_file() {
+    let path = manifest_dir().join("config/portcullis.toml");
+    let on_disk =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(on_disk.contains("[[upstream]]"), "{on_disk}");
+    assert_eq!(portcullis::config::BUILTIN, on_disk);
+}
+
+#[test]
+fn check_into_a_closed_pipe_does_not_panic() {
+    // More output than a pipe buffers (64 KiB on Linux), and nobody reading: some write
+    // happens after the reader is gone, whatever the timing.
+    let mut toml = String::new();
+    for i in 0..400 {
+        toml.push_str(&format!(
+            "[[upstream]]\nname = \"u{i}\"\nhosts = [\"h{i}.example.com\"]\n\n"
+        ));
+    }
+    let path: PathBuf =
+        std::env::temp_dir().join(format!("portcullis-cli-pipe-{}.toml", std::process::id()));
+    std::fs::write(&path, toml).expect("write temp config");
+    let mut child = portcullis(&["check", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let _ = std::fs::remove_file(&path);
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{}", describe(&out));
+    assert!(
+        matches!(out.status.code(), Some(c) if c != 101),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn unknown_log_format_is_a_usage_error() {
+    // `check` makes an accepted value exit at once instead of starting the proxy.
+    let out = run(&mut portcullis(&["--log-format", "xml", "check"]));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(out.stdout.is_empty(), "{}", describe(&out));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("'xml'") && stderr.contains("--log-format"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("text") && stderr.contains("json"),
+        "{stderr}"
+    );
+
+    for format in ["text", "json"] {
+        let out = run(&mut portcullis(&["--log-format", format, "check"]));
+        assert_eq!(out.status.code(), Some(0), "{format}: {}", describe(&out));
+    }
+}
