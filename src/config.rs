@@ -98,6 +98,8 @@ pub struct Client {
     pub cidrs: Vec<IpNet>,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// The variable the password came from (its name is no secret; `check` prints it).
+    pub password_env: Option<String>,
     pub upstreams: Vec<String>,
 }
 
@@ -144,7 +146,10 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Load from `--config`, else `$PORTCULLIS_CONFIG`, else the built-in text.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let env_path = std::env::var_os("PORTCULLIS_CONFIG").map(PathBuf::from);
+        // An empty variable counts as unset.
+        let env_path = std::env::var_os("PORTCULLIS_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
         match path.map(Path::to_path_buf).or(env_path) {
             Some(p) => Config::from_file(&p),
             None => Config::from_toml(BUILTIN, BUILTIN_NAME),
@@ -186,24 +191,28 @@ impl Config {
 fn resolve(raw: RawConfig, source: &str, problems: &mut Vec<String>) -> Config {
     let proxy = raw.proxy.resolve(problems);
     let defaults = Settings::defaults().overlay(&raw.defaults, "defaults", problems);
+    // Names as written, so a client naming an upstream that failed validation gets no second error.
+    let names: Vec<String> = raw
+        .upstream
+        .iter()
+        .filter_map(|t| t.get("name").and_then(|v| v.as_str()).map(String::from))
+        .collect();
     let mut upstreams = Vec::new();
     for (i, table) in raw.upstream.into_iter().enumerate() {
         if let Some(u) = resolve_upstream(table, i, &defaults, source, problems) {
             upstreams.push(Arc::new(u));
         }
     }
-    check_unique(
-        upstreams.iter().map(|u| u.name.as_str()),
-        "upstream",
-        problems,
-    );
+    check_unique(names.iter().map(String::as_str), "upstream", problems);
     let clients: Vec<Client> = raw
         .client
         .into_iter()
         .enumerate()
-        .filter_map(|(i, c)| resolve_client(c, i, &upstreams, problems))
+        .filter_map(|(i, c)| resolve_client(c, i, &names, problems))
         .collect();
     check_unique(clients.iter().map(|c| c.name.as_str()), "client", problems);
+    let usernames = clients.iter().filter_map(|c| c.username.as_deref());
+    check_unique(usernames, "client username", problems);
     Config {
         source: source.to_string(),
         proxy,
@@ -230,14 +239,17 @@ fn resolve_upstream(
     source: &str,
     problems: &mut Vec<String>,
 ) -> Option<Upstream> {
+    let label = match table.get("name").and_then(|v| v.as_str()) {
+        Some(name) => format!("upstream \"{name}\""),
+        None => format!("upstream #{}", index + 1),
+    };
     let raw = match RawUpstream::from_table(table) {
         Ok(r) => r,
         Err(e) => {
-            problems.push(format!("upstream #{}: {e}", index + 1));
+            problems.push(format!("{label}: {e}"));
             return None;
         }
     };
-    let label = format!("upstream \"{}\"", raw.name);
     let before = problems.len();
     if raw.name.trim().is_empty() {
         problems.push(format!("upstream #{}: name must not be empty", index + 1));
@@ -327,7 +339,7 @@ fn relative_to(source: &str, p: &Path) -> PathBuf {
 fn resolve_client(
     raw: RawClient,
     index: usize,
-    upstreams: &[Arc<Upstream>],
+    upstreams: &[String],
     problems: &mut Vec<String>,
 ) -> Option<Client> {
     let label = format!("client \"{}\"", raw.name);
@@ -379,7 +391,7 @@ fn resolve_client(
         }
     }
     for name in &raw.upstreams {
-        if !upstreams.iter().any(|u| &u.name == name) {
+        if !upstreams.contains(name) {
             problems.push(format!(
                 "{label}: upstreams entry \"{name}\" names no [[upstream]]"
             ));
@@ -393,6 +405,7 @@ fn resolve_client(
         cidrs,
         username: raw.username,
         password,
+        password_env: raw.password_env,
         upstreams: raw.upstreams,
     })
 }
@@ -576,7 +589,9 @@ impl fmt::Display for Config {
             }
             if let Some(u) = &c.username {
                 writeln!(f, "username = \"{u}\"")?;
-                writeln!(f, "# password: set (from the environment)")?;
+                if let Some(var) = &c.password_env {
+                    writeln!(f, "password_env = \"{var}\"")?;
+                }
             }
             let ups: Vec<String> = c.upstreams.iter().map(|u| format!("\"{u}\"")).collect();
             writeln!(f, "upstreams = [{}]", ups.join(", "))?;

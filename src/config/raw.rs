@@ -249,20 +249,14 @@ pub fn show_duration(d: Duration) -> String {
 /// One line from a TOML error: the key path and what is wrong, without the multi-line snippet.
 pub fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message().trim().replace('\n', " ");
-    match e.span() {
-        Some(span) => {
-            let line = text
-                .get(..span.start)
-                .map_or(0, |t| t.matches('\n').count())
-                + 1;
-            let key = text
-                .get(span.clone())
-                .filter(|k| k.len() < 80 && !k.contains('\n'));
-            match key {
-                Some(k) if !k.trim().is_empty() => format!("line {line}: {} : {msg}", k.trim()),
-                _ => format!("line {line}: {msg}"),
-            }
+    let Some(span) = e.span() else { return msg };
+    let line_no = text.get(..span.start).map_or(0, |t| t.matches('\n').count()) + 1;
+    // The key is what the user looks for: the start of the line holding the error, before '='.
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    match line.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() && !key.trim_start().starts_with('[') => {
+            format!("line {line_no}: {}: {msg}", key.trim())
         }
-        None => msg,
+        _ => format!("line {line_no}: {msg}"),
     }
 }

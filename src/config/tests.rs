@@ -307,6 +307,7 @@ fn every_problem_is_reported_at_once() {
         r#"upstream "a": hosts entry "*.com""#,
         r#"upstream "a": ports: 0"#,
         r#"upstream "a": tls = "always""#,
+        r#"upstream "a": name is used twice"#,
         r#"client "c": cidrs entry "10.0.0.0/99""#,
         r#"client "c": username needs password_env"#,
         r#"client "c": upstreams entry "missing""#,
