@@ -509,13 +509,16 @@ impl Settings {
         if let Some(b) = raw.allow_private {
             s.allow_private = b;
         }
-        if s.max_idle > s.max_connections
-            && (raw.max_idle.is_some() || raw.max_connections.is_some())
-        {
-            problems.push(format!(
-                "{label}: max_idle ({}) must not exceed max_connections ({})",
-                s.max_idle, s.max_connections
-            ));
+        if s.max_idle > s.max_connections {
+            if raw.max_idle.is_some() {
+                problems.push(format!(
+                    "{label}: max_idle ({}) must not exceed max_connections ({})",
+                    s.max_idle, s.max_connections
+                ));
+            } else {
+                // Only the cap was lowered here: the inherited max_idle follows it down.
+                s.max_idle = s.max_connections;
+            }
         }
         s
     }

@@ -218,7 +218,11 @@ impl<C: Poolable> Pool<C> {
             let queue_empty = !st.waiters.iter().any(|w| !w.is_closed());
             if queue_empty && !st.closing {
                 let max_lifetime = st.limits.max_lifetime;
-                while let Some(entry) = st.idle.pop().filter(|_| reuse != Reuse::Never) {
+                while let Some(entry) = if reuse == Reuse::Never {
+                    None
+                } else {
+                    st.idle.pop()
+                } {
                     match reuse::verdict(
                         &entry.meta.life,
                         now,
