@@ -14,6 +14,7 @@ use http::{Method, Version};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::connect::Connector;
@@ -145,8 +146,10 @@ async fn serve_client(
     shared.metrics.client_connections.inc();
     let _gauge = ClientGauge(shared.metrics.client_connections.clone());
     let mut phase = shared.phase.subscribe();
+    // Every event of this connection (access lines, errors) carries the client address.
+    let span = tracing::info_span!("conn", client = %peer);
     tokio::select! {
-        _ = requests(shared, stream, peer) => {}
+        _ = requests(shared, stream, peer).instrument(span) => {}
         _ = phase.wait_for(|p| *p == Phase::Stopped) => {}
     }
 }
