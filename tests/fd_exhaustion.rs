@@ -1,0 +1,113 @@
+//! File descriptors running out: accept backs off, logs once, and works again once they free up.
+
+mod support;
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+/// Kills the child on drop, so a failing test leaves nothing running.
+struct Guard(Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_survives_running_out_of_file_descriptors() {
+    let o = origin().handler(|_| Reply::ok("ok")).spawn().await;
+    let (port, admin) = (free_port(), free_port());
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fd-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("p.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n{}",
+            local_upstream("local", o.port(), "")
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    // 64 descriptors: the runtime, listeners and logs take some; a few dozen clients exhaust the rest.
+    let child = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 64 && exec {bin} --config {}",
+            cfg.display()
+        ))
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn portcullis");
+    let mut guard = Guard(child);
+    let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let url = o.url("/");
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(proxy).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "portcullis did not start");
+
+    // Hold 120 client connections open, each with a request in flight, far past the limit.
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(proxy).await {
+            use tokio::io::AsyncWriteExt;
+            let _ = s.write_all(b"GET ").await;
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Once descriptors free up, the proxy serves again.
+    let mut served = false;
+    for _ in 0..40 {
+        let r = proxy_get(proxy, &url).await;
+        if r.status == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "no request served after descriptors were freed");
+
+    let _ = guard.0.kill();
+    let _ = guard.0.wait();
+    let mut log = String::new();
+    guard
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let errors = log.lines().filter(|l| l.contains("accept failed")).count();
+    assert!(
+        errors >= 1,
+        "the descriptor exhaustion was never logged:\n{log}"
+    );
+    assert!(
+        errors <= 2,
+        "accept errors logged in a loop ({errors} lines):\n{log}"
+    );
+}
