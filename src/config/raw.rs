@@ -250,7 +250,10 @@ pub fn show_duration(d: Duration) -> String {
 pub fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message().trim().replace('\n', " ");
     let Some(span) = e.span() else { return msg };
-    let line_no = text.get(..span.start).map_or(0, |t| t.matches('\n').count()) + 1;
+    let line_no = text
+        .get(..span.start)
+        .map_or(0, |t| t.matches('\n').count())
+        + 1;
     // The key is what the user looks for: the start of the line holding the error, before '='.
     let line = text.lines().nth(line_no - 1).unwrap_or("");
     match line.split_once('=') {
