@@ -14,6 +14,7 @@
 
 # ---------------------------------------------------------------- builder
 FROM rust:1-bookworm AS builder
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 
 # Dependency layer: build every dependency against stub sources, so that
@@ -61,7 +62,9 @@ RUN set -eu; \
 # ---------------------------------------------------------------- runtime
 FROM debian:bookworm-slim
 
-# Trust roots for TLS origination (rustls also reads the system store).
+# Trust roots for TLS origination. Unpinned on purpose: the image should
+# pick up the distribution's current trust store when it is rebuilt.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
