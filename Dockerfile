@@ -1,0 +1,87 @@
+# portcullis container image.
+#
+#   docker build -t portcullis .
+#   docker run --rm -p 127.0.0.1:3128:3128 -p 127.0.0.1:9090:9090 portcullis
+#
+# Listen addresses: config/portcullis.toml binds 127.0.0.1, which inside a
+# container is unreachable from outside it. The image therefore carries a
+# copy whose `listen` and `admin_listen` bind 0.0.0.0 (same ports); nothing
+# else differs. Publish the ports on 127.0.0.1 as above, or put the image
+# behind a network policy: every address that reaches port 3128 can use the
+# allowlist. To run your own config, mount it over
+# /etc/portcullis/portcullis.toml, or mount it elsewhere and set
+# PORTCULLIS_CONFIG (or pass --config); it must bind 0.0.0.0 as well.
+
+# ---------------------------------------------------------------- builder
+FROM rust:1-bookworm AS builder
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+WORKDIR /src
+
+# Dependency layer: build every dependency against stub sources, so that
+# changing src/ does not rebuild them. cargo refuses a manifest whose
+# targets are missing: benches/ is copied as it is (it changes rarely), and
+# any other explicit target `path` gets a stub too.
+COPY Cargo.toml Cargo.lock ./
+COPY benches ./benches
+RUN set -eu; \
+    mkdir -p src; \
+    echo 'fn main() {}' > src/main.rs; \
+    touch src/lib.rs; \
+    echo src/main.rs > /tmp/stubs; \
+    echo src/lib.rs >> /tmp/stubs; \
+    sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*"\([^"]*\.rs\)".*/\1/p' Cargo.toml \
+      | while read -r path; do \
+          if [ ! -e "$path" ]; then \
+            mkdir -p "$(dirname "$path")"; \
+            echo 'fn main() {}' > "$path"; \
+            echo "$path" >> /tmp/stubs; \
+          fi; \
+        done; \
+    cargo build --release --locked --bin portcullis; \
+    xargs rm -f < /tmp/stubs; \
+    rm -rf target/release/.fingerprint/portcullis-* target/release/deps/portcullis-* \
+      target/release/deps/libportcullis-* target/release/portcullis
+
+# The real build. Only the local crate compiles here.
+COPY . .
+RUN set -eu; \
+    cargo build --release --locked --bin portcullis; \
+    strip --strip-debug target/release/portcullis; \
+    target/release/portcullis --version
+
+# The image's config: config/portcullis.toml with both listeners on
+# 0.0.0.0. The build fails if the rewrite missed, and the result is
+# validated by the binary itself.
+RUN set -eu; \
+    sed -E 's/^([[:space:]]*(admin_)?listen[[:space:]]*=[[:space:]]*")127\.0\.0\.1:/\10.0.0.0:/' \
+      config/portcullis.toml > /tmp/portcullis.toml; \
+    grep -Eq '^[[:space:]]*listen[[:space:]]*=[[:space:]]*"0\.0\.0\.0:' /tmp/portcullis.toml; \
+    grep -Eq '^[[:space:]]*admin_listen[[:space:]]*=[[:space:]]*"0\.0\.0\.0:' /tmp/portcullis.toml; \
+    target/release/portcullis check --config /tmp/portcullis.toml > /dev/null
+
+# ---------------------------------------------------------------- runtime
+FROM debian:bookworm-slim
+
+# Trust roots for TLS origination. Unpinned on purpose: the image should
+# pick up the distribution's current trust store when it is rebuilt.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+# A fixed uid/gid, so Kubernetes runAsUser / runAsNonRoot can name it.
+RUN groupadd --system --gid 10001 portcullis \
+ && useradd --system --uid 10001 --gid portcullis --no-create-home \
+      --home-dir /nonexistent --shell /usr/sbin/nologin portcullis
+
+COPY --from=builder /src/target/release/portcullis /usr/local/bin/portcullis
+COPY --from=builder /tmp/portcullis.toml /etc/portcullis/portcullis.toml
+ENV PORTCULLIS_CONFIG=/etc/portcullis/portcullis.toml
+
+USER 10001:10001
+# 3128: proxy listener; 9090: admin (/metrics, /healthz, /readyz, /pools).
+EXPOSE 3128 9090
+# SIGTERM starts the graceful drain (up to shutdown_grace, 30s by default):
+# give `docker stop` a longer timeout, e.g. `docker stop -t 40`.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/portcullis"]
