@@ -1,0 +1,546 @@
+//! The real `portcullis` binary (SPEC §2, §8): the access log keeps secrets out in text and
+//! JSON, SIGHUP reloads a valid file and keeps the running config on an invalid one, SIGTERM
+//! drains in-flight work and exits 0, SIGINT exits 0, and a taken listen address fails clearly.
+//!
+//! Every child is killed when its guard drops, and every wait is bounded.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+use tokio::time::{sleep, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+const WITHIN: Duration = Duration::from_secs(10);
+const PASSWORD_VAR: &str = "PORTCULLIS_PROCESS_TEST_PW";
+
+/// A scratch directory of its own for each test.
+fn scratch(name: &str) -> PathBuf {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "process-{name}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// A port that was free a moment ago; `start` retries if someone takes it first.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    ([127, 0, 0, 1], port).into()
+}
+
+/// A child process, killed and reaped when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `portcullis`; killed and reaped on drop.
+struct Portcullis {
+    child: Guard,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    config: PathBuf,
+    /// Every stderr line so far, collected by a reader thread.
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// The `[proxy]` section for these ports.
+fn proxy_section(proxy: u16, admin: u16) -> String {
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:{proxy}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nshutdown_grace = \"5s\"\n"
+    )
+}
+
+/// An upstream allowing 127.0.0.1 on `ports`.
+fn upstream(ports: &[u16], extra: &str) -> String {
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!(
+        "[[upstream]]\nname = \"local\"\nhosts = [\"127.0.0.1\"]\nports = [{}]\nallow_private = true\n{extra}\n",
+        ports.join(", ")
+    )
+}
+
+/// Start the binary with `[proxy]` on fresh ports plus `rest`; waits for `/healthz`.
+async fn start(dir: &Path, rest: &str, args: &[&str], env: &[(&str, &str)]) -> Portcullis {
+    for attempt in 0..5 {
+        let (proxy, admin) = (free_port(), free_port());
+        if proxy == admin {
+            continue;
+        }
+        let config = dir.join("portcullis.toml");
+        std::fs::write(&config, format!("{}{rest}", proxy_section(proxy, admin)))
+            .expect("write config");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("PORTCULLIS_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = Guard(cmd.spawn().expect("start portcullis"));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let pipe = child.0.stderr.take().expect("stderr pipe");
+        let lines = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        let mut p = Portcullis {
+            child,
+            proxy: loopback(proxy),
+            admin: loopback(admin),
+            config,
+            stderr,
+        };
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            if let Ok(Some(status)) = p.child.0.try_wait() {
+                sleep(Duration::from_millis(50)).await;
+                let err = p.stderr_text();
+                if err.contains("cannot listen") {
+                    eprintln!("attempt {attempt}: port taken meanwhile, retrying:\n{err}");
+                    break;
+                }
+                panic!("portcullis exited at start ({status}):\n{err}");
+            }
+            if p.admin_get("/healthz").await.0 == 200 {
+                return p;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "portcullis not healthy within {WITHIN:?}:\n{}",
+                    p.stderr_text()
+                );
+            }
+            sleep(Duration::from_millis(25)).await;
+        }
+    }
+    panic!("could not start portcullis on free ports in 5 attempts");
+}
+
+impl Portcullis {
+    fn stderr_lines(&self) -> Vec<String> {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr_lines().join("\n")
+    }
+
+    async fn admin_get(&self, path: &str) -> (u16, String) {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        let r = raw_exchange(self.admin, req.as_bytes(), Duration::from_secs(2)).await;
+        (r.status, r.body_text())
+    }
+
+    async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let (status, text) = self.admin_get("/metrics").await;
+        assert_eq!(status, 200, "/metrics: {text}");
+        metric_in(&text, name, labels)
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.0.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed: {status}");
+    }
+
+    /// The exit status, if the process ends within `within`.
+    async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.0.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Wait until some stderr line satisfies `want` (bounded); that line.
+    async fn wait_line(&self, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            if let Some(l) = self.stderr_lines().into_iter().find(|l| want(l)) {
+                return l;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "no such stderr line within {WITHIN:?}:\n{}",
+                    self.stderr_text()
+                );
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Poll a metric until `want` holds (bounded); the last value.
+    async fn wait_metric(&self, name: &str, labels: &str, want: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            let v = self.metric(name, labels).await;
+            if want(v) || Instant::now() >= deadline {
+                return v;
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+const SECRETS: [&str; 5] = ["SECRET-A", "SECRET-B", "SECRET-C", "SECRET-D", "SECRET-Q"];
+
+/// The request of the access-log tests: a secret in the query string, `Authorization`,
+/// `Cookie`, `Proxy-Authorization` (base64 of the password) and the body.
+fn secret_request(origin: SocketAddr) -> String {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode("app:SECRET-C");
+    format!(
+        "POST http://{origin}/v1/charges?card=4111&token=SECRET-Q HTTP/1.1\r\n\
+         Host: {origin}\r\n\
+         Authorization: Bearer SECRET-A\r\n\
+         Cookie: s=SECRET-B\r\n\
+         Proxy-Authorization: Basic {basic}\r\n\
+         Content-Type: text/plain\r\n\
+         Content-Length: 8\r\n\r\n\
+         SECRET-D"
+    )
+}
+
+/// Start an origin and a portcullis with one password client; send the secret request twice
+/// on one client connection; return both with the stderr of the run.
+async fn access_log_run(args: &[&str], rust_log: Option<&str>) -> (Portcullis, Origin) {
+    let o = origin().handler(|_| Reply::ok("SECRET-E")).spawn().await;
+    let dir = scratch("access");
+    let rest = format!(
+        "{}[[client]]\nname = \"app\"\nusername = \"app\"\npassword_env = \"{PASSWORD_VAR}\"\nupstreams = [\"local\"]\n",
+        upstream(&[o.port()], "")
+    );
+    let mut env = vec![(PASSWORD_VAR, "SECRET-C")];
+    if let Some(level) = rust_log {
+        env.push(("RUST_LOG", level));
+    }
+    let p = start(&dir, &rest, args, &env).await;
+    let mut conn = ProxyConn::connect(p.proxy).await;
+    for i in 0..2 {
+        let r = conn.send(secret_request(o.addr).as_bytes()).await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}\n{}", p.stderr_text());
+    }
+    // The secrets did go through: only the log must not have them.
+    let seen = o.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].target, "/v1/charges?card=4111&token=SECRET-Q");
+    assert_eq!(seen[0].header("authorization"), Some("Bearer SECRET-A"));
+    assert_eq!(seen[0].body_text(), "SECRET-D");
+    assert_eq!(
+        seen[1].conn_request_index, 1,
+        "the second reused the connection"
+    );
+    (p, o)
+}
+
+fn assert_no_secrets(p: &Portcullis) {
+    let all = p.stderr_text();
+    for s in SECRETS
+        .iter()
+        .chain(&["SECRET-E", "card=", "token=", "4111"])
+    {
+        assert!(!all.contains(s), "{s} is in the log:\n{all}");
+    }
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode("app:SECRET-C");
+    assert!(
+        !all.contains(&basic),
+        "Proxy-Authorization is in the log:\n{all}"
+    );
+}
+
+#[tokio::test]
+async fn text_access_log_has_path_and_lineage_but_no_secret() {
+    let (p, _o) = access_log_run(&[], None).await;
+    let access = |l: &str| l.contains("access") && l.contains("/v1/charges");
+    p.wait_line(|l| access(l) && l.contains("reused=true"))
+        .await;
+    let lines: Vec<String> = p.stderr_lines().into_iter().filter(|l| access(l)).collect();
+    assert_eq!(lines.len(), 2, "one line per request:\n{}", p.stderr_text());
+    for l in &lines {
+        for field in [
+            "path=\"/v1/charges\"",
+            "status=200",
+            "method=\"POST\"",
+            "client_name=\"app\"",
+            "upstream=\"local\"",
+            "conn_id=",
+            "reused=",
+            "attempts=1",
+            "conn_age_s=",
+            "conn_idle_s=",
+            "duration_ms=",
+        ] {
+            assert!(l.contains(field), "{field} missing from: {l}");
+        }
+    }
+    assert!(lines[0].contains("reused=false"), "{}", lines[0]);
+    assert!(lines[1].contains("reused=true"), "{}", lines[1]);
+    let conn_id = |l: &str| {
+        l.split_whitespace()
+            .find_map(|f| f.strip_prefix("conn_id="))
+            .map(str::to_string)
+    };
+    assert_eq!(conn_id(&lines[0]), conn_id(&lines[1]), "{lines:#?}");
+    assert_no_secrets(&p);
+}
+
+#[tokio::test]
+async fn json_access_log_parses_and_has_no_secret_even_at_debug() {
+    let (p, _o) = access_log_run(&["--log-format", "json"], Some("debug")).await;
+    p.wait_line(|l| l.contains("/v1/charges") && l.contains("\"reused\":true"))
+        .await;
+    let mut access = Vec::new();
+    for line in p.stderr_lines() {
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{}", p.stderr_text()));
+        if v["target"] == "access" {
+            access.push(v);
+        }
+    }
+    assert_eq!(access.len(), 2, "{access:#?}");
+    for a in &access {
+        assert_eq!(a["path"], "/v1/charges", "{a}");
+        assert_eq!(a["status"], 200, "{a}");
+        assert_eq!(a["method"], "POST", "{a}");
+        assert_eq!(a["attempts"], 1, "{a}");
+        assert!(a["conn_id"].as_u64().is_some_and(|id| id > 0), "{a}");
+        assert!(a["reused"].is_boolean(), "{a}");
+    }
+    assert_eq!(access[0]["reused"], false);
+    assert_eq!(access[1]["reused"], true);
+    assert_eq!(access[0]["conn_id"], access[1]["conn_id"]);
+    assert_no_secrets(&p);
+}
+
+#[tokio::test]
+async fn sighup_applies_a_valid_file_and_keeps_the_running_config_on_an_invalid_one() {
+    let kept = origin().spawn().await;
+    let dropped = origin().spawn().await;
+    let dir = scratch("reload");
+    let mut p = start(
+        &dir,
+        &upstream(&[kept.port(), dropped.port()], ""),
+        &[],
+        &[],
+    )
+    .await;
+    let get = |o: &Origin| {
+        let (proxy, url) = (p.proxy, o.url("/"));
+        async move { proxy_get(proxy, &url).await.status }
+    };
+    assert_eq!(get(&kept).await, 200);
+    assert_eq!(get(&dropped).await, 200);
+    let reloads = "portcullis_config_reloads_total";
+    assert_eq!(p.metric(reloads, "result=\"ok\"").await, 0.0);
+
+    // Valid: the second port is no longer allowed.
+    let section = proxy_section(p.proxy.port(), p.admin.port());
+    std::fs::write(
+        &p.config,
+        format!("{section}{}", upstream(&[kept.port()], "")),
+    )
+    .expect("rewrite config");
+    p.signal("HUP");
+    assert_eq!(
+        p.wait_metric(reloads, "result=\"ok\"", |v| v >= 1.0).await,
+        1.0
+    );
+    assert_eq!(get(&dropped).await, 403, "{}", p.stderr_text());
+    assert_eq!(get(&kept).await, 200);
+
+    // Invalid: logged once, counted, and the running config stays.
+    let broken = upstream(
+        &[kept.port(), dropped.port()],
+        "max_connections = 4\nmax_idle = 8",
+    );
+    std::fs::write(&p.config, format!("{section}{broken}")).expect("rewrite config");
+    p.signal("HUP");
+    assert_eq!(
+        p.wait_metric(reloads, "result=\"error\"", |v| v >= 1.0)
+            .await,
+        1.0
+    );
+    assert_eq!(p.metric(reloads, "result=\"ok\"").await, 1.0);
+    assert_eq!(get(&kept).await, 200, "the allowed host still works");
+    assert_eq!(
+        get(&dropped).await,
+        403,
+        "the invalid file did not take effect"
+    );
+    let path = p.config.display().to_string();
+    let naming: Vec<String> = p
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains(&path) && l.contains("max_idle"))
+        .collect();
+    assert_eq!(
+        naming.len(),
+        1,
+        "one line naming file and key:\n{}",
+        p.stderr_text()
+    );
+    assert!(naming[0].contains("max_connections (4)"), "{}", naming[0]);
+
+    // Still alive and serving.
+    assert_eq!(p.admin_get("/readyz").await.0, 200);
+    assert!(p.child.0.try_wait().expect("try_wait").is_none());
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
+    let o = origin()
+        .handler(|_| Reply::ok("slow").delay(Duration::from_millis(1500)))
+        .spawn()
+        .await;
+    let dir = scratch("term");
+    let mut p = start(&dir, &upstream(&[o.port()], ""), &[], &[]).await;
+    assert_eq!(p.admin_get("/readyz").await.0, 200);
+    let (proxy, url) = (p.proxy, o.url("/slow"));
+    let slow = tokio::spawn(async move { proxy_get(proxy, &url).await });
+    assert!(o.wait_for_requests(1, WITHIN).await);
+
+    let signalled = Instant::now();
+    p.signal("TERM");
+    let grace = Duration::from_secs(5);
+    let mut readyz = Vec::new();
+    let mut refused_new = None;
+    let status = loop {
+        if let Ok(Some(status)) = p.child.0.try_wait() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < grace,
+            "still running after shutdown_grace"
+        );
+        readyz.push(p.admin_get("/readyz").await.0);
+        if readyz.last() == Some(&503) && refused_new.is_none() {
+            // Draining: no new request is served.
+            refused_new = Some(proxy_get(p.proxy, &o.url("/new")).await);
+        }
+        sleep(Duration::from_millis(20)).await;
+    };
+    let took = signalled.elapsed();
+    assert!(status.success(), "exit {status}\n{}", p.stderr_text());
+    assert!(took < grace, "exited after {took:?}");
+    let first_503 = readyz.iter().position(|s| *s == 503);
+    let first_503 = first_503.unwrap_or_else(|| panic!("no 503 before exit: {readyz:?}"));
+    assert!(
+        !readyz[first_503..].contains(&200),
+        "/readyz never turns back to 200: {readyz:?}"
+    );
+    let r = tokio::time::timeout(WITHIN, slow)
+        .await
+        .expect("request finishes")
+        .expect("request task");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, b"slow");
+    let refused = refused_new.expect("a request was tried during the drain");
+    assert!(
+        refused.status == 503 || (refused.status == 0 && refused.error.is_some()),
+        "a new request during the drain: {refused:?}"
+    );
+    assert_eq!(
+        o.requests().len(),
+        1,
+        "only the in-flight request reached the origin"
+    );
+}
+
+#[tokio::test]
+async fn sigint_exits_0() {
+    let o = origin().spawn().await;
+    let dir = scratch("int");
+    let mut p = start(&dir, &upstream(&[o.port()], ""), &[], &[]).await;
+    assert_eq!(proxy_get(p.proxy, &o.url("/")).await.status, 200);
+    p.signal("INT");
+    let status = p.wait_exit(WITHIN).await.expect("exits after SIGINT");
+    assert!(status.success(), "exit {status}\n{}", p.stderr_text());
+}
+
+#[tokio::test]
+async fn a_listen_address_in_use_fails_with_a_clear_message() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = scratch("in-use");
+    let config = dir.join("portcullis.toml");
+    for (listen, admin) in [(port, free_port()), (free_port(), port)] {
+        std::fs::write(
+            &config,
+            format!("{}{}", proxy_section(listen, admin), upstream(&[80], "")),
+        )
+        .expect("write config");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("PORTCULLIS_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start portcullis");
+        let mut child = Guard(child);
+        let deadline = Instant::now() + WITHIN;
+        let status = loop {
+            if let Some(s) = child.0.try_wait().expect("try_wait") {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "portcullis kept running on a taken port"
+            );
+            sleep(Duration::from_millis(20)).await;
+        };
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.0.stderr.take() {
+            use std::io::Read;
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        assert!(!status.success(), "exit {status}\n{stderr}");
+        let want = format!("cannot listen on 127.0.0.1:{port}");
+        assert!(stderr.contains(&want), "{want:?} missing:\n{stderr}");
+        assert!(stderr.to_lowercase().contains("in use"), "{stderr}");
+    }
+    drop(taken);
+}
