@@ -196,6 +196,7 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                 };
                 respond::error(&ctx, &mut wr, Version::HTTP_11, &err, true).await;
                 log_refused(&ctx, &err);
+                linger(reader, wr).await;
                 return;
             }
             Ok(Ok(head)) => head,
@@ -216,9 +217,33 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             return;
         }
         if forward::serve(&ctx, head, &mut reader, &mut wr).await == Flow::Close {
+            linger(reader, wr).await;
             return;
         }
     }
+}
+
+/// Close after our last response without destroying it: send FIN, then read and discard what
+/// the client still sends (bounded), since closing with unread bytes makes the kernel send an
+/// RST that can overtake the response.
+async fn linger(
+    reader: ClientReader<tokio::net::tcp::OwnedReadHalf>,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = wr.shutdown().await;
+    let (mut rd, _) = reader.into_parts();
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 256 * 1024;
+        while left > 0 {
+            match rd.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = timeout(Duration::from_secs(2), drain).await;
 }
 
 /// Access-log line for a request refused before its head could be parsed.
