@@ -190,7 +190,8 @@ impl Config {
 
 fn resolve(raw: RawConfig, source: &str, problems: &mut Vec<String>) -> Config {
     let proxy = raw.proxy.resolve(problems);
-    let defaults = Settings::defaults().overlay(&raw.defaults, "defaults", problems);
+    let defaults = Settings::defaults().overlay(&raw.defaults, "defaults", false, problems);
+    let max_idle_in_defaults = raw.defaults.max_idle.is_some();
     // Names as written, so a client naming an upstream that failed validation gets no second error.
     let names: Vec<String> = raw
         .upstream
@@ -199,7 +200,9 @@ fn resolve(raw: RawConfig, source: &str, problems: &mut Vec<String>) -> Config {
         .collect();
     let mut upstreams = Vec::new();
     for (i, table) in raw.upstream.into_iter().enumerate() {
-        if let Some(u) = resolve_upstream(table, i, &defaults, source, problems) {
+        if let Some(u) =
+            resolve_upstream(table, i, &defaults, max_idle_in_defaults, source, problems)
+        {
             upstreams.push(Arc::new(u));
         }
     }
@@ -236,6 +239,7 @@ fn resolve_upstream(
     table: toml::Table,
     index: usize,
     defaults: &Settings,
+    max_idle_in_defaults: bool,
     source: &str,
     problems: &mut Vec<String>,
 ) -> Option<Upstream> {
@@ -254,7 +258,7 @@ fn resolve_upstream(
     if raw.name.trim().is_empty() {
         problems.push(format!("upstream #{}: name must not be empty", index + 1));
     }
-    let settings = defaults.overlay(&raw.settings, &label, problems);
+    let settings = defaults.overlay(&raw.settings, &label, max_idle_in_defaults, problems);
     let mut hosts = Vec::new();
     if raw.hosts.is_empty() {
         problems.push(format!("{label}: hosts must list at least one host name"));
@@ -432,7 +436,15 @@ impl Settings {
     }
 
     /// These settings with every key `raw` sets replaced; problems name `label`.
-    fn overlay(&self, raw: &RawSettings, label: &str, problems: &mut Vec<String>) -> Settings {
+    /// `inherited_max_idle_explicit`: the `max_idle` being inherited was written in the file
+    /// (then exceeding a lowered cap is an error, not something to adjust silently).
+    fn overlay(
+        &self,
+        raw: &RawSettings,
+        label: &str,
+        inherited_max_idle_explicit: bool,
+        problems: &mut Vec<String>,
+    ) -> Settings {
         let mut s = self.clone();
         let mut dur = |key: &str, v: &Option<String>, slot: &mut Duration| {
             if let Some(text) = v {
@@ -510,13 +522,16 @@ impl Settings {
             s.allow_private = b;
         }
         if s.max_idle > s.max_connections {
-            if raw.max_idle.is_some() {
+            // Reported where it arises: the layer that wrote max_idle, or lowered the cap under one.
+            if raw.max_idle.is_some()
+                || (inherited_max_idle_explicit && raw.max_connections.is_some())
+            {
                 problems.push(format!(
                     "{label}: max_idle ({}) must not exceed max_connections ({})",
                     s.max_idle, s.max_connections
                 ));
             } else {
-                // Only the cap was lowered here: the inherited max_idle follows it down.
+                // Only the cap was written: the built-in max_idle follows it down.
                 s.max_idle = s.max_connections;
             }
         }

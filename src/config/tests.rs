@@ -265,11 +265,16 @@ fn max_idle_must_not_exceed_max_connections() {
         got,
         ["defaults: max_idle (200) must not exceed max_connections (128)"]
     );
-    let got = problems(&format!("{ONE}max_connections = 4\n"));
+    let got = problems(&format!(
+        "[defaults]\nmax_idle = 16\n{ONE}max_connections = 4\n"
+    ));
     assert_eq!(
         got,
         [r#"upstream "one": max_idle (16) must not exceed max_connections (4)"#]
     );
+    // Only the cap written: the built-in max_idle (16) follows it down instead of failing.
+    let config = parse(&format!("{ONE}max_connections = 4\n"));
+    assert_eq!(upstream(&config, "one").settings.max_idle, 4);
     let config = parse(&format!("{ONE}max_connections = 4\nmax_idle = 4\n"));
     assert_eq!(upstream(&config, "one").settings.max_idle, 4);
 }
