@@ -1,0 +1,745 @@
+//! The incidents portcullis exists for (issue 3, SPEC §5–§6), replayed over real sockets; each has a twin proving the fixture reproduces it.
+
+mod support;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use support::*;
+
+// ------------------------------------------------------------------ helpers
+
+/// `METHOD url HTTP/1.1` in absolute form with `Host`, the given headers and a Content-Length body.
+fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut head = format!("{method} {url} HTTP/1.1\r\nHost: {}\r\n", authority(url));
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method != "GET" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+fn proxy_status(r: &RawResponse) -> &str {
+    r.header("proxy-status").unwrap_or_default()
+}
+
+/// What the origin received for `target`.
+fn seen(origin: &Origin, target: &str) -> Vec<SeenRequest> {
+    origin
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == target)
+        .collect()
+}
+
+async fn retries(p: &Proxy, upstream: &str) -> f64 {
+    p.metric(
+        "portcullis_retries_total",
+        &format!("upstream=\"{upstream}\""),
+    )
+    .await
+}
+
+async fn retries_for(p: &Proxy, upstream: &str, reason: &str) -> f64 {
+    p.metric(
+        "portcullis_retries_total",
+        &format!("upstream=\"{upstream}\",reason=\"{reason}\""),
+    )
+    .await
+}
+
+async fn closed_for(p: &Proxy, upstream: &str, reason: &str) -> f64 {
+    p.metric(
+        "portcullis_upstream_connections_closed_total",
+        &format!("upstream=\"{upstream}\",reason=\"{reason}\""),
+    )
+    .await
+}
+
+/// Polls a metric until it reaches `at_least` (bounded); returns the last value seen.
+async fn metric_reaches(
+    p: &Proxy,
+    name: &str,
+    labels: &str,
+    at_least: f64,
+    within: Duration,
+) -> f64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = p.metric(name, labels).await;
+        if v >= at_least || Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Polls `cond` until it holds (bounded); true if it did.
+async fn eventually(within: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+// ------------------------------------------------ 1. stale pooled connections
+
+/// The provider's firewall in the tests: forgets a flow idle this long, RSTs its next bytes.
+const FIREWALL_LIMIT: Duration = Duration::from_millis(400);
+/// A pause long enough for the firewall to forget a flow.
+const PAST_LIMIT: Duration = Duration::from_millis(600);
+
+/// An origin behind the forgetful firewall, and portcullis in front with `settings`.
+struct Provider {
+    origin: Origin,
+    firewall: Firewall,
+    proxy: Proxy,
+}
+
+impl Provider {
+    async fn spawn(settings: &str) -> Provider {
+        let origin = origin()
+            .handler(|r| Reply::ok(format!("{} {} {}", r.method, r.target, r.body_text())))
+            .spawn()
+            .await;
+        let firewall = Firewall::spawn(origin.addr, FIREWALL_LIMIT).await;
+        let proxy = spawn_proxy(&local_upstream("provider", firewall.addr.port(), settings)).await;
+        Provider {
+            origin,
+            firewall,
+            proxy,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.firewall.addr)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Get,
+    KeyedPost,
+    PlainPost,
+}
+
+/// A deterministic pseudo-random schedule: (gap before the request, kind). Knuth's MMIX LCG.
+fn schedule() -> Vec<(Duration, Kind)> {
+    let mut x: u64 = 0x5eed_cafe;
+    let kinds = [Kind::Get, Kind::KeyedPost, Kind::PlainPost];
+    (0..15)
+        .map(|i| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (Duration::from_millis((x >> 33) % 701), kinds[i % 3])
+        })
+        .collect()
+}
+
+/// Runs the schedule through one keep-alive client connection (reopened only if the proxy
+/// closes it); returns each request's status.
+async fn run_schedule(p: &Provider) -> Vec<u16> {
+    let mut conn = ProxyConn::connect(p.proxy.addr).await;
+    let mut statuses = Vec::new();
+    for (i, (gap, kind)) in schedule().into_iter().enumerate() {
+        tokio::time::sleep(gap).await;
+        let path = format!("/step/{i}");
+        let url = p.url(&path);
+        let body = format!("payment-{i}");
+        let key = format!("key-{i}");
+        let req = match kind {
+            Kind::Get => request("GET", &url, &[], b""),
+            Kind::KeyedPost => request(
+                "POST",
+                &url,
+                &[("Idempotency-Key", key.as_str())],
+                body.as_bytes(),
+            ),
+            Kind::PlainPost => request("POST", &url, &[], body.as_bytes()),
+        };
+        let resp = conn.send(&req).await;
+        statuses.push(resp.status);
+        if resp.closed || resp.status == 0 {
+            conn = ProxyConn::connect(p.proxy.addr).await;
+        }
+    }
+    statuses
+}
+
+#[test]
+fn the_schedule_crosses_the_firewall_limit_both_ways() {
+    let gaps: Vec<Duration> = schedule().into_iter().map(|(g, _)| g).collect();
+    assert!(
+        gaps.iter()
+            .filter(|g| **g > FIREWALL_LIMIT + Duration::from_millis(25))
+            .count()
+            >= 3,
+        "{gaps:?}"
+    );
+    assert!(
+        gaps.iter()
+            .filter(|g| **g < Duration::from_millis(200))
+            .count()
+            >= 2,
+        "{gaps:?}"
+    );
+}
+
+/// Idle time and lifetime below the firewall's limit: no request ever meets a forgotten flow.
+#[tokio::test]
+async fn stale_connections_never_reach_the_firewall_when_idle_timeout_is_below_its_limit() {
+    let p = Provider::spawn("idle_timeout = \"250ms\"\nmax_lifetime = \"1s\"").await;
+    let statuses = run_schedule(&p).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(retries(&p.proxy, "provider").await, 0.0);
+    assert_eq!(
+        p.firewall.resets_sent(),
+        0,
+        "a request met a forgotten flow"
+    );
+    assert_eq!(
+        p.firewall.flows_forgotten(),
+        0,
+        "a pooled connection outlived the firewall's idle limit"
+    );
+    // Each request reached the origin exactly once, in order, and pooling did happen.
+    let targets: Vec<String> = p.origin.requests().into_iter().map(|r| r.target).collect();
+    let want: Vec<String> = (0..schedule().len())
+        .map(|i| format!("/step/{i}"))
+        .collect();
+    assert_eq!(targets, want);
+    assert!(
+        p.origin.connections_accepted() < want.len(),
+        "no connection was ever reused ({} for {} requests)",
+        p.origin.connections_accepted(),
+        want.len()
+    );
+    assert!(closed_for(&p.proxy, "provider", "idle_timeout").await >= 1.0);
+    p.proxy.stop().await;
+}
+
+/// The twin: idle_timeout above the limit and no retries — the same schedule meets resets.
+#[tokio::test]
+async fn without_the_guards_the_same_schedule_meets_the_firewall_resets() {
+    let p = Provider::spawn("idle_timeout = \"5s\"\nretry_on_reset = false").await;
+    let statuses = run_schedule(&p).await;
+    let failed = statuses.iter().filter(|s| **s == 502).count();
+    assert!(failed >= 1, "the firewall never bit: {statuses:?}");
+    assert!(p.firewall.resets_sent() >= failed, "{statuses:?}");
+    p.proxy.stop().await;
+}
+
+/// idle_timeout too long: GET and keyed POST meet a forgotten flow, are retried once on a new
+/// connection and succeed; the origin sees each exactly once. A plain POST after the same
+/// pause is dialed fresh (unsafe_reuse_max_idle) and also seen once.
+#[tokio::test]
+async fn too_long_idle_timeout_is_absorbed_by_retries_and_fresh_dials() {
+    let p = Provider::spawn("idle_timeout = \"5s\"\nunsafe_reuse_max_idle = \"200ms\"").await;
+    let mut conn = ProxyConn::connect(p.proxy.addr).await;
+    assert_eq!(conn.get(&p.url("/warm")).await.status, 200);
+
+    tokio::time::sleep(PAST_LIMIT).await;
+    assert!(p.firewall.flows_forgotten() >= 1);
+    let r = conn.get(&p.url("/get")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body_text(), "GET /get ");
+    assert_eq!(
+        retries_for(&p.proxy, "provider", "reset_after_write").await,
+        1.0
+    );
+    assert_eq!(p.firewall.resets_sent(), 1);
+
+    tokio::time::sleep(PAST_LIMIT).await;
+    let r = conn
+        .send(&request(
+            "POST",
+            &p.url("/keyed"),
+            &[("Idempotency-Key", "k-1")],
+            b"amount=10",
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        retries_for(&p.proxy, "provider", "reset_after_write").await,
+        2.0
+    );
+    assert_eq!(p.firewall.resets_sent(), 2);
+
+    tokio::time::sleep(PAST_LIMIT).await;
+    let accepted_before = p.origin.connections_accepted();
+    let r = conn
+        .send(&request("POST", &p.url("/plain"), &[], b"amount=20"))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        retries(&p.proxy, "provider").await,
+        2.0,
+        "the plain POST was not retried"
+    );
+    assert_eq!(
+        p.firewall.resets_sent(),
+        2,
+        "the plain POST met no forgotten flow"
+    );
+    assert_eq!(
+        p.origin.connections_accepted(),
+        accepted_before + 1,
+        "dialed fresh"
+    );
+
+    for (target, body) in [
+        ("/get", ""),
+        ("/keyed", "amount=10"),
+        ("/plain", "amount=20"),
+    ] {
+        let s = seen(&p.origin, target);
+        assert_eq!(s.len(), 1, "{target} reached the origin {} times", s.len());
+        assert_eq!(s[0].body_text(), body);
+    }
+    assert_eq!(
+        seen(&p.origin, "/keyed")[0].header("idempotency-key"),
+        Some("k-1")
+    );
+    p.proxy.stop().await;
+}
+
+/// With unsafe_reuse_max_idle too long, the plain POST does go onto the forgotten flow: it is
+/// answered 502 and never replayed — the origin does not see it at all, let alone twice.
+#[tokio::test]
+async fn a_plain_post_on_a_forgotten_flow_is_answered_502_never_sent_twice() {
+    let p = Provider::spawn("idle_timeout = \"5s\"\nunsafe_reuse_max_idle = \"10s\"").await;
+    let mut conn = ProxyConn::connect(p.proxy.addr).await;
+    assert_eq!(conn.get(&p.url("/warm")).await.status, 200);
+    tokio::time::sleep(PAST_LIMIT).await;
+    let r = conn
+        .send(&request("POST", &p.url("/pay"), &[], b"amount=30"))
+        .await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(
+        proxy_status(&r).contains("error=connection_terminated"),
+        "{r:?}"
+    );
+    assert_eq!(retries(&p.proxy, "provider").await, 0.0);
+    assert_eq!(p.firewall.resets_sent(), 1);
+    assert_eq!(
+        seen(&p.origin, "/pay").len(),
+        0,
+        "the firewall never delivered it"
+    );
+    p.proxy.stop().await;
+}
+
+/// The twin of the retry test: retry_on_reset = false, and the GET after the pause fails.
+#[tokio::test]
+async fn without_retries_a_get_on_a_forgotten_flow_fails() {
+    let p = Provider::spawn("idle_timeout = \"5s\"\nretry_on_reset = false").await;
+    let mut conn = ProxyConn::connect(p.proxy.addr).await;
+    assert_eq!(conn.get(&p.url("/warm")).await.status, 200);
+    tokio::time::sleep(PAST_LIMIT).await;
+    let r = conn.get(&p.url("/get")).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(
+        proxy_status(&r).contains("error=connection_terminated"),
+        "{r:?}"
+    );
+    assert_eq!(p.firewall.resets_sent(), 1);
+    assert!(seen(&p.origin, "/get").is_empty());
+    p.proxy.stop().await;
+}
+
+// ------------------------------------------------------- 2. connection leak
+
+const HTML_403: usize = 4096;
+const BIG: usize = 5 * 1024 * 1024;
+
+fn leaky_origin() -> OriginBuilder {
+    origin().handler(|r| match r.target.as_str() {
+        "/big" => Reply::ok(vec![b'x'; BIG]),
+        "/close" => Reply::close_without_answer(),
+        "/reset" => Reply::reset_without_answer(),
+        "/cut" => Reply::ok(vec![b'c'; 64 * 1024]).close_mid_body(),
+        "/ok" => Reply::ok("fine"),
+        _ => Reply::status(403, html(HTML_403)).header("Content-Type", "text/html"),
+    })
+}
+
+fn html(len: usize) -> Vec<u8> {
+    let (open, close) = (
+        "<!doctype html><html><body><h1>Forbidden</h1><p>",
+        "</p></body></html>",
+    );
+    let mut page = open.as_bytes().to_vec();
+    page.resize(len - close.len(), b'.');
+    page.extend_from_slice(close.as_bytes());
+    page
+}
+
+/// Connects, sends a GET for `path`, reads at least `want` bytes (or until the proxy closes),
+/// then hangs up — with an RST when `rst`. Returns the status from the first line (0 if none).
+async fn hit_and_run(proxy: SocketAddr, url: &str, want: usize, rst: bool) -> u16 {
+    let work = async {
+        let mut s = TcpStream::connect(proxy).await?;
+        s.write_all(&request("GET", url, &[], b"")).await?;
+        let mut first = Vec::new();
+        let mut total = 0;
+        let mut buf = vec![0u8; 16 * 1024];
+        while total < want {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            if first.len() < 12 {
+                first.extend_from_slice(&buf[..n.min(12 - first.len())]);
+            }
+            total += n;
+        }
+        if rst {
+            reset_on_drop(&s);
+        }
+        drop(s);
+        Ok::<_, io::Error>(status_of(&first))
+    };
+    match tokio::time::timeout(Duration::from_secs(10), work).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(_)) | Err(_) => 0,
+    }
+}
+
+fn status_of(bytes: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(12)]).into_owned();
+    text.strip_prefix("HTTP/1.1 ")
+        .and_then(|s| s.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Hundreds of unread 403s, aborted downloads, origins that close or reset or cut a body:
+/// afterwards nothing is busy, no slot is lost, and a normal request is served at once.
+#[tokio::test]
+async fn no_path_leaks_a_connection() {
+    let o = leaky_origin().spawn().await;
+    let p = spawn_proxy(&local_upstream(
+        "leaky",
+        o.port(),
+        "max_connections = 4\nmax_idle = 4\nacquire_timeout = \"3s\"",
+    ))
+    .await;
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(8));
+    for i in 0..300usize {
+        let (path, want, expect) = match i % 15 {
+            0 | 7 => ("/big", 64 * 1024, 200),
+            1 => ("/close", 12, 502),
+            2 => ("/reset", 12, 502),
+            3 => ("/cut", 12, 200),
+            _ => ("/forbidden", 12, 403),
+        };
+        let url = o.url(path);
+        let permit = gate.clone().acquire_owned().await.expect("open semaphore");
+        let proxy = p.addr;
+        tasks.spawn(async move {
+            let _permit = permit;
+            let status = hit_and_run(proxy, &url, want, i % 2 == 0).await;
+            (i, path, expect, status)
+        });
+    }
+    let mut wrong = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (i, path, expect, status) = done.expect("client task");
+        if status != expect {
+            wrong.push((i, path, expect, status));
+        }
+    }
+    assert!(wrong.is_empty(), "unexpected statuses: {wrong:?}");
+    let storm = started.elapsed();
+
+    assert!(
+        p.wait_idle(Duration::from_secs(2)).await,
+        "connections still busy after the storm: {}",
+        p.pools().await
+    );
+    assert_eq!(p.busy().await, 0);
+    // The origin notices the proxy's closes a moment later.
+    assert!(
+        eventually(Duration::from_secs(2), || o.open_connections() <= 4).await,
+        "{} open at the origin",
+        o.open_connections()
+    );
+
+    let mut conn = ProxyConn::connect(p.addr).await;
+    conn.within = Duration::from_secs(2);
+    let t = Instant::now();
+    let r = conn.get(&o.url("/ok")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        p.metric(
+            "portcullis_pool_acquire_timeouts_total",
+            "upstream=\"leaky\""
+        )
+        .await,
+        0.0
+    );
+    assert!(p.wait_idle(Duration::from_secs(2)).await);
+    eprintln!("storm of 300 took {storm:?}");
+    p.stop().await;
+}
+
+/// The twin: clients that stop reading but keep their sockets open do hold connections —
+/// the same measures see them busy and the next request times out; hanging up frees them.
+#[tokio::test]
+async fn stalled_readers_hold_connections_until_they_hang_up() {
+    const HUGE: usize = 64 * 1024 * 1024;
+    let o = origin()
+        .handler(|r| match r.target.as_str() {
+            "/huge" => Reply::ok(vec![b'h'; HUGE]),
+            _ => Reply::ok("fine"),
+        })
+        .spawn()
+        .await;
+    let p = spawn_proxy(&local_upstream(
+        "stall",
+        o.port(),
+        "max_connections = 2\nmax_idle = 2\nacquire_timeout = \"300ms\"",
+    ))
+    .await;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(p.addr).await.expect("connect");
+        s.write_all(&request("GET", &o.url("/huge"), &[], b""))
+            .await
+            .expect("write");
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("first bytes in time")
+            .expect("read");
+        assert_eq!(status_of(&buf[..n]), 200);
+        stalled.push(s);
+    }
+    assert!(!p.wait_idle(Duration::from_millis(500)).await);
+    assert_eq!(p.busy().await, 2);
+    let r = proxy_get(p.addr, &o.url("/ok")).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(proxy_status(&r).contains("error=connection_limit_reached"));
+    assert_eq!(
+        p.metric(
+            "portcullis_pool_acquire_timeouts_total",
+            "upstream=\"stall\""
+        )
+        .await,
+        1.0
+    );
+
+    for s in stalled {
+        reset_on_drop(&s);
+    }
+    assert!(
+        p.wait_idle(Duration::from_secs(2)).await,
+        "{}",
+        p.pools().await
+    );
+    assert_eq!(proxy_get(p.addr, &o.url("/ok")).await.status, 200);
+    p.stop().await;
+}
+
+// ---------------------------------------------------- 3. keep-alive mismatch
+
+/// The origin announces `Keep-Alive: timeout=2` and closes idle connections after 2 s while
+/// portcullis is configured for 120 s: requests 2.5 s apart never meet a dead connection.
+#[tokio::test]
+async fn upstream_keep_alive_timeout_shortens_idle_life() {
+    let o = origin()
+        .keep_alive_timeout(Duration::from_secs(2))
+        .spawn()
+        .await;
+    let p = spawn_proxy(&local_upstream(
+        "ka",
+        o.port(),
+        "idle_timeout = \"120s\"\nmax_lifetime = \"300s\"",
+    ))
+    .await;
+    let mut conn = ProxyConn::connect(p.addr).await;
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+        }
+        let r = conn.get(&o.url(&format!("/ka/{i}"))).await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+    }
+    assert_eq!(retries(&p, "ka").await, 0.0);
+    // Portcullis closed each connection itself, before the origin's 2 s ran out.
+    let ka_closes = metric_reaches(
+        &p,
+        "portcullis_upstream_connections_closed_total",
+        "upstream=\"ka\",reason=\"keep_alive_timeout\"",
+        3.0,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(ka_closes, 3.0);
+    assert_eq!(closed_for(&p, "ka", "remote_closed").await, 0.0);
+    assert_eq!(closed_for(&p, "ka", "error").await, 0.0);
+    let ids: Vec<usize> = o.requests().iter().map(|r| r.conn_id).collect();
+    assert_eq!(ids, vec![1, 2, 3], "each request on its own connection");
+    p.stop().await;
+}
+
+/// The twin: the origin really does close an idle connection after 2 s (what portcullis must beat).
+#[tokio::test]
+async fn the_origin_really_closes_idle_connections_after_its_keep_alive_timeout() {
+    let o = origin()
+        .keep_alive_timeout(Duration::from_secs(2))
+        .spawn()
+        .await;
+    let mut direct = ProxyConn::connect(o.addr).await;
+    let r = direct
+        .send(b"GET /direct HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("keep-alive"), Some("timeout=2"));
+    let t = Instant::now();
+    assert!(direct.wait_closed(Duration::from_secs(4)).await);
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1800),
+        "closed after {waited:?}"
+    );
+    drop(direct);
+    assert!(o.wait_for_open_connections(0, Duration::from_secs(1)).await);
+}
+
+// --------------------------------------------------------- 4. slow receivers
+
+/// Six requests started 50 ms apart against an origin that takes 1 s, two connections max.
+/// Returns (index, status, completed after) per request and the run's duration.
+async fn slow_round(p: &Proxy, o: &Origin) -> Vec<(usize, u16, Duration)> {
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for i in 0..6usize {
+        let proxy = p.addr;
+        let url = o.url(&format!("/slow/{i}"));
+        tasks.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50) * i as u32).await;
+            let r = raw_exchange(
+                proxy,
+                &request("GET", &url, &[], b""),
+                Duration::from_secs(15),
+            )
+            .await;
+            let ok_token =
+                r.status != 503 || proxy_status(&r).contains("error=connection_limit_reached");
+            assert!(ok_token, "{r:?}");
+            (i, r.status, started.elapsed())
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        out.push(done.expect("client task"));
+    }
+    out.sort_by_key(|(i, _, _)| *i);
+    out
+}
+
+fn slow_origin() -> OriginBuilder {
+    origin().handler(|_| Reply::ok("slow").delay(Duration::from_secs(1)))
+}
+
+#[tokio::test]
+async fn slow_origin_requests_wait_their_turn_in_arrival_order() {
+    let o = slow_origin().spawn().await;
+    let p = spawn_proxy(&local_upstream(
+        "slow",
+        o.port(),
+        "max_connections = 2\nmax_idle = 2\nacquire_timeout = \"10s\"",
+    ))
+    .await;
+    let started = Instant::now();
+    let (results, max_waiting) = tokio::join!(slow_round(&p, &o), async {
+        let mut max = 0.0f64;
+        while started.elapsed() < Duration::from_millis(1500) {
+            max = max.max(
+                p.metric("portcullis_pool_waiting", "upstream=\"slow\"")
+                    .await,
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        max
+    });
+    let total = started.elapsed();
+    assert!(results.iter().all(|(_, s, _)| *s == 200), "{results:?}");
+    assert!(max_waiting >= 1.0, "no waiter was ever visible");
+    let order: Vec<String> = o.requests().into_iter().map(|r| r.target).collect();
+    let want: Vec<String> = (0..6).map(|i| format!("/slow/{i}")).collect();
+    assert_eq!(order, want, "served out of arrival order");
+    // Three rounds of one second: two at a time, nothing overtaking.
+    let last = results.iter().map(|(_, _, d)| *d).max().unwrap_or_default();
+    assert!(last >= Duration::from_millis(2900), "{results:?}");
+    assert!(total < Duration::from_secs(6), "took {total:?}");
+    assert!(o.connections_accepted() <= 2);
+    assert_eq!(
+        p.metric(
+            "portcullis_pool_acquire_timeouts_total",
+            "upstream=\"slow\""
+        )
+        .await,
+        0.0
+    );
+    assert!(p.wait_idle(Duration::from_secs(2)).await);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn slow_origin_waits_past_acquire_timeout_get_503() {
+    let o = slow_origin().spawn().await;
+    let p = spawn_proxy(&local_upstream(
+        "slow",
+        o.port(),
+        "max_connections = 2\nmax_idle = 2\nacquire_timeout = \"300ms\"",
+    ))
+    .await;
+    let results = slow_round(&p, &o).await;
+    let statuses: Vec<u16> = results.iter().map(|(_, s, _)| *s).collect();
+    assert_eq!(statuses, vec![200, 200, 503, 503, 503, 503]);
+    for (i, _, done) in &results[2..] {
+        // Refused after about acquire_timeout, not after the origin's second.
+        let waited = done.saturating_sub(Duration::from_millis(50) * *i as u32);
+        assert!(
+            waited < Duration::from_millis(900),
+            "request {i} waited {waited:?}"
+        );
+    }
+    assert_eq!(
+        p.metric(
+            "portcullis_pool_acquire_timeouts_total",
+            "upstream=\"slow\""
+        )
+        .await,
+        4.0
+    );
+    assert_eq!(o.requests().len(), 2);
+    assert!(p.wait_idle(Duration::from_secs(2)).await);
+    p.stop().await;
+}
