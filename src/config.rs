@@ -224,6 +224,25 @@ fn resolve(raw: RawConfig, source: &str, problems: &mut Vec<String>) -> Config {
     }
 }
 
+/// A string as a TOML basic string, escaped.
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// Names label metrics and log lines: keep them to characters that need no quoting anywhere.
+fn check_name(label: &str, name: &str, problems: &mut Vec<String>) {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        problems.push(format!(
+            "{label}: name must be 1 to 64 letters, digits, '-', '_' or '.' (it labels metrics and logs)"
+        ));
+    }
+}
+
 fn check_unique<'a>(names: impl Iterator<Item = &'a str>, what: &str, problems: &mut Vec<String>) {
     let mut seen = std::collections::HashSet::new();
     for n in names {
@@ -244,7 +263,7 @@ fn resolve_upstream(
     problems: &mut Vec<String>,
 ) -> Option<Upstream> {
     let label = match table.get("name").and_then(|v| v.as_str()) {
-        Some(name) => format!("upstream \"{name}\""),
+        Some(name) => format!("upstream {name:?}"),
         None => format!("upstream #{}", index + 1),
     };
     let raw = match RawUpstream::from_table(table) {
@@ -257,6 +276,8 @@ fn resolve_upstream(
     let before = problems.len();
     if raw.name.trim().is_empty() {
         problems.push(format!("upstream #{}: name must not be empty", index + 1));
+    } else {
+        check_name(&label, &raw.name, problems);
     }
     let settings = defaults.overlay(&raw.settings, &label, max_idle_in_defaults, problems);
     let mut hosts = Vec::new();
@@ -346,10 +367,12 @@ fn resolve_client(
     upstreams: &[String],
     problems: &mut Vec<String>,
 ) -> Option<Client> {
-    let label = format!("client \"{}\"", raw.name);
+    let label = format!("client {:?}", raw.name);
     let before = problems.len();
     if raw.name.trim().is_empty() {
         problems.push(format!("client #{}: name must not be empty", index + 1));
+    } else {
+        check_name(&label, &raw.name, problems);
     }
     let mut cidrs = Vec::new();
     for c in raw.cidrs.unwrap_or_default() {
@@ -560,7 +583,7 @@ impl fmt::Display for Config {
         for u in &self.upstreams {
             let s = &u.settings;
             writeln!(f, "\n[[upstream]]")?;
-            writeln!(f, "name = \"{}\"", u.name)?;
+            writeln!(f, "name = {}", toml_str(&u.name))?;
             let hosts: Vec<String> = u.hosts.iter().map(|h| format!("\"{h}\"")).collect();
             writeln!(f, "hosts = [{}]", hosts.join(", "))?;
             let ports: Vec<String> = u.ports.iter().map(u16::to_string).collect();
@@ -571,7 +594,7 @@ impl fmt::Display for Config {
             };
             writeln!(f, "tls = \"{tls}\"")?;
             if let Some(ca) = &u.ca_file {
-                writeln!(f, "ca_file = \"{}\"", ca.display())?;
+                writeln!(f, "ca_file = {}", toml_str(&ca.display().to_string()))?;
             }
             if let Some(l) = u.remote_idle_limit {
                 writeln!(f, "remote_idle_limit = \"{}\"", d(l))?;
@@ -600,15 +623,15 @@ impl fmt::Display for Config {
         }
         for c in &self.clients {
             writeln!(f, "\n[[client]]")?;
-            writeln!(f, "name = \"{}\"", c.name)?;
+            writeln!(f, "name = {}", toml_str(&c.name))?;
             if !c.cidrs.is_empty() {
                 let cidrs: Vec<String> = c.cidrs.iter().map(|n| format!("\"{n}\"")).collect();
                 writeln!(f, "cidrs = [{}]", cidrs.join(", "))?;
             }
             if let Some(u) = &c.username {
-                writeln!(f, "username = \"{u}\"")?;
+                writeln!(f, "username = {}", toml_str(u))?;
                 if let Some(var) = &c.password_env {
-                    writeln!(f, "password_env = \"{var}\"")?;
+                    writeln!(f, "password_env = {}", toml_str(var))?;
                 }
             }
             let ups: Vec<String> = c.upstreams.iter().map(|u| format!("\"{u}\"")).collect();

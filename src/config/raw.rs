@@ -237,12 +237,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// A duration as the config would write it: "500s", "250ms", "1.5s".
 pub fn show_duration(d: Duration) -> String {
+    // Exact in the largest unit that needs no fraction, so the text parses back to the same value.
+    let nanos = d.as_nanos();
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
-    } else if d.as_nanos() % 1_000_000 == 0 && d.as_secs() == 0 {
-        format!("{}ms", d.as_millis())
+    } else if nanos % 1_000_000 == 0 {
+        format!("{}ms", nanos / 1_000_000)
+    } else if nanos % 1_000 == 0 {
+        format!("{}us", nanos / 1_000)
     } else {
-        format!("{}ms", d.as_secs_f64() * 1000.0)
+        format!("{nanos}ns")
     }
 }
 
