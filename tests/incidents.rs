@@ -15,58 +15,13 @@ use support::*;
 
 // ------------------------------------------------------------------ helpers
 
-/// `METHOD url HTTP/1.1` in absolute form with `Host`, the given headers and a Content-Length body.
-fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut head = format!("{method} {url} HTTP/1.1\r\nHost: {}\r\n", authority(url));
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() || method != "GET" {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(body);
-    bytes
-}
-
-fn authority(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    rest.split('/').next().unwrap_or(rest)
-}
-
 fn proxy_status(r: &RawResponse) -> &str {
     r.header("proxy-status").unwrap_or_default()
-}
-
-/// What the origin received for `target`.
-fn seen(origin: &Origin, target: &str) -> Vec<SeenRequest> {
-    origin
-        .requests()
-        .into_iter()
-        .filter(|r| r.target == target)
-        .collect()
-}
-
-async fn retries(p: &Proxy, upstream: &str) -> f64 {
-    p.metric(
-        "portcullis_retries_total",
-        &format!("upstream=\"{upstream}\""),
-    )
-    .await
 }
 
 async fn retries_for(p: &Proxy, upstream: &str, reason: &str) -> f64 {
     p.metric(
         "portcullis_retries_total",
-        &format!("upstream=\"{upstream}\",reason=\"{reason}\""),
-    )
-    .await
-}
-
-async fn closed_for(p: &Proxy, upstream: &str, reason: &str) -> f64 {
-    p.metric(
-        "portcullis_upstream_connections_closed_total",
         &format!("upstream=\"{upstream}\",reason=\"{reason}\""),
     )
     .await
@@ -88,18 +43,6 @@ async fn metric_reaches(
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-/// Polls `cond` until it holds (bounded); true if it did.
-async fn eventually(within: Duration, cond: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
 }
 
 // ------------------------------------------------ 1. stale pooled connections
@@ -212,7 +155,7 @@ async fn stale_connections_never_reach_the_firewall_when_idle_timeout_is_below_i
     let p = Provider::spawn("idle_timeout = \"250ms\"\nmax_lifetime = \"1s\"").await;
     let statuses = run_schedule(&p).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert_eq!(retries(&p.proxy, "provider").await, 0.0);
+    assert_eq!(p.proxy.retries("provider").await, 0.0);
     assert_eq!(
         p.firewall.resets_sent(),
         0,
@@ -235,7 +178,7 @@ async fn stale_connections_never_reach_the_firewall_when_idle_timeout_is_below_i
         p.origin.connections_accepted(),
         want.len()
     );
-    assert!(closed_for(&p.proxy, "provider", "idle_timeout").await >= 1.0);
+    assert!(p.proxy.closed_for("provider", "idle_timeout").await >= 1.0);
     p.proxy.stop().await;
 }
 
@@ -293,7 +236,7 @@ async fn too_long_idle_timeout_is_absorbed_by_retries_and_fresh_dials() {
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(
-        retries(&p.proxy, "provider").await,
+        p.proxy.retries("provider").await,
         2.0,
         "the plain POST was not retried"
     );
@@ -340,7 +283,7 @@ async fn a_plain_post_on_a_forgotten_flow_is_answered_502_never_sent_twice() {
         proxy_status(&r).contains("error=connection_terminated"),
         "{r:?}"
     );
-    assert_eq!(retries(&p.proxy, "provider").await, 0.0);
+    assert_eq!(p.proxy.retries("provider").await, 0.0);
     assert_eq!(p.firewall.resets_sent(), 1);
     assert_eq!(
         seen(&p.origin, "/pay").len(),
@@ -589,7 +532,7 @@ async fn upstream_keep_alive_timeout_shortens_idle_life() {
         let r = conn.get(&o.url(&format!("/ka/{i}"))).await;
         assert_eq!(r.status, 200, "request {i}: {r:?}");
     }
-    assert_eq!(retries(&p, "ka").await, 0.0);
+    assert_eq!(p.retries("ka").await, 0.0);
     // Portcullis closed each connection itself, before the origin's 2 s ran out.
     let ka_closes = metric_reaches(
         &p,
@@ -600,8 +543,8 @@ async fn upstream_keep_alive_timeout_shortens_idle_life() {
     )
     .await;
     assert_eq!(ka_closes, 3.0);
-    assert_eq!(closed_for(&p, "ka", "remote_closed").await, 0.0);
-    assert_eq!(closed_for(&p, "ka", "error").await, 0.0);
+    assert_eq!(p.closed_for("ka", "remote_closed").await, 0.0);
+    assert_eq!(p.closed_for("ka", "error").await, 0.0);
     let ids: Vec<usize> = o.requests().iter().map(|r| r.conn_id).collect();
     assert_eq!(ids, vec![1, 2, 3], "each request on its own connection");
     p.stop().await;

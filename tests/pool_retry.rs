@@ -16,85 +16,29 @@ use support::*;
 
 // ------------------------------------------------------------------ helpers
 
-/// `METHOD url HTTP/1.1` in absolute form with `Host`, the given headers and a Content-Length body.
-fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut head = format!("{method} {url} HTTP/1.1\r\nHost: {}\r\n", authority(url));
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() || method != "GET" {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(body);
-    bytes
-}
-
-fn authority(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    rest.split('/').next().unwrap_or(rest)
-}
-
 fn has_error(r: &RawResponse, token: &str) -> bool {
     r.header("proxy-status")
         .unwrap_or_default()
         .contains(&format!("error={token}"))
 }
 
-/// What the origin received for `target`.
-fn seen(origin: &Origin, target: &str) -> Vec<SeenRequest> {
-    origin
-        .requests()
-        .into_iter()
-        .filter(|r| r.target == target)
-        .collect()
-}
-
+/// Polls the closed-connections counter until it reaches `at_least` (bounded).
+/// The origin connection that served `target` (which it saw exactly once).
 fn conn_of(origin: &Origin, target: &str) -> usize {
     let s = seen(origin, target);
     assert_eq!(s.len(), 1, "{target} seen {} times", s.len());
     s[0].conn_id
 }
 
-async fn retries(p: &Proxy, upstream: &str) -> f64 {
-    p.metric(
-        "portcullis_retries_total",
-        &format!("upstream=\"{upstream}\""),
-    )
-    .await
-}
-
-async fn closed_for(p: &Proxy, upstream: &str, reason: &str) -> f64 {
-    p.metric(
-        "portcullis_upstream_connections_closed_total",
-        &format!("upstream=\"{upstream}\",reason=\"{reason}\""),
-    )
-    .await
-}
-
-/// Polls the closed-connections counter until it reaches `at_least` (bounded).
 async fn closed_reaches(p: &Proxy, upstream: &str, reason: &str, at_least: f64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let v = closed_for(p, upstream, reason).await;
+        let v = p.closed_for(upstream, reason).await;
         if v >= at_least || Instant::now() >= deadline {
             return v;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-/// Polls `cond` until it holds (bounded); true if it did.
-async fn eventually(within: Duration, cond: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
 }
 
 /// A handler that resets the connection the first time each target in `flaky` arrives, and
@@ -191,8 +135,8 @@ async fn max_lifetime_retires_a_connection_in_continuous_use() {
         seen.iter().any(|r| r.conn_request_index >= 2),
         "connections were not reused before retiring"
     );
-    assert!(closed_for(&p, "life", "max_lifetime").await >= 1.0);
-    assert_eq!(retries(&p, "life").await, 0.0);
+    assert!(p.closed_for("life", "max_lifetime").await >= 1.0);
+    assert_eq!(p.retries("life").await, 0.0);
     p.stop().await;
 }
 
@@ -217,7 +161,7 @@ async fn idle_connections_are_closed_at_idle_timeout_without_a_checkout() {
         "{:?}",
         t.elapsed()
     );
-    assert_eq!(closed_for(&p, "reap", "idle_timeout").await, 1.0);
+    assert_eq!(p.closed_for("reap", "idle_timeout").await, 1.0);
     assert_eq!(p.idle_count(), 0);
     assert_eq!(o.requests().len(), 1);
     p.stop().await;
@@ -241,7 +185,7 @@ async fn a_connection_the_origin_closed_with_fin_is_never_handed_out() {
     assert_eq!(closed_reaches(&p, "fin", "remote_closed", 1.0).await, 1.0);
     let r = conn.get(&o.url("/2")).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(retries(&p, "fin").await, 0.0, "needed a retry");
+    assert_eq!(p.retries("fin").await, 0.0, "needed a retry");
     assert_ne!(conn_of(&o, "/1"), conn_of(&o, "/2"));
     p.stop().await;
 }
@@ -285,7 +229,7 @@ async fn a_connection_the_origin_reset_while_idle_is_never_handed_out() {
     assert_eq!(closed_reaches(&p, "rst", "remote_closed", 1.0).await, 1.0);
     let r = conn.get(&url).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(retries(&p, "rst").await, 0.0);
+    assert_eq!(p.retries("rst").await, 0.0);
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
     p.stop().await;
 }
@@ -303,7 +247,7 @@ async fn connection_close_from_the_upstream_is_honoured() {
     }
     assert_eq!(o.connections_accepted(), 3);
     assert!(o.requests().iter().all(|r| r.conn_request_index == 0));
-    assert_eq!(retries(&p, "cc").await, 0.0);
+    assert_eq!(p.retries("cc").await, 0.0);
     assert_eq!(closed_reaches(&p, "cc", "remote_closed", 3.0).await, 3.0);
     assert!(p.wait_idle(Duration::from_secs(2)).await);
     assert_eq!(p.idle_count(), 0);
@@ -335,7 +279,7 @@ async fn a_request_is_sent_at_most_twice() {
         "first on the reused one"
     );
     assert_ne!(sends[1].conn_id, sends[0].conn_id, "retried on a new one");
-    assert_eq!(retries(&p, "twice").await, 1.0);
+    assert_eq!(p.retries("twice").await, 1.0);
     assert!(p.wait_idle(Duration::from_secs(2)).await);
     p.stop().await;
 }
@@ -351,7 +295,7 @@ async fn a_failure_on_a_fresh_connection_is_not_retried() {
     assert_eq!(r.status, 502, "{r:?}");
     assert!(has_error(&r, "connection_terminated"), "{r:?}");
     assert_eq!(seen(&o, "/first").len(), 1);
-    assert_eq!(retries(&p, "fresh").await, 0.0);
+    assert_eq!(p.retries("fresh").await, 0.0);
     p.stop().await;
 }
 
@@ -377,7 +321,7 @@ async fn a_written_post_is_retried_only_with_an_idempotency_key() {
         pay[0].conn_request_index, 1,
         "it went out on the reused connection"
     );
-    assert_eq!(retries(&p, "post").await, 0.0);
+    assert_eq!(p.retries("post").await, 0.0);
 
     if r.closed {
         conn = ProxyConn::connect(p.addr).await;
@@ -430,7 +374,7 @@ async fn a_body_above_max_replay_body_is_not_retried() {
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(seen(&o, "/small").len(), 2, "a replayable PUT is retried");
-    assert_eq!(retries(&p, "replay").await, 1.0);
+    assert_eq!(p.retries("replay").await, 1.0);
 
     let big = pattern(4096);
     let r = conn.send(&request("PUT", &o.url("/big"), &[], &big)).await;
@@ -443,7 +387,7 @@ async fn a_body_above_max_replay_body_is_not_retried() {
         sent[0].conn_request_index >= 1,
         "it went out on a reused connection"
     );
-    assert_eq!(retries(&p, "replay").await, 1.0);
+    assert_eq!(p.retries("replay").await, 1.0);
     assert!(p.wait_idle(Duration::from_secs(2)).await);
     p.stop().await;
 }
@@ -671,7 +615,7 @@ async fn response_timeout_answers_504_and_the_connection_is_not_reused() {
         1,
         "a timed-out request was retried"
     );
-    assert_eq!(retries(&p, "slowhead").await, 0.0);
+    assert_eq!(p.retries("slowhead").await, 0.0);
     assert!(p.wait_idle(Duration::from_secs(2)).await);
     p.stop().await;
 }

@@ -29,6 +29,7 @@ mod firewall;
 mod origin;
 mod proxy;
 mod reply;
+mod requests;
 mod tls;
 mod wire;
 
@@ -47,6 +48,8 @@ pub use origin::{origin, Origin, OriginBuilder, SeenRequest};
 pub use proxy::{local_upstream, metric_in, spawn_proxy, spawn_proxy_with, Proxy};
 #[allow(unused_imports)]
 pub use reply::Reply;
+#[allow(unused_imports)]
+pub use requests::{authority, eventually, request, seen};
 #[allow(unused_imports)]
 pub use tls::{ring_provider, IssuedCert, TestCa};
 #[allow(unused_imports)]
