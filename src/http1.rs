@@ -83,6 +83,16 @@ impl<R: AsyncRead + Unpin> ClientReader<R> {
         (self.io, self.buf)
     }
 
+    /// Frees the read buffer if nothing is buffered, so that an idle
+    /// keep-alive connection holds no buffer memory; the next read allocates
+    /// a fresh one. Header values of a request still in use keep their bytes
+    /// alive on their own.
+    pub fn release_buffer(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Reads at most `want` more bytes into the buffer; `Ok(0)` means EOF.
     ///
     /// `reserve` moves leftover bytes to the front of the existing allocation

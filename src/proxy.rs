@@ -164,7 +164,9 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let mut first = true;
     loop {
         if !first && reader.buffered().is_empty() {
-            // Idle keep-alive: wait for the next request's first byte, or close.
+            // Idle keep-alive: wait for the next request's first byte, or close. An idle
+            // connection holds no read buffer (thousands of them may sit in a client's pool).
+            reader.release_buffer();
             tokio::select! {
                 r = timeout(proxy.client_idle_timeout, reader.get_ref().readable()) => match r {
                     Ok(Ok(())) => {}
@@ -211,12 +213,14 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             respond::error(&ctx, &mut wr, head.version, &ProxyError::ShuttingDown, true).await;
             return;
         }
+        // Both request paths are boxed: their futures are several KiB, and kept inline they
+        // would size every connection's task, idle ones included, by the largest of them.
         if head.method == Method::CONNECT {
             let (rd, leftover) = reader.into_parts();
-            tunnel::serve(&ctx, head, rd, leftover, wr).await;
+            Box::pin(tunnel::serve(&ctx, head, rd, leftover, wr)).await;
             return;
         }
-        if forward::serve(&ctx, head, &mut reader, &mut wr).await == Flow::Close {
+        if Box::pin(forward::serve(&ctx, head, &mut reader, &mut wr)).await == Flow::Close {
             linger(reader, wr).await;
             return;
         }

@@ -18,8 +18,12 @@ use crate::http1::RequestHead;
 use crate::policy::{self, Want};
 use crate::target::{self, TargetError};
 
-/// Per-direction copy buffer. Allocated only when a tunnel is set up.
-const TUNNEL_BUF: usize = 16 * 1024;
+/// What a quiet direction reads into while it waits: small enough to live in the tunnel's
+/// task, so that an idle tunnel (an app's pool may hold hundreds) holds no copy buffer.
+const PROBE: usize = 512;
+/// Copy buffer of a busy direction: taken when a read fills the probe, given back as soon as
+/// the source has nothing more ready.
+const TUNNEL_BUF: usize = 64 * 1024;
 
 /// Serve a CONNECT request; the client connection is consumed either way.
 pub async fn serve<R, W>(ctx: &Ctx, head: RequestHead, reader: R, leftover: BytesMut, mut writer: W)
@@ -32,7 +36,7 @@ where
     let mut host = String::new();
     let mut port = 0;
     let mut client_name = None;
-    let (status, error, up_bytes, down_bytes) = match open(
+    let opened = open(
         ctx,
         &head,
         &mut upstream_name,
@@ -40,10 +44,13 @@ where
         &mut port,
         &mut client_name,
     )
-    .await
-    {
+    .await;
+    let version = head.version;
+    // The head's bytes share the client's read buffer: a tunnel that idles should not keep it.
+    drop(head);
+    let (status, error, up_bytes, down_bytes) = match opened {
         Err(e) => {
-            respond::error(ctx, &mut writer, head.version, &e, true).await;
+            respond::error(ctx, &mut writer, version, &e, true).await;
             (e.status(), Some(e.token()), 0, 0)
         }
         Ok((io, idle)) => {
@@ -161,37 +168,10 @@ where
         if !leftover.is_empty() && up_wr.write_all(&leftover).await.is_err() {
             return;
         }
-        let mut buf = vec![0u8; TUNNEL_BUF];
-        loop {
-            match client_rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    touch(&last);
-                    if up_wr.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                    up_count.fetch_add(n as u64, Ordering::Relaxed);
-                }
-            }
-        }
-        let _ = up_wr.shutdown().await;
+        drop(leftover);
+        pump(&mut client_rd, &mut up_wr, &up_count, || touch(&last)).await;
     };
-    let to_client = async {
-        let mut buf = vec![0u8; TUNNEL_BUF];
-        loop {
-            match up_rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    touch(&last);
-                    if client_wr.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                    down_count.fetch_add(n as u64, Ordering::Relaxed);
-                }
-            }
-        }
-        let _ = client_wr.shutdown().await;
-    };
+    let to_client = pump(&mut up_rd, &mut client_wr, &down_count, || touch(&last));
     let watchdog = async {
         loop {
             let quiet_since = Duration::from_millis(last.load(Ordering::Relaxed));
@@ -212,4 +192,67 @@ where
         up_count.load(Ordering::Relaxed),
         down_count.load(Ordering::Relaxed),
     )
+}
+
+/// Copy one direction until EOF or an error, then pass the EOF on as a half-close.
+async fn pump<R, W>(rd: &mut R, wr: &mut W, moved: &AtomicU64, touch: impl Fn())
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut probe = [0u8; PROBE];
+    let mut buf = BytesMut::new();
+    loop {
+        if buf.capacity() == 0 {
+            // Quiet: wait for bytes holding only the probe.
+            let n = match rd.read(&mut probe).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            touch();
+            if n < PROBE {
+                if wr.write_all(&probe[..n]).await.is_err() {
+                    break;
+                }
+                moved.fetch_add(n as u64, Ordering::Relaxed);
+                continue;
+            }
+            // A full probe: a burst is arriving; take the copy buffer for it.
+            buf.reserve(TUNNEL_BUF);
+            buf.extend_from_slice(&probe);
+        }
+        // Busy: take whatever is ready now, without waiting.
+        let eof = match ready_now(rd.read_buf(&mut buf)).await {
+            Some(Ok(0)) | Some(Err(_)) => true,
+            Some(Ok(_)) => {
+                touch();
+                false
+            }
+            None => false,
+        };
+        if buf.is_empty() {
+            // Ran dry: give the buffer back while this direction is quiet.
+            buf = BytesMut::new();
+        } else {
+            if wr.write_all(&buf).await.is_err() {
+                break;
+            }
+            moved.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            buf.clear();
+        }
+        if eof {
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// Poll `f` once: its output if it is ready now, `None` if it would have to wait.
+async fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| std::task::Poll::Ready(match f.as_mut().poll(cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }))
+    .await
 }

@@ -1,0 +1,380 @@
+#!/usr/bin/env bash
+# Load benchmark: portcullis side by side with a direct client, nginx (reverse proxy with
+# upstream keepalive), squid and tinyproxy, all on loopback, in one run.
+#
+#   bash benches/load/run.sh            # as root; about 7 minutes; prints one markdown table
+#
+# Knobs (environment): DURATION=10 (seconds per wrk run), IDLE_CONNS=5000, SLOW_CONC=1000,
+# SLOW_CONC_BIG=10000 (portcullis only; 0 skips), PROXIES="direct portcullis portcullis-quiet
+# nginx squid tinyproxy", KEEP=1 keeps the temp dir with every config, log and wrk output.
+# Progress goes to stderr, the table to stdout. Everything started here is stopped on exit.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+DURATION="${DURATION:-10}"
+IDLE_CONNS="${IDLE_CONNS:-5000}"
+SLOW_CONC="${SLOW_CONC:-1000}"
+SLOW_CONC_BIG="${SLOW_CONC_BIG:-10000}"
+PROXIES="${PROXIES:-direct portcullis portcullis-quiet nginx squid tinyproxy}"
+PY="${PYTHON:-python3}"
+
+# Free loopback ports picked by the kernel: fixed ones may belong to someone else's server.
+read -r ORIGIN_PORT SLOW_PORT PC_PORT PC_ADMIN NGX_PORT NGX_SLOW_PORT SQUID_PORT TINY_PORT < <(
+    "$PY" -c '
+import socket
+socks = [socket.socket() for _ in range(8)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
+ORIGIN="127.0.0.1:$ORIGIN_PORT" SLOW="127.0.0.1:$SLOW_PORT"
+
+log() { printf '[load] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (installs packages, raises the descriptor limit)"
+
+# --- packages -------------------------------------------------------------------------------
+missing=()
+for pair in nginx:nginx squid:squid tinyproxy:tinyproxy wrk:wrk curl:curl python3:python3 ss:iproute2; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    # Keep the packages' services from starting: we run our own instances on high ports.
+    created_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        created_policy=1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+fi
+export PATH="$PATH:/usr/sbin:/sbin"
+
+# --- build ----------------------------------------------------------------------------------
+log "cargo build --release"
+(cd "$ROOT" && cargo build --release --bin portcullis --example slow_origin >&2)
+PORTCULLIS="$ROOT/target/release/portcullis"
+SLOW_ORIGIN="$ROOT/target/release/examples/slow_origin"
+
+# 5 000 idle clients and 10 000 slow requests need far more than the default 1 024 descriptors.
+# Go to the hard limit; a proxy holds two descriptors per slow request (client + upstream), so
+# where the hard limit is lower than that needs, the big slow test is scaled down and labelled so.
+ulimit -n "$(ulimit -Hn)" || die "cannot raise the descriptor limit"
+fd_cap=$((($(ulimit -n) - 500) / 2))
+if [ "$SLOW_CONC_BIG" -gt "$fd_cap" ]; then
+    log "descriptor hard limit $(ulimit -Hn): 2 s origin test with $fd_cap instead of $SLOW_CONC_BIG"
+    SLOW_CONC_BIG=$fd_cap
+fi
+[ "$IDLE_CONNS" -gt "$fd_cap" ] && IDLE_CONNS=$fd_cap
+
+# --- lifecycle ------------------------------------------------------------------------------
+T="$(mktemp -d /tmp/portcullis-load.XXXXXX)"
+chmod 0777 "$T" # squid and tinyproxy drop to unprivileged users and write their logs here
+STARTED=()
+cleanup() {
+    local pid
+    for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        local alive=0
+        for pid in "${STARTED[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${STARTED[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    if [ "${KEEP:-0}" = 1 ]; then log "kept $T"; else rm -rf "$T"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start() { # start NAME CMD...: run in the background, remember its pid
+    local name="$1"
+    shift
+    "$@" >"$T/$name.out" 2>"$T/$name.err" &
+    STARTED+=("$!")
+    LAST_PID=$!
+}
+
+stop() { # stop PID: TERM, wait up to 5 s, then KILL
+    kill -TERM "$1" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+    kill -KILL "$1" 2>/dev/null || true
+}
+
+wait_port() { # wait_port PORT PID: our process PID (or one of its children) listens on PORT
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+            local p
+            for p in $($PY "$HERE/tools.py" tree "$2"); do
+                ss -Hltnp "sport = :$1" | grep -q "pid=$p," && return 0
+            done
+            die "port $1 is taken by another process"
+        fi
+        kill -0 "$2" 2>/dev/null || break
+        sleep 0.1
+    done
+    die "nothing listening on port $1 (see $T)"
+}
+
+# --- origins --------------------------------------------------------------------------------
+truncate -s 100M "$T/big.bin"
+cat >"$T/origin.conf" <<EOF
+worker_processes 1;
+daemon off;
+user root;
+pid $T/origin.pid;
+error_log $T/origin-error.log warn;
+worker_rlimit_nofile 100000;
+events { worker_connections 50000; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $T/origin-body;
+    proxy_temp_path $T/origin-proxy;
+    fastcgi_temp_path $T/origin-fcgi;
+    uwsgi_temp_path $T/origin-uwsgi;
+    scgi_temp_path $T/origin-scgi;
+    sendfile on;
+    server {
+        listen 127.0.0.1:$ORIGIN_PORT reuseport backlog=65535;
+        location = / { default_type text/plain; return 200 "ok\n"; }
+        location = /big { alias $T/big.bin; }
+    }
+}
+EOF
+start origin nginx -e "$T/origin-error.log" -c "$T/origin.conf"
+ORIGIN_PID=$LAST_PID
+wait_port "$ORIGIN_PORT" "$ORIGIN_PID"
+start slow-origin "$SLOW_ORIGIN" "$SLOW" 2000
+wait_port "$SLOW_PORT" "$LAST_PID"
+
+# --- proxies --------------------------------------------------------------------------------
+start_proxy() { # start_proxy NAME: sets PID, ADDR, MODE, SLOW_ADDR
+    case "$1" in
+    direct)
+        PID=$ORIGIN_PID ADDR=$ORIGIN MODE=direct SLOW_ADDR=$SLOW
+        ;;
+    portcullis | portcullis-quiet)
+        cat >"$T/portcullis.toml" <<EOF
+[proxy]
+listen = "127.0.0.1:$PC_PORT"
+admin_listen = "127.0.0.1:$PC_ADMIN"
+max_client_connections = 30000
+client_idle_timeout = "300s"
+
+[defaults]
+max_connections = 12000
+max_idle = 12000
+acquire_timeout = "30s"
+tunnel_idle_timeout = "300s"
+allow_private = true
+
+[[upstream]]
+name = "origin"
+hosts = ["127.0.0.1"]
+ports = [$ORIGIN_PORT, $SLOW_PORT]
+EOF
+        local level=info
+        [ "$1" = portcullis-quiet ] && level=warn
+        # The access log (INFO) goes to a file, as an operator would run it.
+        RUST_LOG=$level start "$1" "$PORTCULLIS" --config "$T/portcullis.toml"
+        PID=$LAST_PID ADDR="127.0.0.1:$PC_PORT" MODE=forward SLOW_ADDR=$ADDR
+        wait_port "$PC_PORT" "$PID"
+        ;;
+    nginx)
+        cat >"$T/nginx.conf" <<EOF
+worker_processes auto;
+daemon off;
+user root;
+pid $T/nginx.pid;
+error_log $T/nginx-error.log warn;
+worker_rlimit_nofile 100000;
+events { worker_connections 50000; }
+http {
+    access_log $T/nginx-access.log;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $T/nginx-body;
+    proxy_temp_path $T/nginx-proxy;
+    fastcgi_temp_path $T/nginx-fcgi;
+    uwsgi_temp_path $T/nginx-uwsgi;
+    scgi_temp_path $T/nginx-scgi;
+    upstream origin { server $ORIGIN; keepalive 64; keepalive_requests 100000000; }
+    upstream slow { server $SLOW; keepalive 64; keepalive_requests 100000000; }
+    server {
+        listen 127.0.0.1:$NGX_PORT backlog=65535;
+        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+    server {
+        listen 127.0.0.1:$NGX_SLOW_PORT backlog=65535;
+        location / { proxy_pass http://slow; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+EOF
+        start nginx nginx -e "$T/nginx-error.log" -c "$T/nginx.conf"
+        PID=$LAST_PID ADDR="127.0.0.1:$NGX_PORT" MODE=reverse SLOW_ADDR="127.0.0.1:$NGX_SLOW_PORT"
+        wait_port "$NGX_PORT" "$PID"
+        ;;
+    squid)
+        cat >"$T/squid.conf" <<EOF
+http_port 127.0.0.1:$SQUID_PORT
+http_access allow all
+cache deny all
+cache_mem 8 MB
+workers 1
+max_filedescriptors 100000
+access_log stdio:$T/squid-access.log
+cache_log $T/squid-cache.log
+cache_store_log none
+pid_filename $T/squid.pid
+coredump_dir $T
+logfile_rotate 0
+shutdown_lifetime 1 seconds
+client_idle_pconn_timeout 300 seconds
+pconn_timeout 300 seconds
+icp_port 0
+EOF
+        start squid squid -N -f "$T/squid.conf"
+        PID=$LAST_PID ADDR="127.0.0.1:$SQUID_PORT" MODE=forward SLOW_ADDR=$ADDR
+        wait_port "$SQUID_PORT" "$PID"
+        ;;
+    tinyproxy)
+        : >"$T/tinyproxy.log"
+        chmod 0666 "$T/tinyproxy.log"
+        cat >"$T/tinyproxy.conf" <<EOF
+User nobody
+Group nogroup
+Port $TINY_PORT
+Listen 127.0.0.1
+Timeout 600
+MaxClients 6000
+LogFile "$T/tinyproxy.log"
+LogLevel Info
+EOF
+        start tinyproxy tinyproxy -d -c "$T/tinyproxy.conf"
+        PID=$LAST_PID ADDR="127.0.0.1:$TINY_PORT" MODE=forward SLOW_ADDR=$ADDR
+        wait_port "$TINY_PORT" "$PID"
+        ;;
+    *) die "unknown proxy $1" ;;
+    esac
+}
+
+run_wrk() { # run_wrk OUT CONNS ADDR TARGET SECONDS: absolute-form through forward proxies
+    local out=$1 conns=$2 addr=$3 target=$4 secs=$5
+    if [ "$MODE" = forward ]; then
+        wrk -t1 -c"$conns" -d"${secs}s" --timeout 10s --latency -s "$HERE/absolute.lua" \
+            "http://$addr/" -- "$target" >"$out" 2>&1 || true
+    else
+        wrk -t1 -c"$conns" -d"${secs}s" --timeout 10s --latency "http://$addr/" >"$out" 2>&1 || true
+    fi
+}
+
+fmt_int() { printf '%s' "${1%.*}" | rev | sed 's/[0-9]\{3\}/& /g' | rev | sed 's/^ //'; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
+TICK=$(getconf CLK_TCK)
+
+ROWS=()
+for name in $PROXIES; do
+    log "== $name"
+    start_proxy "$name"
+    run_wrk "$T/$name-warm.txt" 16 "$ADDR" "$ORIGIN" 1
+    declare -A rate=() lat=() cpu=()
+    for c in 16 128; do
+        t0=$($PY "$HERE/tools.py" cpu "$PID")
+        run_wrk "$T/$name-c$c.txt" "$c" "$ADDR" "$ORIGIN" "$DURATION"
+        t1=$($PY "$HERE/tools.py" cpu "$PID")
+        read -r reqs rps p50 p99 errs < <($PY "$HERE/tools.py" wrk "$T/$name-c$c.txt")
+        rate[$c]=$(fmt_int "$rps")
+        lat[$c]="$p50 / $p99"
+        [ "$errs" != 0 ] && rate[$c]="${rate[$c]} ($errs err)"
+        cpu[$c]=$(awk -v d=$((t1 - t0)) -v n="$reqs" -v hz="$TICK" \
+            'BEGIN { if (n > 0) printf "%.1f", d * 1e6 / hz / n; else print "nan" }')
+        log "c=$c: $rps req/s, p50/p99 ${lat[$c]} ms, ${cpu[$c]} µs/req, $errs errors"
+    done
+    if [ "$MODE" = direct ]; then
+        cpu_cell="–" rss_cell="–"
+    else
+        cpu_cell="${cpu[16]} / ${cpu[128]}"
+        rss_cell=$(mib "$($PY "$HERE/tools.py" mem "$PID" VmHWM)")
+    fi
+
+    # CONNECT: median of three 100 MiB downloads through a tunnel (direct: no proxy).
+    connect_cell="n/a"
+    if [ "$MODE" != reverse ]; then
+        speeds=()
+        for _ in 1 2 3; do
+            if [ "$MODE" = forward ]; then
+                s=$(curl -s -p -x "http://$ADDR" "http://$ORIGIN/big" -o /dev/null -w '%{speed_download}' || echo 0)
+            else
+                s=$(curl -s "http://$ORIGIN/big" -o /dev/null -w '%{speed_download}' || echo 0)
+            fi
+            speeds+=("$s")
+        done
+        connect_cell=$(fmt_int "$(printf '%s\n' "${speeds[@]}" | sort -g | sed -n 2p |
+            awk '{ printf "%d", $1 / 1e6 }')")
+        log "CONNECT 100 MiB: ${speeds[*]} B/s"
+    fi
+
+    # Idle clients and idle tunnels: RSS growth per connection held open.
+    idle_cell="–" tunnel_cell="–"
+    if [ "$MODE" != direct ]; then
+        read -r per held errs < <($PY "$HERE/tools.py" idle "$PID" "$MODE" "$ADDR" "$ORIGIN" "$IDLE_CONNS")
+        idle_cell="$per"
+        [ "$errs" != 0 ] && idle_cell="$per ($held held)"
+        log "idle clients: $per KiB each, $held held, $errs failed"
+        if [ "$MODE" = forward ]; then
+            sleep 1
+            read -r per held errs < <($PY "$HERE/tools.py" idle "$PID" tunnel "$ADDR" "$ORIGIN" "$IDLE_CONNS")
+            tunnel_cell="$per"
+            [ "$errs" != 0 ] && tunnel_cell="$per ($held held)"
+            log "idle tunnels: $per KiB each, $held held, $errs failed"
+        fi
+    fi
+
+    # The 2 s origin: every request holds an upstream connection for two seconds.
+    slow_cell() { # slow_cell CONNS
+        local out="$T/$name-slow$1.txt"
+        run_wrk "$out" "$1" "$SLOW_ADDR" "$SLOW" "$DURATION"
+        read -r reqs rps p50 p99 errs < <($PY "$HERE/tools.py" wrk "$out")
+        local cell
+        cell=$(awk -v p="$p99" 'BEGIN { printf "%.2f s", p / 1000 }')" / $errs"
+        if [ "$MODE" != direct ]; then
+            cell="$cell / $(mib "$($PY "$HERE/tools.py" mem "$PID" VmHWM)")"
+        fi
+        log "2 s origin x$1: $reqs requests, p99 $p99 ms, $errs errors"
+        printf '%s' "$cell"
+    }
+    slow1=$(slow_cell "$SLOW_CONC")
+    slow2="–"
+    if [[ "$name" == portcullis* ]] && [ "$SLOW_CONC_BIG" != 0 ]; then
+        sleep 2
+        slow2=$(slow_cell "$SLOW_CONC_BIG")
+    fi
+
+    label=$name
+    case "$name" in
+    direct) label="direct to origin" ;;
+    portcullis) label="**portcullis** (access log on, to a file)" ;;
+    portcullis-quiet) label="**portcullis** (RUST_LOG=warn: no access log)" ;;
+    nginx) label="nginx $(nginx -v 2>&1 | sed 's|.*/||') reverse proxy, upstream keepalive" ;;
+    squid) label="squid $(squid -v | sed -n '1s/.*Version //p') forward" ;;
+    tinyproxy) label="tinyproxy $(tinyproxy -v | awk '{print $2}')" ;;
+    esac
+    ROWS+=("| $label | ${rate[16]} | ${rate[128]} | ${lat[16]} | ${lat[128]} | $cpu_cell | $rss_cell | $connect_cell | $idle_cell | $tunnel_cell | $slow1 | $slow2 |")
+    [ "$MODE" != direct ] && stop "$PID"
+    unset rate lat cpu
+    sleep 2 # let TIME_WAIT sockets and the origin settle between proxies
+done
+
+cat <<EOF
+
+Load benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, wrk -t1 for ${DURATION} s per cell, loopback; origin: nginx (1 worker, 3-byte body, keep-alive).
+
+| | req/s c=16 | req/s c=128 | p50 / p99 ms c=16 | p50 / p99 ms c=128 | proxy CPU µs/req c=16 / c=128 | peak RSS MiB (wrk) | CONNECT MB/s (100 MiB) | KiB per idle client conn ($IDLE_CONNS) | KiB per idle tunnel ($IDLE_CONNS) | 2 s origin ×$(fmt_int "$SLOW_CONC"): p99 / errors / peak RSS MiB | 2 s origin ×$(fmt_int "$SLOW_CONC_BIG"): p99 / errors / peak RSS MiB |
+|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|
+EOF
+printf '%s\n' "${ROWS[@]}"
