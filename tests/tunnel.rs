@@ -216,6 +216,10 @@ async fn active_tunnel_outlives_the_idle_timeout_and_is_counted() {
                     .await,
                 1.0
             );
+            // Counted as the bytes move, not only when the tunnel closes.
+            let labels = "upstream=\"local\",direction=\"client\"";
+            let so_far = p.metric("portcullis_tunnel_bytes_total", labels).await;
+            assert_eq!(so_far, sent as f64, "bytes of an open tunnel");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -57,14 +57,17 @@ where
             let m = &ctx.shared.metrics;
             let active = m.tunnels_active.with_label_values(&[&upstream_name]);
             active.inc();
-            let (up, down) = relay(reader, leftover, writer, io, idle).await;
+            let up = Moved::new(
+                m.tunnel_bytes
+                    .with_label_values(&[&upstream_name, "upstream"]),
+            );
+            let down = Moved::new(
+                m.tunnel_bytes
+                    .with_label_values(&[&upstream_name, "client"]),
+            );
+            relay(reader, leftover, writer, io, idle, &up, &down).await;
             active.dec();
-            m.tunnel_bytes
-                .with_label_values(&[&upstream_name, "upstream"])
-                .inc_by(up);
-            m.tunnel_bytes
-                .with_label_values(&[&upstream_name, "client"])
-                .inc_by(down);
+            let (up, down) = (up.total(), down.total());
             (StatusCode::OK, None, up, down)
         }
     };
@@ -137,15 +140,16 @@ async fn open(
 
 /// Copy both ways. A side's EOF is passed on as a half-close; the tunnel ends when both
 /// directions are done, or when no byte has moved either way for `idle`.
-/// Returns (bytes client→upstream, bytes upstream→client).
+/// Bytes moved client→upstream are added to `up_count`, upstream→client to `down_count`.
 async fn relay<R, W>(
     mut client_rd: R,
     leftover: BytesMut,
     mut client_wr: W,
     upstream: UpstreamIo,
     idle: Duration,
-) -> (u64, u64)
-where
+    up_count: &Moved,
+    down_count: &Moved,
+) where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
@@ -155,23 +159,23 @@ where
         .await
         .is_err()
     {
-        return (0, 0);
+        return;
     }
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let touch =
         |last: &AtomicU64| last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let up_count = AtomicU64::new(leftover.len() as u64);
-    let down_count = AtomicU64::new(0);
-
     let to_upstream = async {
-        if !leftover.is_empty() && up_wr.write_all(&leftover).await.is_err() {
-            return;
+        if !leftover.is_empty() {
+            if up_wr.write_all(&leftover).await.is_err() {
+                return;
+            }
+            up_count.add(leftover.len());
         }
         drop(leftover);
-        pump(&mut client_rd, &mut up_wr, &up_count, || touch(&last)).await;
+        pump(&mut client_rd, &mut up_wr, up_count, || touch(&last)).await;
     };
-    let to_client = pump(&mut up_rd, &mut client_wr, &down_count, || touch(&last));
+    let to_client = pump(&mut up_rd, &mut client_wr, down_count, || touch(&last));
     let watchdog = async {
         loop {
             let quiet_since = Duration::from_millis(last.load(Ordering::Relaxed));
@@ -188,14 +192,35 @@ where
             tracing::debug!(idle_ms = idle.as_millis() as u64, "tunnel idle timeout: closing both sides");
         }
     }
-    (
-        up_count.load(Ordering::Relaxed),
-        down_count.load(Ordering::Relaxed),
-    )
+}
+
+/// Bytes moved one way: a running total for the access log, and the metric, counted as they
+/// move so that a long-lived tunnel shows its traffic before it closes.
+struct Moved {
+    total: AtomicU64,
+    metric: prometheus::IntCounter,
+}
+
+impl Moved {
+    fn new(metric: prometheus::IntCounter) -> Self {
+        Moved {
+            total: AtomicU64::new(0),
+            metric,
+        }
+    }
+
+    fn add(&self, n: usize) {
+        self.total.fetch_add(n as u64, Ordering::Relaxed);
+        self.metric.inc_by(n as u64);
+    }
+
+    fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
 }
 
 /// Copy one direction until EOF or an error, then pass the EOF on as a half-close.
-async fn pump<R, W>(rd: &mut R, wr: &mut W, moved: &AtomicU64, touch: impl Fn())
+async fn pump<R, W>(rd: &mut R, wr: &mut W, moved: &Moved, touch: impl Fn())
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -214,7 +239,7 @@ where
                 if wr.write_all(&probe[..n]).await.is_err() {
                     break;
                 }
-                moved.fetch_add(n as u64, Ordering::Relaxed);
+                moved.add(n);
                 continue;
             }
             // A full probe: a burst is arriving; take the copy buffer for it.
@@ -237,7 +262,7 @@ where
             if wr.write_all(&buf).await.is_err() {
                 break;
             }
-            moved.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            moved.add(buf.len());
             buf.clear();
         }
         if eof {
@@ -250,9 +275,11 @@ where
 /// Poll `f` once: its output if it is ready now, `None` if it would have to wait.
 async fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
     let mut f = std::pin::pin!(f);
-    std::future::poll_fn(|cx| std::task::Poll::Ready(match f.as_mut().poll(cx) {
-        std::task::Poll::Ready(out) => Some(out),
-        std::task::Poll::Pending => None,
-    }))
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(out) => Some(out),
+            std::task::Poll::Pending => None,
+        })
+    })
     .await
 }
