@@ -6,7 +6,7 @@
 #
 # Knobs (environment): DURATION=10 (seconds per wrk run), IDLE_CONNS=5000, SLOW_CONC=1000,
 # SLOW_CONC_BIG=10000 (portcullis only; 0 skips), PROXIES="direct portcullis portcullis-quiet
-# nginx squid tinyproxy", KEEP=1 keeps the temp dir with every config, log and wrk output.
+# portcullis-1worker nginx squid tinyproxy", KEEP=1 keeps the temp dir with every config, log and wrk output.
 # Progress goes to stderr, the table to stdout. Everything started here is stopped on exit.
 set -euo pipefail
 
@@ -16,7 +16,7 @@ DURATION="${DURATION:-10}"
 IDLE_CONNS="${IDLE_CONNS:-5000}"
 SLOW_CONC="${SLOW_CONC:-1000}"
 SLOW_CONC_BIG="${SLOW_CONC_BIG:-10000}"
-PROXIES="${PROXIES:-direct portcullis portcullis-quiet nginx squid tinyproxy}"
+PROXIES="${PROXIES:-direct portcullis portcullis-quiet portcullis-1worker nginx squid tinyproxy}"
 PY="${PYTHON:-python3}"
 
 # Free loopback ports picked by the kernel: fixed ones may belong to someone else's server.
@@ -158,7 +158,7 @@ start_proxy() { # start_proxy NAME: sets PID, ADDR, MODE, SLOW_ADDR
     direct)
         PID=$ORIGIN_PID ADDR=$ORIGIN MODE=direct SLOW_ADDR=$SLOW
         ;;
-    portcullis | portcullis-quiet)
+    portcullis | portcullis-quiet | portcullis-1worker)
         cat >"$T/portcullis.toml" <<EOF
 [proxy]
 listen = "127.0.0.1:$PC_PORT"
@@ -178,10 +178,11 @@ name = "origin"
 hosts = ["127.0.0.1"]
 ports = [$ORIGIN_PORT, $SLOW_PORT]
 EOF
-        local level=info
-        [ "$1" = portcullis-quiet ] && level=warn
         # The access log (INFO) goes to a file, as an operator would run it.
-        RUST_LOG=$level start "$1" "$PORTCULLIS" --config "$T/portcullis.toml"
+        local envs=(RUST_LOG=info)
+        [ "$1" = portcullis-quiet ] && envs=(RUST_LOG=warn)
+        [ "$1" = portcullis-1worker ] && envs+=(TOKIO_WORKER_THREADS=1)
+        start "$1" env "${envs[@]}" "$PORTCULLIS" --config "$T/portcullis.toml"
         PID=$LAST_PID ADDR="127.0.0.1:$PC_PORT" MODE=forward SLOW_ADDR=$ADDR
         wait_port "$PC_PORT" "$PID"
         ;;
@@ -350,7 +351,7 @@ for name in $PROXIES; do
     }
     slow1=$(slow_cell "$SLOW_CONC")
     slow2="–"
-    if [[ "$name" == portcullis* ]] && [ "$SLOW_CONC_BIG" != 0 ]; then
+    if [ "$name" = portcullis ] && [ "$SLOW_CONC_BIG" != 0 ]; then
         sleep 2
         slow2=$(slow_cell "$SLOW_CONC_BIG")
     fi
@@ -360,6 +361,7 @@ for name in $PROXIES; do
     direct) label="direct to origin" ;;
     portcullis) label="**portcullis** (access log on, to a file)" ;;
     portcullis-quiet) label="**portcullis** (RUST_LOG=warn: no access log)" ;;
+    portcullis-1worker) label="**portcullis** (access log on, TOKIO_WORKER_THREADS=1)" ;;
     nginx) label="nginx $(nginx -v 2>&1 | sed 's|.*/||') reverse proxy, upstream keepalive" ;;
     squid) label="squid $(squid -v | sed -n '1s/.*Version //p') forward" ;;
     tinyproxy) label="tinyproxy $(tinyproxy -v | awk '{print $2}')" ;;

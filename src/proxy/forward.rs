@@ -138,7 +138,7 @@ pub fn method_label(m: &Method) -> &'static str {
     }
 }
 
-/// The request as it goes upstream, built once and reused for a retry.
+/// The request as it goes upstream, before its body is attached.
 struct Prepared {
     method: Method,
     uri: Uri,
@@ -214,7 +214,8 @@ where
     if let ClientBody::Full(b) = &body {
         p.bytes_in = b.len() as u64;
     }
-    let prepared = prepare(head, &uri, &requested);
+    // Built once, moved into the first attempt; a retry (rare) builds it again.
+    let mut prepared = Some(prepare(head, &uri, &requested));
     let replayable = matches!(body, ClientBody::Full(_));
     let repeatable = retry::repeatable(
         &head.method,
@@ -261,7 +262,12 @@ where
                 }
             },
         };
-        let request = build(&prepared, req_body);
+        let request = build(
+            prepared
+                .take()
+                .unwrap_or_else(|| prepare(head, &uri, &requested)),
+            req_body,
+        );
         let outcome = match pump {
             None => {
                 send(
@@ -548,16 +554,16 @@ fn prepare(head: &RequestHead, uri: &Uri, requested: &target::RequestTarget) -> 
     }
 }
 
-fn build(p: &Prepared, body: ReqBody) -> Request<ReqBody> {
+fn build(p: Prepared, body: ReqBody) -> Request<ReqBody> {
     let mut req = Request::new(body);
-    *req.method_mut() = p.method.clone();
-    *req.uri_mut() = p.uri.clone();
+    *req.method_mut() = p.method;
+    *req.uri_mut() = p.uri;
     *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = p.headers.clone();
+    *req.headers_mut() = p.headers;
     if let Some(n) = req.body().size_hint().exact() {
         if n > 0
             || !matches!(
-                p.method,
+                *req.method(),
                 Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE
             )
         {

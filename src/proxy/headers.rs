@@ -49,7 +49,8 @@ pub fn host_value(host: &crate::target::Host, explicit_port: Option<u16>) -> Opt
         Some(p) => format!("{host}:{p}"),
         None => host.to_string(),
     };
-    HeaderValue::from_str(&text).ok()
+    // Hand the String's buffer over rather than copying it.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
 }
 
 /// Does the message ask for the connection to be closed?

@@ -283,3 +283,113 @@ async fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::duplex;
+
+    /// A 1 MiB burst (bulk path) and a trickle of small writes (probe path) arrive intact and
+    /// counted, and the source's EOF reaches the destination as a shutdown.
+    #[tokio::test]
+    async fn pump_copies_bursts_and_trickles_and_passes_eof_on() {
+        let burst: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let (mut src_far, mut src) = duplex(256 * 1024);
+        let (mut dst, mut dst_far) = duplex(256 * 1024);
+        let moved = AtomicU64::new(0);
+        let touches = AtomicU64::new(0);
+        let expected = {
+            let mut e = burst.clone();
+            for i in 0..50u8 {
+                e.extend_from_slice(&[i; 3]);
+            }
+            e
+        };
+        let writer = async {
+            src_far.write_all(&burst).await.unwrap();
+            for i in 0..50u8 {
+                src_far.write_all(&[i; 3]).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            drop(src_far);
+        };
+        let reader = async {
+            let mut got = Vec::new();
+            dst_far.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let pumping = pump(&mut src, &mut dst, &moved, || {
+            touches.fetch_add(1, Ordering::Relaxed);
+        });
+        // The pump's shutdown is what ends the reader's read_to_end.
+        let (_, got, _) = tokio::join!(writer, reader, pumping);
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes changed in transit");
+        assert_eq!(moved.load(Ordering::Relaxed), expected.len() as u64);
+        assert!(touches.load(Ordering::Relaxed) > 0);
+    }
+
+    /// The whole relay over real sockets: leftover bytes first, both directions, half-closes,
+    /// byte counts; and a tunnel with no traffic ends at the idle limit.
+    #[tokio::test]
+    async fn relay_moves_bytes_both_ways_and_idles_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let origin = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            s.write_all(&vec![7u8; 200_000]).await.unwrap();
+            got
+        });
+        let upstream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client_app, client_proxy) = duplex(64 * 1024);
+        let (proxy_rd, proxy_wr) = tokio::io::split(client_proxy);
+        let (mut app_rd, mut app_wr) = tokio::io::split(client_app);
+        let tunnel = tokio::spawn(relay(
+            proxy_rd,
+            BytesMut::from(&b"early"[..]),
+            proxy_wr,
+            UpstreamIo::Plain(upstream),
+            Duration::from_secs(30),
+        ));
+        app_wr.write_all(&vec![1u8; 100_000]).await.unwrap();
+        app_wr.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        app_rd.read_to_end(&mut back).await.unwrap();
+        let sent = origin.await.unwrap();
+        assert_eq!(&sent[..5], b"early");
+        assert_eq!(sent.len(), 100_005);
+        let established = b"HTTP/1.1 200 Connection Established\r\n\r\n";
+        assert_eq!(&back[..established.len()], established);
+        assert_eq!(back.len() - established.len(), 200_000);
+        assert_eq!(tunnel.await.unwrap(), (100_005, 200_000));
+
+        // No bytes either way: the watchdog closes the tunnel.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _origin = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(s);
+        });
+        let upstream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (_app, proxy_side) = duplex(1024);
+        let (rd, wr) = tokio::io::split(proxy_side);
+        let started = Instant::now();
+        let counts = relay(
+            rd,
+            BytesMut::new(),
+            wr,
+            UpstreamIo::Plain(upstream),
+            Duration::from_millis(300),
+        )
+        .await;
+        assert_eq!(counts, (0, 0));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(10),
+            "{took:?}"
+        );
+    }
+}
