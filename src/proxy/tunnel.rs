@@ -289,6 +289,12 @@ mod tests {
     use super::*;
     use tokio::io::duplex;
 
+    /// A byte counter on a metric that no registry exports.
+    fn detached() -> Moved {
+        let metric = prometheus::IntCounter::new("test_bytes", "test").expect("valid metric");
+        Moved::new(metric)
+    }
+
     /// A 1 MiB burst (bulk path) and a trickle of small writes (probe path) arrive intact and
     /// counted, and the source's EOF reaches the destination as a shutdown.
     #[tokio::test]
@@ -296,7 +302,7 @@ mod tests {
         let burst: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
         let (mut src_far, mut src) = duplex(256 * 1024);
         let (mut dst, mut dst_far) = duplex(256 * 1024);
-        let moved = AtomicU64::new(0);
+        let moved = detached();
         let touches = AtomicU64::new(0);
         let expected = {
             let mut e = burst.clone();
@@ -325,7 +331,8 @@ mod tests {
         let (_, got, _) = tokio::join!(writer, reader, pumping);
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "bytes changed in transit");
-        assert_eq!(moved.load(Ordering::Relaxed), expected.len() as u64);
+        assert_eq!(moved.total(), expected.len() as u64);
+        assert_eq!(moved.metric.get(), expected.len() as u64);
         assert!(touches.load(Ordering::Relaxed) > 0);
     }
 
@@ -346,13 +353,22 @@ mod tests {
         let (client_app, client_proxy) = duplex(64 * 1024);
         let (proxy_rd, proxy_wr) = tokio::io::split(client_proxy);
         let (mut app_rd, mut app_wr) = tokio::io::split(client_app);
-        let tunnel = tokio::spawn(relay(
-            proxy_rd,
-            BytesMut::from(&b"early"[..]),
-            proxy_wr,
-            UpstreamIo::Plain(upstream),
-            Duration::from_secs(30),
-        ));
+        let tunnel = tokio::spawn(async move {
+            let (up, down) = (detached(), detached());
+            let idle = Duration::from_secs(30);
+            let early = BytesMut::from(&b"early"[..]);
+            relay(
+                proxy_rd,
+                early,
+                proxy_wr,
+                UpstreamIo::Plain(upstream),
+                idle,
+                &up,
+                &down,
+            )
+            .await;
+            (up.total(), down.total())
+        });
         app_wr.write_all(&vec![1u8; 100_000]).await.unwrap();
         app_wr.shutdown().await.unwrap();
         let mut back = Vec::new();
@@ -377,15 +393,19 @@ mod tests {
         let (_app, proxy_side) = duplex(1024);
         let (rd, wr) = tokio::io::split(proxy_side);
         let started = Instant::now();
-        let counts = relay(
+        let (up, down) = (detached(), detached());
+        let idle = Duration::from_millis(300);
+        relay(
             rd,
             BytesMut::new(),
             wr,
             UpstreamIo::Plain(upstream),
-            Duration::from_millis(300),
+            idle,
+            &up,
+            &down,
         )
         .await;
-        assert_eq!(counts, (0, 0));
+        assert_eq!((up.total(), down.total()), (0, 0));
         let took = started.elapsed();
         assert!(
             took >= Duration::from_millis(300) && took < Duration::from_secs(10),
