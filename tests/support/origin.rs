@@ -29,6 +29,7 @@ pub fn origin() -> OriginBuilder {
         handler: Arc::new(|_| Reply::ok("ok")),
         keep_alive_timeout: None,
         tls: None,
+        record: true,
     }
 }
 
@@ -36,6 +37,7 @@ pub struct OriginBuilder {
     handler: Handler,
     keep_alive_timeout: Option<Duration>,
     tls: Option<TlsAcceptor>,
+    record: bool,
 }
 
 /// A running origin; dropping it stops the listener and every connection.
@@ -77,9 +79,17 @@ struct Config {
     handler: Handler,
     keep_alive_timeout: Option<Duration>,
     tls: Option<TlsAcceptor>,
+    /// Keep every request for `requests()`; off for long soaks, whose memory is measured.
+    record: bool,
 }
 
 impl OriginBuilder {
+    /// Do not keep requests (`requests()` stays empty): for long runs that measure memory.
+    pub fn forget_requests(mut self) -> Self {
+        self.record = false;
+        self
+    }
+
     /// Decides the reply to each request (default: `Reply::ok("ok")`).
     pub fn handler(mut self, f: impl Fn(&SeenRequest) -> Reply + Send + Sync + 'static) -> Self {
         self.handler = Arc::new(f);
@@ -109,6 +119,7 @@ impl OriginBuilder {
             handler: self.handler,
             keep_alive_timeout: self.keep_alive_timeout,
             tls: self.tls,
+            record: self.record,
         });
         let task = tokio::spawn(accept_loop(listener, state.clone(), config));
         Origin { addr, state, task }
@@ -297,7 +308,9 @@ async fn serve_http<S: Wire>(stream: S, conn_id: usize, state: &State, config: &
             conn_request_index,
             received_at: Instant::now(),
         };
-        lock(&state.requests).push(seen.clone());
+        if config.record {
+            lock(&state.requests).push(seen.clone());
+        }
         state.changed.notify_waiters();
         let reply = (config.handler)(&seen);
         match respond(
