@@ -5,7 +5,7 @@
 #   bash benches/load/run.sh            # as root; about 7 minutes; prints one markdown table
 #
 # Knobs (environment): DURATION=10 (seconds per wrk run), IDLE_CONNS=5000, SLOW_CONC=1000,
-# SLOW_CONC_BIG=10000 (portcullis only; 0 skips), PROXIES="direct portcullis portcullis-quiet
+# SLOW_CONC_BIG=10000 (direct and portcullis only; 0 skips), PROXIES="direct portcullis portcullis-quiet
 # portcullis-1worker nginx squid tinyproxy", KEEP=1 keeps the temp dir with every config, log and wrk output.
 # Progress goes to stderr, the table to stdout. Everything started here is stopped on exit.
 set -euo pipefail
@@ -351,7 +351,7 @@ for name in $PROXIES; do
     }
     slow1=$(slow_cell "$SLOW_CONC")
     slow2="–"
-    if [ "$name" = portcullis ] && [ "$SLOW_CONC_BIG" != 0 ]; then
+    if { [ "$name" = portcullis ] || [ "$name" = direct ]; } && [ "$SLOW_CONC_BIG" != 0 ]; then
         sleep 2
         slow2=$(slow_cell "$SLOW_CONC_BIG")
     fi

@@ -23,7 +23,7 @@ use crate::target::{self, TargetError};
 const PROBE: usize = 512;
 /// Copy buffer of a busy direction: taken when a read fills the probe, given back as soon as
 /// the source has nothing more ready.
-const TUNNEL_BUF: usize = 64 * 1024;
+const TUNNEL_BUF: usize = 256 * 1024;
 
 /// Serve a CONNECT request; the client connection is consumed either way.
 pub async fn serve<R, W>(ctx: &Ctx, head: RequestHead, reader: R, leftover: BytesMut, mut writer: W)
