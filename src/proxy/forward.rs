@@ -268,43 +268,30 @@ where
                 .unwrap_or_else(|| prepare(head, &uri, &requested)),
             req_body,
         );
-        let outcome = match pump {
-            None => {
-                send(
-                    &mut pooled,
-                    request,
-                    &sent,
-                    settings.response_timeout,
-                    p.upstream,
-                )
-                .await
-            }
+        let exchange = send(
+            &mut pooled,
+            request,
+            &sent,
+            settings.response_timeout,
+            p.upstream,
+        );
+        let (outcome, pumped) = match pump {
+            None => (exchange.await, None),
             Some((prefix, state, tx)) => {
-                let (outcome, pumped) = with_pump(
-                    send(
-                        &mut pooled,
-                        request,
-                        &sent,
-                        settings.response_timeout,
-                        p.upstream,
-                    ),
-                    pump_body(reader, prefix, state, tx),
-                )
-                .await;
-                match pumped {
-                    Some(Ok(n)) => {
-                        p.bytes_in = n;
-                        p.body_done = true;
-                    }
-                    Some(Err(e)) => {
-                        pooled.discard(CloseReason::Error);
-                        return Err(e);
-                    }
-                    None => {}
-                }
-                outcome
+                with_pump(exchange, pump_body(reader, prefix, state, tx)).await
             }
         };
+        match pumped {
+            Some(Ok(n)) => {
+                p.bytes_in = n;
+                p.body_done = true;
+            }
+            Some(Err(e)) => {
+                pooled.discard(CloseReason::Error);
+                return Err(e);
+            }
+            None => {}
+        }
         match outcome {
             Ok(response) => {
                 return respond_upstream(ctx, head, settings, response, pooled, writer, p).await
