@@ -538,7 +538,9 @@ impl<C: Poolable> Slot<C> {
         let inner = self.inner.take().expect("an armed slot");
         let now = Instant::now();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let idle_timeout = inner.lock().limits.idle_timeout;
+        // One lock for both: the limit read and the registration are the same moment.
+        let mut st = inner.lock();
+        let idle_timeout = st.limits.idle_timeout;
         let meta = Meta {
             id,
             life: Life {
@@ -549,7 +551,7 @@ impl<C: Poolable> Slot<C> {
             },
             requests: 1,
         };
-        inner.lock().conns.insert(
+        st.conns.insert(
             id,
             ConnInfo {
                 busy: true,
@@ -558,6 +560,7 @@ impl<C: Poolable> Slot<C> {
                 requests: 1,
             },
         );
+        drop(st);
         inner.metrics.opened.inc();
         inner.metrics.busy.inc();
         Pooled {

@@ -83,6 +83,18 @@ pub struct Ctx {
     pub draining: bool,
 }
 
+impl Ctx {
+    /// The context for one request: the config and phase as they are now.
+    fn now(shared: &Arc<Shared>, peer: SocketAddr) -> Ctx {
+        Ctx {
+            shared: shared.clone(),
+            config: shared.config(),
+            peer,
+            draining: shared.draining(),
+        }
+    }
+}
+
 /// Whether the client connection may carry another request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -190,12 +202,7 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                     HeadError::Malformed(why) => ProxyError::bad_request(why),
                     HeadError::Closed | HeadError::Io(_) => return,
                 };
-                let ctx = Ctx {
-                    shared: shared.clone(),
-                    config: shared.config(),
-                    peer,
-                    draining: shared.draining(),
-                };
+                let ctx = Ctx::now(&shared, peer);
                 respond::error(&ctx, &mut wr, Version::HTTP_11, &err, true).await;
                 log_refused(&ctx, &err);
                 linger(reader, wr).await;
@@ -203,12 +210,7 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             }
             Ok(Ok(head)) => head,
         };
-        let ctx = Ctx {
-            shared: shared.clone(),
-            config: shared.config(),
-            peer,
-            draining: shared.draining(),
-        };
+        let ctx = Ctx::now(&shared, peer);
         if ctx.draining && head.method != Method::CONNECT {
             respond::error(&ctx, &mut wr, head.version, &ProxyError::ShuttingDown, true).await;
             return;

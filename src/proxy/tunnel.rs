@@ -1,7 +1,6 @@
 //! CONNECT: check, dial, answer 200, then copy bytes both ways until a side closes or the tunnel idles out.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -162,7 +161,7 @@ async fn relay<R, W>(
         return;
     }
     let epoch = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
+    let last = AtomicU64::new(0);
     let touch =
         |last: &AtomicU64| last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     let to_upstream = async {
