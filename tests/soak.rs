@@ -139,13 +139,22 @@ async fn soak(duration: Duration) {
         "connections still busy after the soak: {:?}",
         p.pools().await
     );
-    let sends = sends.lock().unwrap();
-    for (id, (&total, &posts)) in sends.total.iter().zip(&sends.posts).enumerate() {
-        assert!(posts <= 1, "POST {id} reached the origin {posts} times");
-        assert!(total <= 2, "request {id} was sent {total} times");
-    }
-    let answered = answered.lock().unwrap();
-    let statuses: Vec<u16> = answered.iter().copied().filter(|s| *s != 0).collect();
+    // Read the tables and let go of their locks before awaiting anything again.
+    let upstream_sends = {
+        let sends = sends.lock().unwrap();
+        for (id, (&total, &posts)) in sends.total.iter().zip(&sends.posts).enumerate() {
+            assert!(posts <= 1, "POST {id} reached the origin {posts} times");
+            assert!(total <= 2, "request {id} was sent {total} times");
+        }
+        sends.total.iter().map(|n| *n as u64).sum::<u64>()
+    };
+    let statuses: Vec<u16> = answered
+        .lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .filter(|s| *s != 0)
+        .collect();
     let ok = statuses.iter().filter(|s| matches!(**s, 200 | 403)).count();
     let bad: Vec<_> = statuses
         .iter()
@@ -177,7 +186,7 @@ async fn soak(duration: Duration) {
         statuses.len(),
         started.elapsed(),
         ok,
-        sends.total.iter().map(|n| *n as u64).sum::<u64>(),
+        upstream_sends,
         warm_rss,
         end_rss
     );
