@@ -99,6 +99,9 @@ struct State<C: Poolable> {
     conns: HashMap<u64, ConnInfo>,
     /// Drained (shutdown or upstream removed): releases close instead of pooling.
     closing: bool,
+    /// The deadline the reaper sleeps until (`None`: until woken). A returned connection wakes
+    /// it only when its own deadline is earlier, not on every release.
+    reaper_at: Option<Instant>,
 }
 
 struct Idle<C> {
@@ -189,6 +192,7 @@ impl<C: Poolable> Pool<C> {
                 waiters: VecDeque::new(),
                 conns: HashMap::new(),
                 closing: false,
+                reaper_at: None,
             }),
             metrics,
             wake_reaper: Arc::new(Notify::new()),
@@ -506,9 +510,16 @@ impl<C: Poolable> Inner<C> {
             self.count_idle_close(CloseReason::PoolFull);
             evicted = Some(oldest);
         }
+        let deadline = reuse::deadline(&meta.life, st.limits.max_lifetime);
+        let wake = st.reaper_at.is_none_or(|at| deadline < at);
+        if wake {
+            st.reaper_at = Some(deadline);
+        }
         st.idle.push(Idle { conn, meta });
         drop(st);
-        self.wake_reaper.notify_one();
+        if wake {
+            self.wake_reaper.notify_one();
+        }
         drop(evicted);
     }
 }

@@ -55,6 +55,7 @@ fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> Option<Instant> {
         .iter()
         .map(|e| reuse::deadline(&e.meta.life, max_lifetime))
         .min();
+    st.reaper_at = next;
     if !doomed.is_empty() {
         inner.grant_free_slots(st);
     } else {

@@ -165,6 +165,48 @@ async fn keep_alive_timeout_shortens_idle_life() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_later_return_with_an_earlier_deadline_is_reaped_on_time() {
+    // The reaper sleeps until the first deadline it knows; a connection returned after it with
+    // a shorter Keep-Alive timeout must wake it, or it outlives what the server allows.
+    let (p, m) = pool(limits(4));
+    let a = dial(&p, 1).await;
+    let mut b = dial(&p, 2).await;
+    a.release();
+    tokio::time::sleep(S(1)).await;
+    b.set_idle_timeout(S(2), CloseReason::KeepAliveTimeout);
+    b.release();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(p.snapshot().idle, 1, "b closed at its own deadline");
+    assert_eq!(closed(&m, "keep_alive_timeout"), 1);
+    // And the reaper still knows a's deadline (30 s after its release).
+    tokio::time::sleep(S(27)).await;
+    assert_eq!(p.snapshot().idle, 0);
+    assert_eq!(closed(&m, "idle_timeout"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn returns_with_later_deadlines_do_not_wake_the_reaper() {
+    let (p, _) = pool(limits(4));
+    let a = dial(&p, 1).await;
+    a.release();
+    tokio::task::yield_now().await; // the reaper runs and sleeps until a's deadline
+    let first = p.inner.lock().reaper_at;
+    for _ in 0..3 {
+        tokio::time::sleep(S(1)).await;
+        reuse(&p, None).await.expect("reuse").release();
+        assert_eq!(
+            p.inner.lock().reaper_at,
+            first,
+            "a later deadline: no wake-up"
+        );
+    }
+    // The reaper wakes at the old deadline, finds nothing due, and sleeps until the new one.
+    tokio::time::sleep(S(28)).await;
+    assert_eq!(p.snapshot().idle, 1);
+    assert!(p.inner.lock().reaper_at > first);
+}
+
+#[tokio::test(start_paused = true)]
 async fn non_retriable_requests_skip_stale_connections() {
     let (p, m) = pool(limits(1));
     dial(&p, 1).await.release();
