@@ -54,7 +54,8 @@ fn main() -> ExitCode {
         let _ = write!(std::io::stdout(), "{config}");
         return ExitCode::SUCCESS;
     }
-    init_logging(cli.log_format);
+    // Declared before the runtime, so dropped after it: the last lines are flushed at exit.
+    let _log_flush = init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -74,16 +75,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat) -> portcullis::log_writer::FlushGuard {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    // Access lines are batched (one write per 100 ms, not per request) unless a person watches.
+    let (writer, guard) = portcullis::log_writer::BatchedWriter::new(std::io::stderr(), !tty);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_writer(writer)
+        .with_ansi(tty);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }

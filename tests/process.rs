@@ -544,3 +544,44 @@ async fn a_listen_address_in_use_fails_with_a_clear_message() {
     }
     drop(taken);
 }
+
+#[tokio::test]
+async fn access_lines_still_buffered_at_sigterm_are_written_before_exit() {
+    let o = origin().spawn().await;
+    let dir = scratch("flush");
+    let mut p = start(&dir, &upstream(&[o.port()], ""), &[], &[]).await;
+    let mut conn = ProxyConn::connect(p.proxy).await;
+    for i in 0..50 {
+        let r = conn
+            .send(
+                format!(
+                    "GET {} HTTP/1.1\r\nHost: x\r\n\r\n",
+                    o.url(&format!("/batch/{i}"))
+                )
+                .as_bytes(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+    }
+    drop(conn);
+    // At once: the lines of the last requests are still in the batch buffer.
+    p.signal("TERM");
+    let status = p.wait_exit(WITHIN).await.expect("exits after SIGTERM");
+    assert!(status.success(), "exit {status}\n{}", p.stderr_text());
+    let count = |p: &Portcullis| {
+        p.stderr_lines()
+            .iter()
+            .filter(|l| l.contains("access") && l.contains("path=\"/batch/"))
+            .count()
+    };
+    let deadline = Instant::now() + WITHIN;
+    while count(&p) < 50 && Instant::now() < deadline {
+        sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        count(&p),
+        50,
+        "access lines lost at exit:\n{}",
+        p.stderr_text()
+    );
+}
