@@ -2,8 +2,27 @@
 //!
 //! Never logs a header value other than Host, a body, or a query string.
 
+mod line;
+
+use std::cell::RefCell;
+use std::io::Write;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+pub use line::Format;
+
+use crate::log_writer::BatchedWriter;
+
+/// Where access lines go once the binary has set up logging; until then (tests, library use)
+/// they are ordinary tracing events.
+static SINK: OnceLock<(Format, BatchedWriter)> = OnceLock::new();
+
+/// Write access lines directly in `format` to `writer` (the one tracing-subscriber writes to).
+/// `RUST_LOG` still decides whether they are written (target `access`, level INFO).
+pub fn install(format: Format, writer: BatchedWriter) {
+    let _ = SINK.set((format, writer));
+}
 
 /// Which upstream connection served a request, as seen at checkout.
 #[derive(Debug, Clone, Copy, Default)]
@@ -59,6 +78,20 @@ pub fn path_only(target: &str) -> &str {
 
 /// Emit the line (target `access`, so operators can route or silence it).
 pub fn log(r: &Record<'_>) {
+    if let Some((format, writer)) = SINK.get() {
+        if tracing::enabled!(target: "access", tracing::Level::INFO) {
+            thread_local! {
+                static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+            }
+            LINE.with(|b| {
+                let mut b = b.borrow_mut();
+                b.clear();
+                line::write(&mut b, *format, SystemTime::now(), r);
+                let _ = writer.line_writer(false).write_all(&b);
+            });
+        }
+        return;
+    }
     let l = r.lineage.unwrap_or_default();
     tracing::info!(
         target: "access",

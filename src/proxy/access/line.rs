@@ -1,0 +1,289 @@
+//! Writes one access line (text or JSON) straight into a byte buffer: the access log's hot path.
+//!
+//! tracing-subscriber's generic formatter (a visitor per field, `fmt::Debug` for every value,
+//! ANSI styling checks) cost ~11 % of the proxy's CPU per forwarded request; this writes the
+//! same fields in the same shapes with integer arithmetic. Other log lines still go through
+//! tracing-subscriber.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::Record;
+
+/// The line format chosen by `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Append the line for `r`, logged at `now`, ending in `\n`.
+pub fn write(buf: &mut Vec<u8>, format: Format, now: SystemTime, r: &Record<'_>) {
+    let l = r.lineage.unwrap_or_default();
+    let mut w = Fields { buf, format };
+    match format {
+        Format::Text => {
+            timestamp(w.buf, now);
+            w.buf.extend_from_slice(b"  INFO access:");
+        }
+        Format::Json => {
+            w.buf.extend_from_slice(b"{\"timestamp\":\"");
+            timestamp(w.buf, now);
+            w.buf.extend_from_slice(b"\",\"level\":\"INFO\"");
+        }
+    }
+    w.display("client", r.client);
+    w.str("client_name", r.client_name.unwrap_or("-"));
+    w.str("upstream", r.upstream);
+    w.str("method", r.method);
+    w.str("host", r.host);
+    w.uint("port", u64::from(r.port));
+    w.str("path", r.path);
+    w.uint("status", u64::from(r.status));
+    w.decimal("duration_ms", r.duration.as_micros(), 3);
+    w.uint("bytes_in", r.bytes_in);
+    w.uint("bytes_out", r.bytes_out);
+    w.uint("conn_id", l.conn_id);
+    w.bool("reused", l.reused);
+    w.decimal("conn_age_s", l.age.as_millis(), 3);
+    w.decimal("conn_idle_s", l.idle.as_millis(), 3);
+    w.uint("attempts", u64::from(r.attempts));
+    w.str("error", r.error.unwrap_or("-"));
+    match format {
+        Format::Text => w.buf.push(b'\n'),
+        Format::Json => w.buf.extend_from_slice(b",\"target\":\"access\"}\n"),
+    }
+}
+
+/// Writes `name=value` (text) or `,"name":value` (JSON).
+struct Fields<'a> {
+    buf: &'a mut Vec<u8>,
+    format: Format,
+}
+
+impl Fields<'_> {
+    fn name(&mut self, name: &str) {
+        match self.format {
+            Format::Text => {
+                self.buf.push(b' ');
+                self.buf.extend_from_slice(name.as_bytes());
+                self.buf.push(b'=');
+            }
+            Format::Json => {
+                self.buf.extend_from_slice(b",\"");
+                self.buf.extend_from_slice(name.as_bytes());
+                self.buf.extend_from_slice(b"\":");
+            }
+        }
+    }
+
+    fn uint(&mut self, name: &str, v: u64) {
+        self.name(name);
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    }
+
+    fn bool(&mut self, name: &str, v: bool) {
+        self.name(name);
+        self.buf
+            .extend_from_slice(if v { b"true" } else { b"false" });
+    }
+
+    /// `units` of 10^-`places` printed as a decimal: (1234, 3) → `1.234`.
+    fn decimal(&mut self, name: &str, units: u128, places: u32) {
+        self.name(name);
+        let scale = 10u128.pow(places);
+        let mut ib = itoa::Buffer::new();
+        self.buf
+            .extend_from_slice(ib.format(units / scale).as_bytes());
+        self.buf.push(b'.');
+        let frac = ib.format(units % scale).as_bytes();
+        self.buf
+            .extend(std::iter::repeat_n(b'0', places as usize - frac.len()));
+        self.buf.extend_from_slice(frac);
+    }
+
+    /// A value whose `Display` needs no escaping (a socket address): bare in text, quoted in JSON.
+    fn display(&mut self, name: &str, v: impl std::fmt::Display) {
+        use std::io::Write;
+        self.name(name);
+        let quote = self.format == Format::Json;
+        if quote {
+            self.buf.push(b'"');
+        }
+        let _ = write!(self.buf, "{v}");
+        if quote {
+            self.buf.push(b'"');
+        }
+    }
+
+    /// A quoted string, escaped the way each format reads it back.
+    fn str(&mut self, name: &str, v: &str) {
+        self.name(name);
+        self.buf.push(b'"');
+        for c in v.chars() {
+            match c {
+                '"' => self.buf.extend_from_slice(b"\\\""),
+                '\\' => self.buf.extend_from_slice(b"\\\\"),
+                '\n' => self.buf.extend_from_slice(b"\\n"),
+                '\r' => self.buf.extend_from_slice(b"\\r"),
+                '\t' => self.buf.extend_from_slice(b"\\t"),
+                c if c.is_control() => {
+                    use std::io::Write;
+                    let _ = match self.format {
+                        Format::Text => write!(self.buf, "\\u{{{:x}}}", c as u32),
+                        Format::Json => write!(self.buf, "\\u{:04x}", c as u32),
+                    };
+                }
+                c => {
+                    let mut b = [0u8; 4];
+                    self.buf.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+                }
+            }
+        }
+        self.buf.push(b'"');
+    }
+}
+
+/// RFC 3339 UTC with microseconds, as tracing-subscriber writes it: `2026-11-22T05:30:43.865938Z`.
+fn timestamp(buf: &mut Vec<u8>, now: SystemTime) {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let s = secs % 86_400;
+    let two = |buf: &mut Vec<u8>, v: u64, sep: u8| {
+        buf.push(b'0' + (v / 10) as u8);
+        buf.push(b'0' + (v % 10) as u8);
+        buf.push(sep);
+    };
+    buf.extend_from_slice(itoa::Buffer::new().format(y).as_bytes());
+    buf.push(b'-');
+    two(buf, m, b'-');
+    two(buf, d, b'T');
+    two(buf, s / 3600, b':');
+    two(buf, s / 60 % 60, b':');
+    two(buf, s % 60, b'.');
+    let mut ib = itoa::Buffer::new();
+    let digits = ib.format(since.subsec_micros()).as_bytes();
+    buf.extend(std::iter::repeat_n(b'0', 6 - digits.len()));
+    buf.extend_from_slice(digits);
+    buf.push(b'Z');
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u64, u64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097) as u64;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe as i64 + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Lineage;
+    use super::*;
+    use std::time::Duration;
+
+    fn record<'a>(path: &'a str, client_name: Option<&'a str>) -> Record<'a> {
+        Record {
+            client: "127.0.0.1:60642".parse().unwrap(),
+            client_name,
+            upstream: "origin",
+            method: "POST",
+            host: "api.example",
+            port: 443,
+            path,
+            status: 201,
+            duration: Duration::from_micros(1_234_567),
+            bytes_in: 8,
+            bytes_out: 3,
+            lineage: Some(Lineage {
+                conn_id: 7,
+                reused: true,
+                age: Duration::from_millis(61_005),
+                idle: Duration::from_micros(250),
+            }),
+            attempts: 2,
+            error: None,
+        }
+    }
+
+    const AT: u64 = 1_795_325_443; // 2026-11-22T05:30:43Z
+
+    fn at() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(AT) + Duration::from_micros(65_938)
+    }
+
+    #[test]
+    fn text_line_has_every_field_in_order() {
+        let mut buf = Vec::new();
+        write(
+            &mut buf,
+            Format::Text,
+            at(),
+            &record("/v1/charges", Some("app")),
+        );
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "2026-11-22T05:30:43.065938Z  INFO access: client=127.0.0.1:60642 client_name=\"app\" \
+             upstream=\"origin\" method=\"POST\" host=\"api.example\" port=443 path=\"/v1/charges\" \
+             status=201 duration_ms=1234.567 bytes_in=8 bytes_out=3 conn_id=7 reused=true \
+             conn_age_s=61.005 conn_idle_s=0.000 attempts=2 error=\"-\"\n"
+        );
+    }
+
+    #[test]
+    fn json_line_parses_with_the_same_values() {
+        let mut buf = Vec::new();
+        let mut r = record("/a\"b\\c\u{1}", None);
+        r.error = Some("http_request_denied");
+        write(&mut buf, Format::Json, at(), &r);
+        assert_eq!(buf.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["timestamp"], "2026-11-22T05:30:43.065938Z");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["target"], "access");
+        assert_eq!(v["client"], "127.0.0.1:60642");
+        assert_eq!(v["client_name"], "-");
+        assert_eq!(v["path"], "/a\"b\\c\u{1}");
+        assert_eq!(v["port"], 443);
+        assert_eq!(v["status"], 201);
+        assert_eq!(v["duration_ms"], 1234.567);
+        assert_eq!(v["conn_id"], 7);
+        assert_eq!(v["reused"], true);
+        assert_eq!(v["conn_age_s"], 61.005);
+        assert_eq!(v["conn_idle_s"], 0.0);
+        assert_eq!(v["attempts"], 2);
+        assert_eq!(v["error"], "http_request_denied");
+    }
+
+    #[test]
+    fn text_escapes_quotes_and_controls() {
+        let mut buf = Vec::new();
+        write(&mut buf, Format::Text, at(), &record("/a\"b\nc", None));
+        let line = String::from_utf8(buf).unwrap();
+        assert!(line.contains(r#"path="/a\"b\nc""#), "{line}");
+        assert_eq!(line.matches('\n').count(), 1, "one line: {line}");
+    }
+
+    #[test]
+    fn dates_match_the_calendar() {
+        let cases = [
+            (0, "1970-01-01T00:00:00.000000Z"),
+            (951_782_400, "2000-02-29T00:00:00.000000Z"),
+            (1_709_164_799, "2024-02-28T23:59:59.000000Z"),
+            (4_102_444_800, "2100-01-01T00:00:00.000000Z"),
+        ];
+        for (secs, want) in cases {
+            let mut buf = Vec::new();
+            timestamp(&mut buf, UNIX_EPOCH + Duration::from_secs(secs));
+            assert_eq!(String::from_utf8(buf).unwrap(), want, "{secs}");
+        }
+    }
+}
