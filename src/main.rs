@@ -6,12 +6,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::config::Config;
 
-/// mimalloc: thread-local free lists make the many small per-request allocations, and the
-/// frees that happen on another worker thread, cheaper than glibc's arenas (measured in the
-/// commit that added it).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "portcullis",
