@@ -91,7 +91,7 @@ fn init_logging(format: LogFormat) -> portcullis::log_writer::FlushGuard {
         LogFormat::Json => portcullis::proxy::access::Format::Json,
     };
     // Access lines skip tracing-subscriber's generic formatting (measured: ~11 % of CPU).
-    portcullis::proxy::access::install(access, writer.clone());
+    portcullis::proxy::access::install(access, writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
