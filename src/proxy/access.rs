@@ -78,41 +78,25 @@ pub fn path_only(target: &str) -> &str {
 
 /// Emit the line (target `access`, so operators can route or silence it).
 pub fn log(r: &Record<'_>) {
-    if let Some((format, writer)) = SINK.get() {
-        if tracing::enabled!(target: "access", tracing::Level::INFO) {
-            thread_local! {
-                static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
-            }
-            LINE.with(|b| {
-                let mut b = b.borrow_mut();
-                b.clear();
-                line::write(&mut b, *format, SystemTime::now(), r);
-                let _ = writer.line_writer(false).write_all(&b);
-            });
-        }
+    if !tracing::enabled!(target: "access", tracing::Level::INFO) {
         return;
     }
-    let l = r.lineage.unwrap_or_default();
-    tracing::info!(
-        target: "access",
-        client = %r.client,
-        client_name = r.client_name.unwrap_or("-"),
-        upstream = r.upstream,
-        method = r.method,
-        host = r.host,
-        port = r.port,
-        path = r.path,
-        status = r.status,
-        duration_ms = r.duration.as_secs_f64() * 1000.0,
-        bytes_in = r.bytes_in,
-        bytes_out = r.bytes_out,
-        conn_id = l.conn_id,
-        reused = l.reused,
-        conn_age_s = l.age.as_secs_f64(),
-        conn_idle_s = l.idle.as_secs_f64(),
-        attempts = r.attempts,
-        error = r.error.unwrap_or("-"),
-    );
+    let Some((format, writer)) = SINK.get() else {
+        // No sink (tests, library use): one tracing event carrying the same fields as text.
+        let mut b = Vec::with_capacity(512);
+        line::fields(&mut b, Format::Text, r);
+        tracing::info!(target: "access", "{}", String::from_utf8_lossy(b.trim_ascii_start()));
+        return;
+    };
+    thread_local! {
+        static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+    }
+    LINE.with(|b| {
+        let mut b = b.borrow_mut();
+        b.clear();
+        line::write(&mut b, *format, SystemTime::now(), r);
+        let _ = writer.line_writer(false).write_all(&b);
+    });
 }
 
 #[cfg(test)]

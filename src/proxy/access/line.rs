@@ -18,19 +18,28 @@ pub enum Format {
 
 /// Append the line for `r`, logged at `now`, ending in `\n`.
 pub fn write(buf: &mut Vec<u8>, format: Format, now: SystemTime, r: &Record<'_>) {
-    let l = r.lineage.unwrap_or_default();
-    let mut w = Fields { buf, format };
     match format {
         Format::Text => {
-            timestamp(w.buf, now);
-            w.buf.extend_from_slice(b"  INFO access:");
+            timestamp(buf, now);
+            buf.extend_from_slice(b"  INFO access:");
         }
         Format::Json => {
-            w.buf.extend_from_slice(b"{\"timestamp\":\"");
-            timestamp(w.buf, now);
-            w.buf.extend_from_slice(b"\",\"level\":\"INFO\"");
+            buf.extend_from_slice(b"{\"timestamp\":\"");
+            timestamp(buf, now);
+            buf.extend_from_slice(b"\",\"level\":\"INFO\"");
         }
     }
+    fields(buf, format, r);
+    match format {
+        Format::Text => buf.push(b'\n'),
+        Format::Json => buf.extend_from_slice(b",\"target\":\"access\"}\n"),
+    }
+}
+
+/// Append the fields of `r`: ` name=value` each (text) or `,"name":value` each (JSON).
+pub fn fields(buf: &mut Vec<u8>, format: Format, r: &Record<'_>) {
+    let l = r.lineage.unwrap_or_default();
+    let mut w = Fields { buf, format };
     w.display("client", r.client);
     w.str("client_name", r.client_name.unwrap_or("-"));
     w.str("upstream", r.upstream);
@@ -48,10 +57,6 @@ pub fn write(buf: &mut Vec<u8>, format: Format, now: SystemTime, r: &Record<'_>)
     w.decimal("conn_idle_s", l.idle.as_millis(), 3);
     w.uint("attempts", u64::from(r.attempts));
     w.str("error", r.error.unwrap_or("-"));
-    match format {
-        Format::Text => w.buf.push(b'\n'),
-        Format::Json => w.buf.extend_from_slice(b",\"target\":\"access\"}\n"),
-    }
 }
 
 /// Writes `name=value` (text) or `,"name":value` (JSON).
