@@ -231,9 +231,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "\"{text}\" needs a unit, like \"30s\" or \"250ms\""
         ));
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("\"{text}\" is not a duration like \"30s\" ({e})"))
+    let d = humantime::parse_duration(t)
+        .map_err(|e| format!("\"{text}\" is not a duration like \"30s\" ({e})"))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "\"{text}\" is longer than 365 days, the most any duration here may be"
+        ));
+    }
+    Ok(d)
 }
+
+/// The longest duration a config may give. Nothing in a proxy waits a year; beyond it, deadline
+/// arithmetic (`Instant + d`) could overflow, and `check` could print a value (in nanoseconds)
+/// that no longer parses back (found by the `config_load` fuzz target).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A duration as the config would write it: "500s", "250ms", "1.5s".
 pub fn show_duration(d: Duration) -> String {

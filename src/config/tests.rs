@@ -204,6 +204,25 @@ fn durations_need_a_unit() {
 }
 
 #[test]
+fn durations_longer_than_a_year_are_refused() {
+    assert_eq!(raw::parse_duration("365d"), Ok(raw::MAX_DURATION));
+    for text in ["366d", "250ms 444444441h 30m 4444444441h", "9999999999999h"] {
+        let err = raw::parse_duration(text).expect_err(text);
+        assert!(
+            err.contains("longer than 365 days") || err.contains("not a duration"),
+            "{text:?}: {err}"
+        );
+    }
+    let got = problems(&format!("[proxy]\nheader_read_timeout = \"400d\"\n{ONE}"));
+    assert_eq!(
+        got,
+        [
+            r#"proxy: header_read_timeout: "400d" is longer than 365 days, the most any duration here may be"#
+        ]
+    );
+}
+
+#[test]
 fn durations_are_shown_as_written() {
     let cases: &[(Duration, &str)] = &[
         (Duration::from_secs(500), "500s"),
