@@ -84,7 +84,7 @@ fn header_rewrite(c: &mut Criterion) {
 
 struct Fake;
 impl Poolable for Fake {
-    fn is_open(&self) -> bool {
+    fn is_open(&mut self) -> bool {
         true
     }
 }

@@ -32,8 +32,18 @@ use reuse::{Life, Verdict};
 
 /// What the pool needs to know about a connection.
 pub trait Poolable: Send + 'static {
-    /// False once the peer closed it (FIN or RST seen) or it failed.
-    fn is_open(&self) -> bool;
+    /// False once the peer closed it (FIN or RST seen) or it failed. Cheap enough to call
+    /// under the pool's lock: it looks at the connection only if it signalled since last time.
+    fn is_open(&mut self) -> bool;
+
+    /// It goes back to the pool (called outside the lock). From now on, activity on it must
+    /// wake `reaper`, which then checks `is_open` — so a close is noticed when it happens.
+    fn park(&mut self, reaper: &Arc<Notify>) {
+        let _ = reaper;
+    }
+
+    /// It is checked out again: its activity no longer concerns the reaper.
+    fn unpark(&mut self) {}
 }
 
 /// The limits of one pool, from the upstream entry that matched.
@@ -168,20 +178,7 @@ pub struct Snapshot {
     pub connections: Vec<(u64, ConnInfo)>,
 }
 
-/// A handle that does not keep the pool alive (held by connection drivers).
-pub struct WeakPool<C: Poolable>(std::sync::Weak<Inner<C>>);
-
-impl<C: Poolable> WeakPool<C> {
-    pub fn upgrade(&self) -> Option<Pool<C>> {
-        self.0.upgrade().map(|inner| Pool { inner })
-    }
-}
-
 impl<C: Poolable> Pool<C> {
-    pub fn downgrade(&self) -> WeakPool<C> {
-        WeakPool(Arc::downgrade(&self.inner))
-    }
-
     pub fn new(limits: Limits, metrics: PoolMetrics) -> Pool<C> {
         metrics.limit.set(limits.max_connections as i64);
         let inner = Arc::new(Inner {
@@ -222,7 +219,7 @@ impl<C: Poolable> Pool<C> {
             let queue_empty = !st.waiters.iter().any(|w| !w.is_closed());
             if queue_empty && !st.closing {
                 let max_lifetime = st.limits.max_lifetime;
-                while let Some(entry) = if reuse == Reuse::Never {
+                while let Some(mut entry) = if reuse == Reuse::Never {
                     None
                 } else {
                     st.idle.pop()
@@ -327,19 +324,6 @@ impl<C: Poolable> Pool<C> {
         drop(doomed);
     }
 
-    /// The upstream closed connection `id` (its driver ended): drop it if it is idle.
-    pub fn closed_remotely(&self, id: u64) {
-        let mut st = self.inner.lock();
-        if let Some(i) = st.idle.iter().position(|e| e.meta.id == id) {
-            let entry = st.idle.remove(i);
-            st.forget(id);
-            st.open -= 1;
-            self.inner.count_idle_close(CloseReason::RemoteClosed);
-            self.inner.grant_free_slots(st);
-            drop(entry);
-        }
-    }
-
     pub fn snapshot(&self) -> Snapshot {
         let st = self.inner.lock();
         let busy = st.conns.values().filter(|c| c.busy).count();
@@ -380,6 +364,7 @@ impl<C: Poolable> Inner<C> {
         now: Instant,
     ) -> Pooled<C> {
         let idle_for = now.saturating_duration_since(entry.meta.life.idle_since);
+        entry.conn.unpark();
         entry.meta.requests += 1;
         if let Some(info) = st.conns.get_mut(&entry.meta.id) {
             info.busy = true;
@@ -422,7 +407,16 @@ impl<C: Poolable> Inner<C> {
     }
 
     /// A busy connection is done: hand it to the oldest waiter, keep it idle, or close it.
-    fn put_back(self: &Arc<Self>, conn: C, mut meta: Meta, disposition: Result<(), CloseReason>) {
+    fn put_back(
+        self: &Arc<Self>,
+        mut conn: C,
+        mut meta: Meta,
+        disposition: Result<(), CloseReason>,
+    ) {
+        if disposition.is_ok() {
+            // Before the lock: this may poll the connection (finishing the exchange).
+            conn.park(&self.wake_reaper);
+        }
         let now = Instant::now();
         let mut st = self.lock();
         let verdict = disposition
@@ -452,11 +446,11 @@ impl<C: Poolable> Inner<C> {
         }
         meta.life.idle_since = now;
         // Straight to the oldest waiter: it has waited longest, and the connection is fresh.
-        let mut conn = conn;
         while let Some(tx) = st.waiters.pop_front() {
             if tx.is_closed() {
                 continue;
             }
+            conn.unpark();
             meta.requests += 1;
             if let Some(info) = st.conns.get_mut(&meta.id) {
                 info.requests = meta.requests;
@@ -480,6 +474,7 @@ impl<C: Poolable> Inner<C> {
                         Some(c) => conn = c,
                         None => return,
                     }
+                    conn.park(&self.wake_reaper);
                 }
                 Err(Grant::Slot(mut s)) => {
                     s.defuse();

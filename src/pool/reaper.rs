@@ -33,7 +33,7 @@ fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> Option<Instant> {
     let mut doomed = Vec::new();
     let mut i = 0;
     while i < st.idle.len() {
-        let entry = &st.idle[i];
+        let entry = &mut st.idle[i];
         let reason = if entry.conn.is_open() {
             reuse::expired(&entry.meta.life, now, max_lifetime)
         } else {

@@ -10,6 +10,9 @@ use crate::metrics::Metrics;
 struct Fake {
     n: u32,
     open: Arc<AtomicBool>,
+    /// The reaper's wake-up, as the pool hands it over when the connection is parked.
+    reaper: Arc<std::sync::Mutex<Option<Arc<Notify>>>>,
+    parked: Arc<AtomicBool>,
 }
 
 impl Fake {
@@ -17,13 +20,24 @@ impl Fake {
         Fake {
             n,
             open: Arc::new(AtomicBool::new(true)),
+            reaper: Arc::default(),
+            parked: Arc::default(),
         }
     }
 }
 
 impl Poolable for Fake {
-    fn is_open(&self) -> bool {
+    fn is_open(&mut self) -> bool {
         self.open.load(Ordering::SeqCst)
+    }
+
+    fn park(&mut self, reaper: &Arc<Notify>) {
+        *self.reaper.lock().unwrap() = Some(reaper.clone());
+        self.parked.store(true, Ordering::SeqCst);
+    }
+
+    fn unpark(&mut self) {
+        self.parked.store(false, Ordering::SeqCst);
     }
 }
 
@@ -143,14 +157,57 @@ async fn a_closed_connection_is_never_handed_out() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn closed_remotely_removes_an_idle_connection_at_once() {
+async fn an_idle_connection_that_signals_a_close_is_removed_at_once() {
+    // What the socket of an idle upstream connection does on FIN or RST: wake the reaper it
+    // was given when parked. The reaper must drop it then, long before any deadline.
     let (p, m) = pool(limits(4));
-    let c = dial(&p, 1).await;
-    let id = c.id();
+    let mut c = dial(&p, 1).await;
+    let (open, reaper, parked) = (c_open(&mut c), c_reaper(&mut c), c_parked(&mut c));
     c.release();
-    p.closed_remotely(id);
+    assert!(
+        parked.load(Ordering::SeqCst),
+        "a released connection is parked"
+    );
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(p.open(), 1);
+    open.store(false, Ordering::SeqCst);
+    let wake = reaper
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("parked with the reaper's wake-up");
+    wake.notify_one();
+    tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(p.open(), 0);
     assert_eq!(closed(&m, "remote_closed"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn checkout_unparks_and_release_parks_again() {
+    let (p, _m) = pool(limits(4));
+    let mut c = dial(&p, 1).await;
+    let parked = c_parked(&mut c);
+    c.release();
+    assert!(parked.load(Ordering::SeqCst));
+    let c = reuse(&p, None).await.expect("reused");
+    assert!(
+        !parked.load(Ordering::SeqCst),
+        "a busy connection is not the reaper's"
+    );
+    c.release();
+    assert!(parked.load(Ordering::SeqCst));
+}
+
+fn c_open(c: &mut Pooled<Fake>) -> Arc<AtomicBool> {
+    c.conn().open.clone()
+}
+
+fn c_reaper(c: &mut Pooled<Fake>) -> Arc<std::sync::Mutex<Option<Arc<Notify>>>> {
+    c.conn().reaper.clone()
+}
+
+fn c_parked(c: &mut Pooled<Fake>) -> Arc<AtomicBool> {
+    c.conn().parked.clone()
 }
 
 #[tokio::test(start_paused = true)]

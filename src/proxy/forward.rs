@@ -7,7 +7,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -353,11 +352,7 @@ async fn acquire(
                 upstream: upstream.name.clone(),
                 detail: format!("HTTP handshake failed: {e}"),
             })?;
-    let pooled = slot.fill(conn);
-    let id = pooled.id();
-    let mut pooled = pooled;
-    pooled.conn().attach(pool, id);
-    Ok(pooled)
+    Ok(slot.fill(conn))
 }
 
 /// Send on this connection and wait for the response head; on failure, say how far it got.
@@ -372,8 +367,8 @@ async fn send(
         upstream: upstream.to_string(),
         detail,
     };
-    let sender = &mut pooled.conn().sender;
-    match timeout(READY_WAIT, sender.ready()).await {
+    let conn = pooled.conn();
+    match timeout(READY_WAIT, conn.ready()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             return Err((
@@ -388,7 +383,7 @@ async fn send(
             ))
         }
     }
-    match timeout(response_timeout, sender.try_send_request(request)).await {
+    match timeout(response_timeout, conn.send(request)).await {
         Ok(Ok(response)) => Ok(response),
         Err(_) => Err((
             Stage::AfterResponse,
@@ -625,7 +620,7 @@ async fn respond_upstream<W: AsyncWrite + Unpin>(
     let mut pending_head = true;
     if !bodiless {
         loop {
-            let frame = match body.frame().await {
+            let frame = match pooled.conn().frame(&mut body).await {
                 None => break,
                 Some(Ok(f)) => f,
                 Some(Err(e)) => {
