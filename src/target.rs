@@ -25,7 +25,7 @@ impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Host::Name(name) => f.write_str(name),
-            Host::Ip(IpAddr::V4(v4)) => write!(f, "{v4}"),
+            Host::Ip(IpAddr::V4(v4)) => f.write_str(crate::addr_text::Ipv4Text::new(*v4).as_str()),
             Host::Ip(IpAddr::V6(v6)) => write!(f, "[{v6}]"),
         }
     }

@@ -40,7 +40,7 @@ pub fn write(buf: &mut Vec<u8>, format: Format, now: SystemTime, r: &Record<'_>)
 pub fn fields(buf: &mut Vec<u8>, format: Format, r: &Record<'_>) {
     let l = r.lineage.unwrap_or_default();
     let mut w = Fields { buf, format };
-    w.display("client", r.client);
+    w.socket_addr("client", r.client);
     w.str("client_name", r.client_name.unwrap_or("-"));
     w.str("upstream", r.upstream);
     w.str("method", r.method);
@@ -107,15 +107,14 @@ impl Fields<'_> {
         self.buf.extend_from_slice(frac);
     }
 
-    /// A value whose `Display` needs no escaping (a socket address): bare in text, quoted in JSON.
-    fn display(&mut self, name: &str, v: impl std::fmt::Display) {
-        use std::io::Write;
+    /// A socket address (needs no escaping): bare in text, quoted in JSON.
+    fn socket_addr(&mut self, name: &str, v: std::net::SocketAddr) {
         self.name(name);
         let quote = self.format == Format::Json;
         if quote {
             self.buf.push(b'"');
         }
-        let _ = write!(self.buf, "{v}");
+        crate::addr_text::push_socket_addr(self.buf, v);
         if quote {
             self.buf.push(b'"');
         }
@@ -125,6 +124,14 @@ impl Fields<'_> {
     fn str(&mut self, name: &str, v: &str) {
         self.name(name);
         self.buf.push(b'"');
+        if v.bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        {
+            // The usual case (names, methods, paths): nothing to escape.
+            self.buf.extend_from_slice(v.as_bytes());
+            self.buf.push(b'"');
+            return;
+        }
         for c in v.chars() {
             match c {
                 '"' => self.buf.extend_from_slice(b"\\\""),
