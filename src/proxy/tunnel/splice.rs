@@ -1,0 +1,143 @@
+//! Zero-copy tunnel bursts on Linux: splice(2) socket → pipe → socket, the bytes never in our memory.
+//!
+//! A pipe is two descriptors, so a tunnel takes one only for a burst and gives it back once
+//! the source has been quiet for [`QUIET`]: thousands of idle tunnels hold no pipes.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use rustix::pipe::{self, PipeFlags, SpliceFlags};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// How long a burst's pipe is kept while its source has nothing to read.
+pub const QUIET: Duration = Duration::from_millis(500);
+
+/// Bytes asked for per splice: the size the pipe is grown to (the default is 64 KiB).
+const CHUNK: usize = 256 * 1024;
+
+/// How a burst ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// The source sent EOF.
+    Eof,
+    /// Nothing to read for [`QUIET`]: back to waiting with no pipe.
+    Quiet,
+}
+
+/// A pipe for one burst; both ends close on drop.
+pub struct Pipe {
+    rd: OwnedFd,
+    wr: OwnedFd,
+    size: usize,
+}
+
+impl Pipe {
+    /// A new non-blocking pipe, grown to [`CHUNK`] where the system allows.
+    pub fn new() -> io::Result<Pipe> {
+        let (rd, wr) = pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        // Best effort: past the per-user pipe memory limit the kernel keeps the default size.
+        let size = pipe::fcntl_setpipe_size(&wr, CHUNK)
+            .or_else(|_| pipe::fcntl_getpipe_size(&wr))
+            .unwrap_or(64 * 1024);
+        Ok(Pipe { rd, wr, size })
+    }
+}
+
+/// Move bytes from `from` to `to` until `from` sends EOF, goes quiet, or either side fails.
+/// `moved(n)` is called for every `n` bytes delivered to `to`.
+pub async fn burst(
+    pipe: &Pipe,
+    from: &TcpStream,
+    to: &TcpStream,
+    mut moved: impl FnMut(usize),
+) -> io::Result<End> {
+    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+    loop {
+        // The pipe is empty here, so EAGAIN can only mean the socket has nothing.
+        let n = match from.try_io(Interest::READABLE, || {
+            Ok(pipe::splice(from, None, &pipe.wr, None, pipe.size, flags)?)
+        }) {
+            Ok(0) => return Ok(End::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match tokio::time::timeout(QUIET, from.readable()).await {
+                    Err(_) => return Ok(End::Quiet),
+                    Ok(ready) => ready?,
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut left = n;
+        while left > 0 {
+            match to.try_io(Interest::WRITABLE, || {
+                Ok(pipe::splice(&pipe.rd, None, to, None, left, flags)?)
+            }) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        moved(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// 8 MiB through a real socket pair, unchanged and counted, then EOF passed as `End::Eof`.
+    #[tokio::test]
+    async fn a_burst_moves_every_byte_and_ends_at_eof() {
+        let (mut src_far, src) = pair().await;
+        let (dst, mut dst_far) = pair().await;
+        let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            src_far.write_all(&sent).await.unwrap();
+            src_far.shutdown().await.unwrap();
+            src_far
+        });
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            dst_far.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let pipe = Pipe::new().unwrap();
+        let mut total = 0;
+        let end = burst(&pipe, &src, &dst, |n| total += n).await.unwrap();
+        assert_eq!(end, End::Eof);
+        assert_eq!(total, data.len());
+        drop(dst);
+        let got = reader.await.unwrap();
+        assert!(got == data, "bytes changed in transit");
+        drop(writer.await.unwrap());
+    }
+
+    /// A source that stops sending (but stays open) ends the burst as `Quiet`.
+    #[tokio::test]
+    async fn a_quiet_source_ends_the_burst() {
+        let (mut src_far, src) = pair().await;
+        let (dst, mut dst_far) = pair().await;
+        src_far.write_all(b"hello").await.unwrap();
+        let pipe = Pipe::new().unwrap();
+        let mut total = 0;
+        let end = burst(&pipe, &src, &dst, |n| total += n).await.unwrap();
+        assert_eq!((end, total), (End::Quiet, 5));
+        let mut got = [0u8; 5];
+        dst_far.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+    }
+}
