@@ -298,10 +298,11 @@ where
                     let (Some(from), Some(to)) = (rd.as_tcp(), wr.as_tcp()) else {
                         break;
                     };
-                    let end = splice::burst(&pipe, from, to, |n| {
+                    // Boxed: its state exists only during a burst, not in every idle tunnel.
+                    let end = Box::pin(splice::burst(&pipe, from, to, |n| {
                         touch();
                         moved.add(n);
-                    })
+                    }))
                     .await;
                     match end {
                         Ok(splice::End::Quiet) => continue,
