@@ -66,8 +66,7 @@ impl Poolable for UpstreamConn {
     fn is_open(&mut self) -> bool {
         if self.signal.woken.swap(false, Ordering::AcqRel) {
             // Its socket or channels moved since it was last polled: see whether it ended.
-            let waker = self.idle_waker.clone();
-            self.poll_conn(&mut Context::from_waker(&waker));
+            self.poll_idle();
         }
         self.conn.is_some() && !self.sender.is_closed()
     }
@@ -78,8 +77,7 @@ impl Poolable for UpstreamConn {
         // Let hyper finish the exchange (back to idle, ready for the next request) and register
         // the idle waker with the socket.
         self.signal.woken.store(false, Ordering::Release);
-        let waker = self.idle_waker.clone();
-        self.poll_conn(&mut Context::from_waker(&waker));
+        self.poll_idle();
     }
 
     fn unpark(&mut self) {
@@ -138,8 +136,9 @@ impl UpstreamConn {
         .await
     }
 
-    fn poll_conn(&mut self, cx: &mut Context<'_>) {
-        poll_end(&mut self.conn, cx);
+    /// Poll the connection once with the idle waker, outside any request.
+    fn poll_idle(&mut self) {
+        poll_end(&mut self.conn, &mut Context::from_waker(&self.idle_waker));
     }
 }
 
