@@ -162,7 +162,10 @@ async fn an_idle_connection_that_signals_a_close_is_removed_at_once() {
     // was given when parked. The reaper must drop it then, long before any deadline.
     let (p, m) = pool(limits(4));
     let mut c = dial(&p, 1).await;
-    let (open, reaper, parked) = (c_open(&mut c), c_reaper(&mut c), c_parked(&mut c));
+    let (open, reaper, parked) = {
+        let f = c.conn();
+        (f.open.clone(), f.reaper.clone(), f.parked.clone())
+    };
     c.release();
     assert!(
         parked.load(Ordering::SeqCst),
@@ -186,7 +189,7 @@ async fn an_idle_connection_that_signals_a_close_is_removed_at_once() {
 async fn checkout_unparks_and_release_parks_again() {
     let (p, _m) = pool(limits(4));
     let mut c = dial(&p, 1).await;
-    let parked = c_parked(&mut c);
+    let parked = c.conn().parked.clone();
     c.release();
     assert!(parked.load(Ordering::SeqCst));
     let c = reuse(&p, None).await.expect("reused");
@@ -196,18 +199,6 @@ async fn checkout_unparks_and_release_parks_again() {
     );
     c.release();
     assert!(parked.load(Ordering::SeqCst));
-}
-
-fn c_open(c: &mut Pooled<Fake>) -> Arc<AtomicBool> {
-    c.conn().open.clone()
-}
-
-fn c_reaper(c: &mut Pooled<Fake>) -> Arc<std::sync::Mutex<Option<Arc<Notify>>>> {
-    c.conn().reaper.clone()
-}
-
-fn c_parked(c: &mut Pooled<Fake>) -> Arc<AtomicBool> {
-    c.conn().parked.clone()
 }
 
 #[tokio::test(start_paused = true)]
