@@ -230,7 +230,7 @@ fn secret_request(origin: SocketAddr) -> String {
     use base64::Engine;
     let basic = base64::engine::general_purpose::STANDARD.encode("app:SECRET-C");
     format!(
-        "POST http://{origin}/v1/charges?card=4111&token=SECRET-Q HTTP/1.1\r\n\
+        "POST http://{origin}/v1/charges?card=4111111111111111&token=SECRET-Q HTTP/1.1\r\n\
          Host: {origin}\r\n\
          Authorization: Bearer SECRET-A\r\n\
          Cookie: s=SECRET-B\r\n\
@@ -263,7 +263,10 @@ async fn access_log_run(args: &[&str], rust_log: Option<&str>) -> (Portcullis, O
     // The secrets did go through: only the log must not have them.
     let seen = o.requests();
     assert_eq!(seen.len(), 2);
-    assert_eq!(seen[0].target, "/v1/charges?card=4111&token=SECRET-Q");
+    assert_eq!(
+        seen[0].target,
+        "/v1/charges?card=4111111111111111&token=SECRET-Q"
+    );
     assert_eq!(seen[0].header("authorization"), Some("Bearer SECRET-A"));
     assert_eq!(seen[0].body_text(), "SECRET-D");
     assert_eq!(
@@ -277,7 +280,7 @@ fn assert_no_secrets(p: &Portcullis) {
     let all = p.stderr_text();
     for s in SECRETS
         .iter()
-        .chain(&["SECRET-E", "card=", "token=", "4111"])
+        .chain(&["SECRET-E", "card=", "token=", "4111111111111111"])
     {
         assert!(!all.contains(s), "{s} is in the log:\n{all}");
     }
