@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -26,22 +26,30 @@ pub struct Handle {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Connections the kernel completes and queues while the accept loop is busy or at
+/// `max_client_connections` (capped by `net.core.somaxconn`). The common default of 128
+/// drops the SYNs of a larger burst, which the clients retry only after 1 s, then 3 s.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`]; the error names the address.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let bound = (|| {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    })();
+    bound.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
 /// Bind both listeners (port 0 picks a free port) and start serving.
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> io::Result<Handle> {
-    let proxy_listener = TcpListener::bind(config.proxy.listen).await.map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot listen on {}: {e}", config.proxy.listen),
-        )
-    })?;
-    let admin_listener = TcpListener::bind(config.proxy.admin_listen)
-        .await
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot listen on {}: {e}", config.proxy.admin_listen),
-            )
-        })?;
+    let proxy_listener = listen(config.proxy.listen)?;
+    let admin_listener = listen(config.proxy.admin_listen)?;
     let proxy_addr = proxy_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let max_clients = config.proxy.max_client_connections;

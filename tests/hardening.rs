@@ -707,3 +707,80 @@ async fn a_saturated_destination_does_not_delay_another() {
     holder.abort();
     waiter.abort();
 }
+
+// ------------------------------------------------------------ bursts
+
+/// A burst of clients while the proxy is at `max_client_connections` waits in the kernel's
+/// accept queue instead of losing its SYNs: with the usual backlog of 128, connects past the
+/// 129th never complete while the queue is full (the kernel drops their SYNs and they are
+/// retried after 1 s, 3 s, 7 s...). Once a client leaves, a queued one is served.
+#[tokio::test]
+async fn a_burst_at_the_client_limit_is_queued_not_dropped() {
+    const BURST: usize = 300;
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if somaxconn <= BURST {
+        eprintln!("net.core.somaxconn is {somaxconn}: this kernel caps every backlog below the burst; skipped");
+        return;
+    }
+    let o = origin().handler(|_| Reply::ok("served")).spawn().await;
+    let p = spawn_proxy_with(
+        "max_client_connections = 1",
+        &local_upstream("local", o.port(), ""),
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{}/", o.port());
+    let mut first = ProxyConn::connect(p.addr).await;
+    assert_eq!(first.get(&url).await.status, 200);
+    // The one permit is held: every further connection waits in the accept queue.
+    let connects: Vec<_> = (0..BURST)
+        .map(|_| {
+            tokio::spawn(tokio::time::timeout(
+                Duration::from_secs(5),
+                TcpStream::connect(p.addr),
+            ))
+        })
+        .collect();
+    let mut queued = Vec::new();
+    for c in connects {
+        match c.await.expect("connect task") {
+            Ok(Ok(s)) => queued.push(s),
+            Ok(Err(e)) => panic!("connect failed: {e}"),
+            Err(_) => panic!(
+                "a connect did not complete within 5 s: its SYN was dropped ({} of {BURST} queued)",
+                queued.len()
+            ),
+        }
+    }
+    // Each queued client is served in turn: each asks to close, giving the permit back.
+    drop(first);
+    let req = format!("GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let answers: Vec<_> = queued
+        .into_iter()
+        .map(|mut s| {
+            let req = req.clone();
+            tokio::spawn(async move {
+                s.write_all(req.as_bytes()).await?;
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).await?;
+                Ok::<_, std::io::Error>(got)
+            })
+        })
+        .collect();
+    let all = tokio::time::timeout(WITHIN, async {
+        let mut served = 0;
+        for a in answers {
+            let got = a.await.expect("client task").expect("exchange");
+            assert!(
+                got.starts_with(b"HTTP/1.1 200") && got.ends_with(b"served"),
+                "{}",
+                String::from_utf8_lossy(&got)
+            );
+            served += 1;
+        }
+        served
+    });
+    assert_eq!(all.await.expect("every queued client is served"), BURST);
+}
