@@ -49,11 +49,22 @@ pub fn add_via(headers: &mut HeaderMap) {
 
 /// The `Host` value for an upstream request: the URI's authority (port only when explicit).
 pub fn host_value(host: &crate::target::Host, explicit_port: Option<u16>) -> Option<HeaderValue> {
-    let text = match explicit_port {
-        Some(p) => format!("{host}:{p}"),
-        None => host.to_string(),
-    };
-    // Hand the String's buffer over rather than copying it.
+    use crate::target::Host;
+    use std::net::IpAddr;
+    // Built by hand, not through `format!`: this runs for every forwarded request.
+    let mut text = Vec::with_capacity(48);
+    match host {
+        Host::Name(name) => text.extend_from_slice(name.as_bytes()),
+        Host::Ip(IpAddr::V4(v4)) => {
+            text.extend_from_slice(crate::addr_text::Ipv4Text::new(*v4).as_str().as_bytes())
+        }
+        Host::Ip(IpAddr::V6(_)) => text.extend_from_slice(host.to_string().as_bytes()),
+    }
+    if let Some(p) = explicit_port {
+        text.push(b':');
+        text.extend_from_slice(itoa::Buffer::new().format(p).as_bytes());
+    }
+    // Hand the buffer over rather than copying it.
     HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
 }
 
