@@ -495,6 +495,16 @@ async fn host_header_is_replaced_and_the_path_forwarded_exactly() {
         assert_eq!(req.target, path);
         assert_eq!(req.header_all("host"), [format!("127.0.0.1:{}", o.port())]);
     }
+    // An empty path is "/" upstream, and a query after it is kept (RFC 9112 §3.2.1).
+    for (sent, expected) in [("", "/"), ("?x=1&y", "/?x=1&y")] {
+        let req = format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", o.url(sent));
+        let r = raw_exchange(p.addr, req.as_bytes(), WITHIN).await;
+        assert_eq!(r.status, 200, "{sent:?}: {r:?}");
+        assert_eq!(
+            o.requests().last().map(|q| q.target.clone()),
+            Some(expected.into())
+        );
+    }
     // No explicit port in the URI: the Host has none either.
     let dns = TestDns::spawn(&[("api.pay.test", IpAddr::V4(Ipv4Addr::LOCALHOST))]).await;
     let rest = format!(

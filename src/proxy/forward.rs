@@ -512,15 +512,11 @@ async fn read_body<R: AsyncRead + Unpin>(
 
 /// Method, origin-form URI and forwarded headers, computed once per request.
 fn prepare(head: &RequestHead, uri: &Uri, requested: &target::RequestTarget) -> Prepared {
-    let origin_form = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let origin_form = if origin_form.is_empty() {
-        "/"
-    } else {
-        origin_form
+    // Origin-form: the parsed path and query, shared (not re-parsed or copied).
+    let uri = match uri.path_and_query() {
+        Some(pq) if !pq.as_str().is_empty() => Uri::from(pq.clone()),
+        _ => Uri::from_static("/"),
     };
-    let uri = origin_form
-        .parse::<Uri>()
-        .unwrap_or_else(|_| Uri::from_static("/"));
     let mut headers = head.headers.clone();
     headers::strip_hop_by_hop(&mut headers);
     headers.remove(header::EXPECT);
