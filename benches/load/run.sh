@@ -274,6 +274,12 @@ run_wrk() { # run_wrk OUT CONNS ADDR TARGET SECONDS: absolute-form through forwa
     fi
 }
 
+restart_proxy() { # restart_proxy NAME: stop the proxy under test and start it afresh
+    stop "$PID"
+    sleep 1 # its listening port is free again once the process is gone
+    start_proxy "$1"
+}
+
 fmt_int() { printf '%s' "${1%.*}" | rev | sed 's/[0-9]\{3\}/& /g' | rev | sed 's/^ //'; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
 TICK=$(getconf CLK_TCK)
@@ -320,15 +326,17 @@ for name in $PROXIES; do
         log "CONNECT 100 MiB: ${speeds[*]} B/s"
     fi
 
-    # Idle clients and idle tunnels: RSS growth per connection held open.
+    # Idle clients and idle tunnels: RSS growth per connection held open, each probe in a
+    # freshly started proxy, so that heap left over from the wrk runs does not absorb it.
     idle_cell="–" tunnel_cell="–"
     if [ "$MODE" != direct ]; then
+        restart_proxy "$name"
         read -r per held errs < <($PY "$HERE/tools.py" idle "$PID" "$MODE" "$ADDR" "$ORIGIN" "$IDLE_CONNS")
         idle_cell="$per"
         [ "$errs" != 0 ] && idle_cell="$per ($held held)"
         log "idle clients: $per KiB each, $held held, $errs failed"
         if [ "$MODE" = forward ]; then
-            sleep 1
+            restart_proxy "$name"
             read -r per held errs < <($PY "$HERE/tools.py" idle "$PID" tunnel "$ADDR" "$ORIGIN" "$IDLE_CONNS")
             tunnel_cell="$per"
             [ "$errs" != 0 ] && tunnel_cell="$per ($held held)"
@@ -349,6 +357,8 @@ for name in $PROXIES; do
         log "2 s origin x$1: $reqs requests, p99 $p99 ms, $errs errors"
         printf '%s' "$cell"
     }
+    # Afresh again: the peak RSS reported is this test's, not the idle probes'.
+    [ "$MODE" != direct ] && restart_proxy "$name"
     slow1=$(slow_cell "$SLOW_CONC")
     slow2="–"
     if { [ "$name" = portcullis ] || [ "$name" = direct ]; } && [ "$SLOW_CONC_BIG" != 0 ]; then
