@@ -32,7 +32,7 @@ pub struct Handle {
 const LISTEN_BACKLOG: u32 = 4096;
 
 /// A listener on `addr` with [`LISTEN_BACKLOG`]; the error names the address.
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let bound = (|| {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 const RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n";
@@ -17,18 +17,12 @@ async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:18090".into());
     let delay_ms: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(2000);
-    // A deep accept queue, as the nginx origin has: 10 000 connections arrive in a burst.
-    let addr: std::net::SocketAddr = addr
+    // portcullis' own listener: a deep accept queue, as the nginx origin has, since
+    // 10 000 connections arrive in a burst.
+    let addr = addr
         .parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    let listener = socket.listen(65535)?;
+    let listener = portcullis::app::listen(addr)?;
     println!("listening {}", listener.local_addr()?);
     let delay = Duration::from_millis(delay_ms);
     loop {
