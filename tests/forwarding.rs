@@ -623,12 +623,9 @@ async fn idle_client_connection_is_closed_after_client_idle_timeout() {
     )
     .await;
     let mut conn = ProxyConn::connect(p.addr).await;
-    assert_eq!(conn.get(&o.url("/")).await.status, 200);
+    // Before the request: the proxy's idle clock cannot start earlier than this.
     let idle_from = Instant::now();
-    assert!(
-        !conn.wait_closed(Duration::from_millis(150)).await,
-        "closed too early"
-    );
+    assert_eq!(conn.get(&o.url("/")).await.status, 200);
     assert!(
         conn.wait_closed(Duration::from_secs(3)).await,
         "idle client never closed"
