@@ -276,8 +276,10 @@ where
         );
         let (outcome, pumped) = match pump {
             None => (exchange.await, None),
+            // Boxed: streamed bodies are the rare path, and inline this state (3 KiB) would
+            // size every request in flight.
             Some((prefix, state, tx)) => {
-                with_pump(exchange, pump_body(reader, prefix, state, tx)).await
+                Box::pin(with_pump(exchange, pump_body(reader, prefix, state, tx))).await
             }
         };
         match pumped {
@@ -344,7 +346,9 @@ async fn acquire(
             })
         }
     };
-    let dialed = ctx.shared.connector.dial(target, upstream).await?;
+    // Boxed: dialing (DNS, connect, TLS) is the pool-miss path, and inline its state would
+    // size every request in flight, reused connections included.
+    let dialed = Box::pin(ctx.shared.connector.dial(target, upstream)).await?;
     let conn =
         UpstreamConn::handshake(dialed.io)
             .await
