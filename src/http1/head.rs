@@ -6,7 +6,7 @@ use http::{Method, Version};
 use memchr::{memchr, memchr2};
 use tokio::io::AsyncRead;
 
-use super::{is_tchar, trim_ows, ClientReader, HEAD_READ};
+use super::{is_tchar, trim_ows, ClientReader, HEAD_FIRST_READ, HEAD_READ};
 
 /// Most header fields accepted in one request head; more is answered 431.
 pub const MAX_HEADERS: usize = 100;
@@ -231,7 +231,12 @@ impl<R: AsyncRead + Unpin> ClientReader<R> {
             if self.buf.len() > self.max_header_bytes {
                 return Err(HeadError::TooLarge);
             }
-            if self.read_more(HEAD_READ).await? == 0 {
+            let want = if self.buf.is_empty() {
+                HEAD_FIRST_READ
+            } else {
+                HEAD_READ
+            };
+            if self.read_more(want).await? == 0 {
                 return Err(if self.buf.iter().all(|&b| b == b'\r' || b == b'\n') {
                     HeadError::Closed
                 } else {
@@ -887,6 +892,28 @@ mod tests {
             );
             assert!(buf.len() <= max + HEAD_READ);
         }
+    }
+
+    /// A common head is read into a small buffer: header values are slices of it, so it lives
+    /// as long as the request. A head longer than the first read is still read whole.
+    #[tokio::test]
+    async fn a_small_head_holds_a_small_buffer_and_a_long_one_is_read_whole() {
+        let small = b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut reader = ClientReader::new(Pieces::new(small, &[small.len()]), MAX);
+        reader.read_head().await.unwrap();
+        let (_, rest) = reader.into_parts();
+        assert!(
+            small.len() + rest.capacity() <= HEAD_FIRST_READ,
+            "buffer of {} bytes for a {}-byte head",
+            small.len() + rest.capacity(),
+            small.len()
+        );
+
+        let long_value = "v".repeat(3 * HEAD_FIRST_READ);
+        let long = format!("GET http://a/ HTTP/1.1\r\nHost: a\r\nX-Long: {long_value}\r\n\r\n");
+        let mut reader = ClientReader::new(Pieces::new(long.as_bytes(), &[long.len()]), MAX);
+        let head = reader.read_head().await.unwrap();
+        assert_eq!(head.headers["x-long"], long_value.as_str());
     }
 
     /// A timed-out `read_head` resumes where it stopped.
