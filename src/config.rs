@@ -22,6 +22,10 @@ pub const BUILTIN: &str = include_str!("../config/portcullis.toml");
 /// How the built-in config is named in messages.
 pub const BUILTIN_NAME: &str = "<built-in config/portcullis.toml>";
 
+/// The most `max_replay_body` may be (1 GiB). A body up to it is held in memory until its
+/// request is done (for a replay), so it bounds what one client's request can make us hold.
+pub const MAX_REPLAY_BODY: usize = 1 << 30;
+
 /// The whole effective configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -533,7 +537,13 @@ impl Settings {
             s.max_idle = n;
         }
         if let Some(n) = raw.max_replay_body {
-            s.max_replay_body = n;
+            if n > MAX_REPLAY_BODY {
+                problems.push(format!(
+                    "{label}: max_replay_body ({n}) must be at most {MAX_REPLAY_BODY}"
+                ));
+            } else {
+                s.max_replay_body = n;
+            }
         }
         if let Some(b) = raw.retry_on_reset {
             s.retry_on_reset = b;

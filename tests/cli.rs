@@ -128,6 +128,27 @@ fn check_reports_every_problem_one_line_each() {
     }
 }
 
+/// A limit too large to honour is a config error, not a panic (or an abort) once running.
+#[test]
+fn check_refuses_limits_too_large_to_honour() {
+    for (file, want) in [
+        (
+            "max_client_connections_over_limit.toml",
+            "proxy: max_client_connections (9000000000000000000) must be at most 1048576",
+        ),
+        (
+            "max_replay_body_over_limit.toml",
+            "upstream \"stripe\": max_replay_body (2147483648) must be at most 1073741824",
+        ),
+    ] {
+        let path = format!("{INVALID}/{file}");
+        let out = run(&mut portcullis(&["check", "--config", &path]));
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        assert!(out.stdout.is_empty(), "{}", describe(&out));
+        assert_eq!(text(&out.stderr), format!("{path}: {want}\n"));
+    }
+}
+
 #[test]
 fn unreadable_config_exits_2_naming_the_file() {
     let path = format!("{VALID}/no-such-file.toml");

@@ -1,6 +1,7 @@
 //! The real `portcullis` binary (SPEC §2, §8): the access log keeps secrets out in text and
 //! JSON, SIGHUP reloads a valid file and keeps the running config on an invalid one, SIGTERM
-//! drains in-flight work and exits 0, SIGINT exits 0, and a taken listen address fails clearly.
+//! drains in-flight work and exits 0, SIGINT exits 0, and a taken listen address or a limit
+//! too large to honour fails clearly.
 //!
 //! Every child is killed when its guard drops, and every wait is bounded.
 
@@ -499,6 +500,53 @@ async fn sigint_exits_0() {
     p.signal("INT");
     let status = p.wait_exit(WITHIN).await.expect("exits after SIGINT");
     assert!(status.success(), "exit {status}\n{}", p.stderr_text());
+}
+
+/// `max_client_connections` beyond what a semaphore holds once made the process panic at start
+/// (exit 101); it is refused like any other invalid value: exit 2, one line naming the key.
+#[tokio::test]
+async fn a_limit_too_large_to_honour_exits_2_at_start_without_panicking() {
+    let dir = scratch("too-large");
+    let config = dir.join("portcullis.toml");
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_client_connections = 9000000000000000000\n{}",
+        upstream(&[80], "")
+    );
+    std::fs::write(&config, text).expect("write config");
+    let mut child = Guard(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("PORTCULLIS_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start portcullis"),
+    );
+    let deadline = Instant::now() + WITHIN;
+    let status = loop {
+        if let Some(s) = child.0.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "portcullis kept running");
+        sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.0.stderr.take() {
+        use std::io::Read;
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(status.code(), Some(2), "exit {status}\n{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "{}: proxy: max_client_connections (9000000000000000000) must be at most 1048576\n",
+            config.display()
+        )
+    );
 }
 
 #[tokio::test]

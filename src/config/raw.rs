@@ -172,6 +172,11 @@ impl RawProxy {
         if max_client_connections == 0 {
             problems.push("proxy: max_client_connections must be at least 1".into());
         }
+        if max_client_connections > MAX_CLIENT_CONNECTIONS {
+            problems.push(format!(
+                "proxy: max_client_connections ({max_client_connections}) must be at most {MAX_CLIENT_CONNECTIONS}"
+            ));
+        }
         let max_header_bytes = self.max_header_bytes.unwrap_or(65_536);
         if max_header_bytes < 1024 {
             problems.push(format!(
@@ -198,7 +203,7 @@ impl RawProxy {
                 "127.0.0.1:9090",
                 problems,
             ),
-            max_client_connections: max_client_connections.max(1),
+            max_client_connections: max_client_connections.clamp(1, MAX_CLIENT_CONNECTIONS),
             client_idle_timeout: dur(
                 "client_idle_timeout",
                 &self.client_idle_timeout,
@@ -222,6 +227,11 @@ impl RawProxy {
         }
     }
 }
+
+/// The most `max_client_connections` may be: Linux's default ceiling on one process's file
+/// descriptors (`fs.nr_open`), so no reachable count is refused. Far beyond it, the connection
+/// semaphore could not even be built (tokio panics above its `MAX_PERMITS`).
+pub const MAX_CLIENT_CONNECTIONS: usize = 1 << 20;
 
 /// `"250ms"`, `"30s"`, `"5m"`, `"1h 30m"`: a number with a unit is required.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

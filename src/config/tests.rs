@@ -298,6 +298,36 @@ fn max_idle_must_not_exceed_max_connections() {
     assert_eq!(upstream(&config, "one").settings.max_idle, 4);
 }
 
+/// Past these a value is no longer a limit: `Semaphore::new` panics above its `MAX_PERMITS`, and
+/// a declared `Content-Length` up to `max_replay_body` is buffered in memory.
+#[test]
+fn counts_have_an_upper_bound() {
+    let got = problems(&format!(
+        "[proxy]\nmax_client_connections = 9000000000000000000\n{ONE}"
+    ));
+    assert_eq!(
+        got,
+        ["proxy: max_client_connections (9000000000000000000) must be at most 1048576"]
+    );
+    let got = problems(&format!(
+        "[proxy]\nmax_client_connections = 1048577\n[defaults]\nmax_replay_body = 1073741825\n{ONE}max_replay_body = 9223372036854775807\n"
+    ));
+    assert_eq!(
+        got,
+        [
+            "proxy: max_client_connections (1048577) must be at most 1048576",
+            "defaults: max_replay_body (1073741825) must be at most 1073741824",
+            r#"upstream "one": max_replay_body (9223372036854775807) must be at most 1073741824"#,
+        ]
+    );
+    // The bounds themselves are allowed.
+    let config = parse(&format!(
+        "[proxy]\nmax_client_connections = 1048576\n{ONE}max_replay_body = 1073741824\n"
+    ));
+    assert_eq!(config.proxy.max_client_connections, 1_048_576);
+    assert_eq!(upstream(&config, "one").settings.max_replay_body, 1 << 30);
+}
+
 #[test]
 fn every_problem_is_reported_at_once() {
     let got = problems(
