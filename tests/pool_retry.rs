@@ -394,6 +394,29 @@ async fn a_body_above_max_replay_body_is_not_retried() {
     p.stop().await;
 }
 
+/// A replayable body larger than one read of the client (64 KiB) is gathered piece by piece,
+/// and both the first attempt and the replay carry all of it.
+#[tokio::test]
+async fn a_body_of_many_reads_below_max_replay_body_is_replayed_intact() {
+    let o = origin().handler(reset_once(&["/many"])).spawn().await;
+    let p = spawn_proxy(&local_upstream("many", o.port(), "")).await;
+    let mut conn = ProxyConn::connect(p.addr).await;
+    assert_eq!(conn.get(&o.url("/warm")).await.status, 200);
+
+    let body = pattern(700 * 1024 + 13);
+    let r = conn
+        .send(&request("PUT", &o.url("/many"), &[], &body))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let sent = seen(&o, "/many");
+    assert_eq!(sent.len(), 2, "the PUT was retried");
+    for (i, s) in sent.iter().enumerate() {
+        assert!(s.body == body, "attempt {i}: {} bytes differ", s.body.len());
+    }
+    assert_eq!(p.retries("many").await, 1.0);
+    p.stop().await;
+}
+
 // -------------------------------------------------------------- request bodies
 
 #[tokio::test]

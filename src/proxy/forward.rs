@@ -17,7 +17,7 @@ use super::headers;
 use super::{respond, Ctx, Flow};
 use crate::config::{Settings, Upstream};
 use crate::error::ProxyError;
-use crate::http1::{BodyFraming, BodyState, ClientReader, RequestHead};
+use crate::http1::{BodyFraming, BodyState, ClientReader, RequestHead, MAX_BODY_CHUNK};
 use crate::metrics::CloseReason;
 use crate::policy::{self, Allowed, Want};
 use crate::pool::{reuse, Checkout, Pool, Pooled, Reuse};
@@ -495,23 +495,43 @@ async fn read_body<R: AsyncRead + Unpin>(
             });
         }
     }
-    let mut buf = BytesMut::with_capacity(length.map_or(8 * 1024, |n| n as usize));
+    // Room for one read, not for the declared length: a client that declares a large body and
+    // sends nothing must not make us allocate it.
+    let mut buf = Vec::with_capacity(length.map_or(8 * 1024, |n| {
+        usize::try_from(n).map_or(MAX_BODY_CHUNK, |n| n.min(MAX_BODY_CHUNK))
+    }));
     loop {
         match reader.read_body_chunk(&mut state).await {
             Ok(Some(chunk)) => {
+                make_room(&mut buf, chunk.len(), length);
                 buf.extend_from_slice(&chunk);
                 if buf.len() > limit {
                     return Ok(ClientBody::Streaming {
-                        prefix: buf.freeze(),
+                        prefix: Bytes::from(buf),
                         state,
                         length,
                     });
                 }
             }
-            Ok(None) => return Ok(ClientBody::Full(buf.freeze())),
+            Ok(None) => return Ok(ClientBody::Full(Bytes::from(buf))),
             Err(e) => return Err(ProxyError::bad_request(format!("request body: {e}"))),
         }
     }
+}
+
+/// Room in `buf` for `more` bytes that have arrived. It at least doubles (a body costs O(n)
+/// copies) but stops at the declared length, so a body ends in a buffer of its own size.
+fn make_room(buf: &mut Vec<u8>, more: usize, declared: Option<u64>) {
+    let needed = buf.len().saturating_add(more);
+    if needed <= buf.capacity() {
+        return;
+    }
+    let doubled = buf.capacity().saturating_mul(2);
+    let want = match declared.and_then(|n| usize::try_from(n).ok()) {
+        Some(n) => doubled.min(n).max(needed),
+        None => doubled.max(needed),
+    };
+    buf.reserve_exact(want - buf.len());
 }
 
 /// Method, origin-form URI and forwarded headers, computed once per request.
@@ -691,4 +711,41 @@ async fn write_out<W: AsyncWrite + Unpin>(
         out.clear();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads of 64 KiB into a buffer that starts at one read: capacities along the way.
+    fn growth(declared: Option<u64>, body: usize) -> Vec<usize> {
+        let mut buf = Vec::with_capacity(MAX_BODY_CHUNK);
+        let mut seen = vec![buf.capacity()];
+        while buf.len() < body {
+            let more = (body - buf.len()).min(MAX_BODY_CHUNK);
+            make_room(&mut buf, more, declared);
+            buf.extend(std::iter::repeat_n(0u8, more));
+            if seen.last() != Some(&buf.capacity()) {
+                seen.push(buf.capacity());
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn a_body_buffer_doubles_up_to_the_declared_length() {
+        const K: usize = 1024;
+        let n = 700 * K + 13;
+        assert_eq!(
+            growth(Some(n as u64), n),
+            [64 * K, 128 * K, 256 * K, 512 * K, n]
+        );
+        // Chunked: no length to stop at.
+        assert_eq!(
+            growth(None, n),
+            [64 * K, 128 * K, 256 * K, 512 * K, 1024 * K]
+        );
+        // What fits is never moved.
+        assert_eq!(growth(Some(100), 100), [64 * K]);
+    }
 }
