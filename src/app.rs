@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
+use crate::proxy::limit::ClientLimit;
 use crate::proxy::{self, Phase, Shared};
 
 /// A running portcullis: its bound addresses and the handles to reload or stop it.
@@ -20,9 +20,8 @@ pub struct Handle {
     pub shared: Arc<Shared>,
     /// The file to re-read on reload; `None` for the built-in config.
     config_path: Option<PathBuf>,
-    /// Client-connection permits: all available again once every connection is gone.
-    limit: Arc<Semaphore>,
-    max_clients: usize,
+    /// `max_client_connections`, resized on reload; drained once every connection is gone.
+    limit: Arc<ClientLimit>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -52,9 +51,8 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> io::Result<H
     let admin_listener = listen(config.proxy.admin_listen)?;
     let proxy_addr = proxy_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    let max_clients = config.proxy.max_client_connections;
+    let limit = Arc::new(ClientLimit::new(config.proxy.max_client_connections));
     let shared = Shared::new(config, Metrics::new());
-    let limit = Arc::new(Semaphore::new(max_clients));
     let tasks = vec![
         tokio::spawn(proxy::run(proxy_listener, shared.clone(), limit.clone())),
         tokio::spawn(crate::admin::run(admin_listener, shared.clone())),
@@ -66,7 +64,6 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> io::Result<H
         shared,
         config_path,
         limit,
-        max_clients,
         tasks,
     })
 }
@@ -90,7 +87,9 @@ impl Handle {
                         "listen addresses changed in the file: they take effect only on restart"
                     );
                 }
+                let max_clients = config.proxy.max_client_connections;
                 self.shared.replace_config(config);
+                self.limit.resize(max_clients);
                 reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(source = %old.source, "config reloaded");
                 Ok(())
@@ -109,8 +108,7 @@ impl Handle {
     pub async fn shutdown(self) {
         let grace = self.shared.config().proxy.shutdown_grace;
         self.shared.phase.send_replace(Phase::Draining);
-        let all = u32::try_from(self.max_clients).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(grace, self.limit.acquire_many(all)).await;
+        let drained = tokio::time::timeout(grace, self.limit.drained()).await;
         if drained.is_err() {
             tracing::warn!(
                 grace_s = grace.as_secs_f64(),

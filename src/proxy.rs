@@ -3,6 +3,7 @@
 pub mod access;
 pub mod forward;
 pub mod headers;
+pub mod limit;
 pub mod respond;
 pub mod tunnel;
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use http::{Method, Version};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::timeout;
 use tracing::Instrument;
 
@@ -23,6 +24,7 @@ use crate::http1::{ClientReader, HeadError};
 use crate::metrics::Metrics;
 use crate::pool::Pools;
 use crate::upstream::UpstreamConn;
+use limit::ClientLimit;
 
 /// Where the process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,12 +106,14 @@ pub enum Flow {
 
 /// Accept until draining begins. Each connection holds a permit of `limit`: at the limit,
 /// further accepts wait (the kernel's backlog holds them).
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, limit: Arc<Semaphore>) {
+pub async fn run(listener: TcpListener, shared: Arc<Shared>, limit: Arc<ClientLimit>) {
     let mut phase = shared.phase.subscribe();
     let mut last_accept_error: Option<tokio::time::Instant> = None;
     loop {
+        // Made before the permit is taken, so no lowering after that can be missed.
+        let lowered = limit.lowered();
         let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p {
+            p = limit.acquire() => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
@@ -117,6 +121,8 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, limit: Arc<Semaphor
         };
         let accepted = tokio::select! {
             a = listener.accept() => a,
+            // Lowered on reload: this permit goes back, and what the lowering owes comes first.
+            _ = lowered => continue,
             _ = phase.wait_for(|p| *p != Phase::Running) => return,
         };
         match accepted {
@@ -302,7 +308,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (stream, peer) = l.accept().await.unwrap();
-        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        let permit = ClientLimit::new(1).acquire().await.unwrap();
         let task = serve_client(shared, stream, peer, permit);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 2048, "the connection task's future is {size} bytes");

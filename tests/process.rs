@@ -1,8 +1,8 @@
 //! The real `portcullis` binary (SPEC §2, §8): the access log keeps secrets out in text and
-//! JSON, SIGHUP reloads a valid file and keeps the running config on an invalid one, SIGTERM
-//! drains in-flight work and exits 0, SIGINT exits 0, and a taken listen address or a limit
-//! too large to honour fails clearly; a declared request body is not allocated before it
-//! arrives.
+//! JSON, SIGHUP reloads a valid file (max_client_connections included) and keeps the
+//! running config on an invalid one, SIGTERM drains in-flight work and exits 0,
+//! SIGINT exits 0, and a taken listen address or a limit too large to honour fails clearly;
+//! a declared request body is not allocated before it arrives.
 //!
 //! Every child is killed when its guard drops, and every wait is bounded.
 
@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::*;
+use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
@@ -209,6 +210,19 @@ impl Portcullis {
             }
             sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Rewrite the file as `[proxy]` on the same ports plus `rest`, send SIGHUP, and wait
+    /// (bounded) until the `ok` reloads reach `count`.
+    async fn reload(&self, rest: &str, count: f64) {
+        let section = proxy_section(self.proxy.port(), self.admin.port());
+        std::fs::write(&self.config, format!("{section}{rest}")).expect("rewrite config");
+        self.signal("HUP");
+        let ok = "result=\"ok\"";
+        let got = self
+            .wait_metric("portcullis_config_reloads_total", ok, |v| v >= count)
+            .await;
+        assert_eq!(got, count, "reload {count}:\n{}", self.stderr_text());
     }
 
     /// Poll a metric until `want` holds (bounded); the last value.
@@ -500,6 +514,83 @@ async fn a_declared_body_is_not_allocated_before_it_arrives() {
     );
     assert!(p.child.0.try_wait().expect("try_wait").is_none());
     drop(held);
+}
+
+/// A GET on a new client connection, in the background; the connection stays open after the
+/// answer and comes back with it.
+fn get_on_new_connection(proxy: SocketAddr, url: String) -> JoinHandle<(ProxyConn, RawResponse)> {
+    tokio::spawn(async move {
+        // The kernel completes the handshake even while the proxy does not accept.
+        let mut conn = ProxyConn::connect(proxy).await;
+        conn.within = Duration::from_secs(60);
+        let r = conn.get(&url).await;
+        (conn, r)
+    })
+}
+
+/// How long something that must not happen yet is given to happen anyway.
+const NOT_YET: Duration = Duration::from_millis(300);
+
+/// Still unanswered after [`NOT_YET`].
+async fn unanswered(pending: &JoinHandle<(ProxyConn, RawResponse)>) -> bool {
+    sleep(NOT_YET).await;
+    !pending.is_finished()
+}
+
+/// The answer (bounded), which must be 200; the connection, still open.
+async fn answered(pending: JoinHandle<(ProxyConn, RawResponse)>, what: &str) -> ProxyConn {
+    let (conn, r) = tokio::time::timeout(WITHIN, pending)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not answered within {WITHIN:?}"))
+        .expect("request task");
+    assert_eq!(r.status, 200, "{what}: {r:?}");
+    conn
+}
+
+/// SPEC §8: a reload applies `max_client_connections` too. Raised, the connection waiting in
+/// the backlog is served; lowered while more are open, new ones wait until the count is
+/// below the new size, not merely until one closes.
+#[tokio::test]
+async fn sighup_resizes_max_client_connections() {
+    let o = origin().spawn().await;
+    let dir = scratch("clients");
+    let rest = |n: usize| {
+        format!(
+            "max_client_connections = {n}\n{}",
+            upstream(&[o.port()], "")
+        )
+    };
+    let mut p = start(&dir, &rest(1), &[], &[]).await;
+    let get = |path: &str| get_on_new_connection(p.proxy, o.url(path));
+
+    // At 1, a second connection waits while the first stays open.
+    let a = answered(get("/a"), "the first connection").await;
+    let b = get("/b");
+    assert!(unanswered(&b).await, "a second connection was served at 1");
+
+    // Raised to 3: the waiting one is served, and a third fits (then closes).
+    p.reload(&rest(3), 1.0).await;
+    let b = answered(b, "the waiting connection after raising to 3").await;
+    drop(answered(get("/c"), "a third connection at 3").await);
+
+    // Lowered to 1 with two open: a new one waits, and still waits when one of the two
+    // closes (one is open, the limit is 1), until both have closed.
+    p.reload(&rest(1), 2.0).await;
+    let d = get("/d");
+    assert!(unanswered(&d).await, "served with two open at 1");
+    drop(a);
+    assert!(unanswered(&d).await, "served with one open at 1");
+    drop(b);
+    let d = answered(d, "the waiting connection once both closed").await;
+
+    // One at a time again.
+    let e = get("/e");
+    assert!(unanswered(&e).await, "a second connection was served at 1");
+    drop(d);
+    let e = answered(e, "the waiting connection once the other closed").await;
+    drop(e);
+
+    assert!(p.child.0.try_wait().expect("try_wait").is_none());
 }
 
 #[tokio::test]
