@@ -173,36 +173,52 @@ async fn serve_client(
 }
 
 /// The request loop of one client connection.
+///
+/// Each request runs under the config as it is when its first byte is there (one snapshot):
+/// its head limits, its handling, and the idle wait after it. A reload thus reaches the next
+/// request of a keep-alive connection, its client-side limits included.
 async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let mut phase = shared.phase.subscribe();
     let (rd, mut wr) = stream.into_split();
-    // Only the three limits this loop reads, not a clone of the whole section.
-    let (idle_timeout, head_timeout, max_header_bytes) = {
-        let proxy = &shared.config().proxy;
-        (
-            proxy.client_idle_timeout,
-            proxy.header_read_timeout,
-            proxy.max_header_bytes,
-        )
-    };
-    let mut reader = ClientReader::new(rd, max_header_bytes);
+    let mut ctx = Ctx::now(&shared, peer);
+    // The limit `reader` enforces.
+    let mut head_limit = ctx.config.proxy.max_header_bytes;
+    let mut reader = ClientReader::new(rd, head_limit);
     let mut first = true;
     loop {
-        if !first && reader.buffered().is_empty() {
-            // Idle keep-alive: wait for the next request's first byte, or close. An idle
-            // connection holds no read buffer (thousands of them may sit in a client's pool).
-            reader.release_buffer();
-            tokio::select! {
-                r = timeout(idle_timeout, reader.get_ref().readable()) => match r {
-                    Ok(Ok(())) => {}
-                    _ => return,
-                },
-                _ = phase.wait_for(|p| *p != Phase::Running) => return,
+        if !first {
+            if reader.buffered().is_empty() {
+                // Idle keep-alive: wait for the next request's first byte, or close. An idle
+                // connection holds no read buffer (thousands of them may sit in a client's pool).
+                reader.release_buffer();
+                let idle_timeout = ctx.config.proxy.client_idle_timeout;
+                tokio::select! {
+                    r = timeout(idle_timeout, reader.get_ref().readable()) => match r {
+                        Ok(Ok(())) => {}
+                        _ => return,
+                    },
+                    _ = phase.wait_for(|p| *p != Phase::Running) => return,
+                }
             }
+            ctx = Ctx::now(&shared, peer);
         }
         first = false;
-        let head = match timeout(head_timeout, reader.read_head()).await {
+        let (head_timeout, max_header_bytes) = {
+            let proxy = &ctx.config.proxy;
+            (proxy.header_read_timeout, proxy.max_header_bytes)
+        };
+        if max_header_bytes != head_limit && reader.buffered().is_empty() {
+            // A reader's limit is set when it is made; with nothing buffered (no byte read
+            // past the last request), a new one on the same read half loses nothing.
+            let (rd, _) = reader.into_parts();
+            head_limit = max_header_bytes;
+            reader = ClientReader::new(rd, head_limit);
+        }
+        let read = timeout(head_timeout, reader.read_head()).await;
+        // The phase as the head arrived: a drain that began meanwhile refuses this request.
+        ctx.draining = shared.draining();
+        let head = match read {
             Err(_) => {
                 tracing::debug!(client = %peer, "request head not received within header_read_timeout; closing");
                 return;
@@ -210,13 +226,10 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             Ok(Err(HeadError::Closed)) | Ok(Err(HeadError::Io(_))) => return,
             Ok(Err(e)) => {
                 let err = match e {
-                    HeadError::TooLarge => ProxyError::HeadTooLarge {
-                        limit: max_header_bytes,
-                    },
+                    HeadError::TooLarge => ProxyError::HeadTooLarge { limit: head_limit },
                     HeadError::Malformed(why) => ProxyError::bad_request(why),
                     HeadError::Closed | HeadError::Io(_) => return,
                 };
-                let ctx = Ctx::now(&shared, peer);
                 respond::error(&ctx, &mut wr, Version::HTTP_11, &err, true).await;
                 log_refused(&ctx, &err);
                 linger(reader, wr).await;
@@ -224,7 +237,6 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             }
             Ok(Ok(head)) => head,
         };
-        let ctx = Ctx::now(&shared, peer);
         if ctx.draining && head.method != Method::CONNECT {
             respond::error(&ctx, &mut wr, head.version, &ProxyError::ShuttingDown, true).await;
             return;

@@ -1,6 +1,6 @@
 //! The real `portcullis` binary (SPEC §2, §8): the access log keeps secrets out in text and
-//! JSON, SIGHUP reloads a valid file (max_client_connections included) and keeps the
-//! running config on an invalid one, SIGTERM drains in-flight work and exits 0,
+//! JSON, SIGHUP reloads a valid file (client limits included, for open connections too) and
+//! keeps the running config on an invalid one, SIGTERM drains in-flight work and exits 0,
 //! SIGINT exits 0, and a taken listen address or a limit too large to honour fails clearly;
 //! a declared request body is not allocated before it arrives.
 //!
@@ -590,6 +590,56 @@ async fn sighup_resizes_max_client_connections() {
     let e = answered(e, "the waiting connection once the other closed").await;
     drop(e);
 
+    assert!(p.child.0.try_wait().expect("try_wait").is_none());
+}
+
+/// SPEC §8: a reload reaches the next request of a keep-alive connection opened before it,
+/// for the client-side limits too (`max_header_bytes`, `header_read_timeout`,
+/// `client_idle_timeout`), not only policy and upstream settings.
+#[tokio::test]
+async fn sighup_limits_reach_the_next_request_on_an_open_connection() {
+    let o = origin().spawn().await;
+    let dir = scratch("conn-limits");
+    let mut p = start(&dir, &upstream(&[o.port()], ""), &[], &[]).await;
+    // Opened and used under the defaults (65536 bytes, 10 s, 60 s).
+    let mut conns = Vec::new();
+    for i in 0..3 {
+        let mut conn = ProxyConn::connect(p.proxy).await;
+        let r = conn.get(&o.url(&format!("/before/{i}"))).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        conns.push(conn);
+    }
+    let limits = "max_header_bytes = 1024\nheader_read_timeout = \"500ms\"\nclient_idle_timeout = \"500ms\"\n";
+    p.reload(&format!("{limits}{}", upstream(&[o.port()], "")), 1.0)
+        .await;
+    let mut idle = conns.pop().expect("three connections");
+    let mut slow = conns.pop().expect("three connections");
+    let mut big = conns.pop().expect("three connections");
+
+    // A 2 KiB head: fine before, over the new max_header_bytes.
+    let head = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        o.url("/big"),
+        "p".repeat(2048)
+    );
+    let r = big.send(head.as_bytes()).await;
+    assert_eq!(r.status, 431, "{r:?}\n{}", p.stderr_text());
+
+    // Half a head: closed after the new header_read_timeout, not the 10 s it started under.
+    slow.write(format!("GET {} HTTP/1.1\r\n", o.url("/slow")).as_bytes())
+        .await
+        .expect("write half a head");
+    assert!(
+        slow.wait_closed(Duration::from_secs(5)).await,
+        "half a head was still waited for after 5 s"
+    );
+
+    // Served, then idle: closed after the new client_idle_timeout, not 60 s.
+    assert_eq!(idle.get(&o.url("/idle")).await.status, 200);
+    assert!(
+        idle.wait_closed(Duration::from_secs(5)).await,
+        "an idle connection was still open after 5 s"
+    );
     assert!(p.child.0.try_wait().expect("try_wait").is_none());
 }
 
