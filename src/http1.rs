@@ -71,6 +71,11 @@ impl<R: AsyncRead + Unpin> ClientReader<R> {
         }
     }
 
+    /// Sets the largest accepted request head from the next `read_head` on (after a reload).
+    pub fn set_max_header_bytes(&mut self, max_header_bytes: usize) {
+        self.max_header_bytes = max_header_bytes;
+    }
+
     /// Bytes already read past the last head or body piece handed out.
     ///
     /// After the head of a CONNECT request these belong to the tunnel and

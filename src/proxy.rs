@@ -182,9 +182,7 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let mut phase = shared.phase.subscribe();
     let (rd, mut wr) = stream.into_split();
     let mut ctx = Ctx::now(&shared, peer);
-    // The limit `reader` enforces.
-    let mut head_limit = ctx.config.proxy.max_header_bytes;
-    let mut reader = ClientReader::new(rd, head_limit);
+    let mut reader = ClientReader::new(rd, ctx.config.proxy.max_header_bytes);
     let mut first = true;
     loop {
         if !first {
@@ -208,13 +206,7 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             let proxy = &ctx.config.proxy;
             (proxy.header_read_timeout, proxy.max_header_bytes)
         };
-        if max_header_bytes != head_limit && reader.buffered().is_empty() {
-            // A reader's limit is set when it is made; with nothing buffered (no byte read
-            // past the last request), a new one on the same read half loses nothing.
-            let (rd, _) = reader.into_parts();
-            head_limit = max_header_bytes;
-            reader = ClientReader::new(rd, head_limit);
-        }
+        reader.set_max_header_bytes(max_header_bytes);
         let read = timeout(head_timeout, reader.read_head()).await;
         // The phase as the head arrived: a drain that began meanwhile refuses this request.
         ctx.draining = shared.draining();
@@ -226,7 +218,9 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             Ok(Err(HeadError::Closed)) | Ok(Err(HeadError::Io(_))) => return,
             Ok(Err(e)) => {
                 let err = match e {
-                    HeadError::TooLarge => ProxyError::HeadTooLarge { limit: head_limit },
+                    HeadError::TooLarge => ProxyError::HeadTooLarge {
+                        limit: max_header_bytes,
+                    },
                     HeadError::Malformed(why) => ProxyError::bad_request(why),
                     HeadError::Closed | HeadError::Io(_) => return,
                 };
