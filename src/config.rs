@@ -17,6 +17,10 @@ use ipnet::IpNet;
 use crate::policy::host::HostPattern;
 use raw::{RawClient, RawConfig, RawSettings, RawUpstream};
 
+/// The keepalive intervals Linux accepts for an upstream socket (`MAX_TCP_KEEPIDLE`).
+const TCP_KEEPALIVE_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(32_767);
+
 /// The built-in config: the same text as `config/portcullis.toml`.
 pub const BUILTIN: &str = include_str!("../config/portcullis.toml");
 /// How the built-in config is named in messages.
@@ -518,9 +522,13 @@ impl Settings {
                 s.tcp_keepalive = None;
             } else {
                 match raw::parse_duration(text) {
-                    Ok(d) if d.is_zero() => problems.push(format!(
-                        "{label}: tcp_keepalive must be above 0, or \"off\""
-                    )),
+                    // What the kernel takes (TCP_KEEPIDLE, TCP_KEEPINTVL): outside it the
+                    // socket option fails and probes would silently not be what was asked.
+                    Ok(d) if !TCP_KEEPALIVE_RANGE.contains(&d) || d.subsec_nanos() != 0 => {
+                        problems.push(format!(
+                            "{label}: tcp_keepalive ({text}) must be whole seconds from 1s to 32767s, or \"off\""
+                        ))
+                    }
                     Ok(d) => s.tcp_keepalive = Some(d),
                     Err(e) => problems.push(format!("{label}: tcp_keepalive: {e} (or \"off\")")),
                 }

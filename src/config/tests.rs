@@ -328,6 +328,28 @@ fn counts_have_an_upper_bound() {
     assert_eq!(upstream(&config, "one").settings.max_replay_body, 1 << 30);
 }
 
+/// Keepalive intervals the kernel would refuse (setting the option fails, and the socket
+/// keeps the system's two-hour default) are refused here instead.
+#[test]
+fn tcp_keepalive_stays_in_the_kernels_range() {
+    for bad in ["500ms", "1.5s", "32768s", "10h"] {
+        let got = problems(&format!("[defaults]\ntcp_keepalive = \"{bad}\"\n{ONE}"));
+        assert_eq!(
+            got,
+            [format!(
+                "defaults: tcp_keepalive ({bad}) must be whole seconds from 1s to 32767s, or \"off\""
+            )]
+        );
+    }
+    for good in ["1s", "32767s", "9h"] {
+        let config = parse(&format!("{ONE}tcp_keepalive = \"{good}\"\n"));
+        assert!(
+            upstream(&config, "one").settings.tcp_keepalive.is_some(),
+            "{good}"
+        );
+    }
+}
+
 #[test]
 fn every_problem_is_reported_at_once() {
     let got = problems(
