@@ -182,6 +182,10 @@ impl RawProxy {
             problems.push(format!(
                 "proxy: max_header_bytes ({max_header_bytes}) must be at least 1024"
             ));
+        } else if max_header_bytes > MAX_HEADER_BYTES {
+            problems.push(format!(
+                "proxy: max_header_bytes ({max_header_bytes}) must be at most {MAX_HEADER_BYTES}"
+            ));
         }
         let mut dns_servers = Vec::new();
         for s in self.dns_servers.iter().flatten() {
@@ -232,6 +236,10 @@ impl RawProxy {
 /// descriptors (`fs.nr_open`), so no reachable count is refused. Far beyond it, the connection
 /// semaphore could not even be built (tokio panics above its `MAX_PERMITS`).
 pub const MAX_CLIENT_CONNECTIONS: usize = 1 << 20;
+
+/// The most `max_header_bytes` may be (1 MiB, 16 times the default): every client may make
+/// the proxy buffer a head this large until `header_read_timeout`.
+pub const MAX_HEADER_BYTES: usize = 1 << 20;
 
 /// `"250ms"`, `"30s"`, `"5m"`, `"1h 30m"`: a number with a unit is required.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

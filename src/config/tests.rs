@@ -320,11 +320,17 @@ fn counts_have_an_upper_bound() {
             r#"upstream "one": max_replay_body (9223372036854775807) must be at most 1073741824"#,
         ]
     );
+    let got = problems(&format!("[proxy]\nmax_header_bytes = 1048577\n{ONE}"));
+    assert_eq!(
+        got,
+        ["proxy: max_header_bytes (1048577) must be at most 1048576"]
+    );
     // The bounds themselves are allowed.
     let config = parse(&format!(
-        "[proxy]\nmax_client_connections = 1048576\n{ONE}max_replay_body = 1073741824\n"
+        "[proxy]\nmax_client_connections = 1048576\nmax_header_bytes = 1048576\n{ONE}max_replay_body = 1073741824\n"
     ));
     assert_eq!(config.proxy.max_client_connections, 1_048_576);
+    assert_eq!(config.proxy.max_header_bytes, 1 << 20);
     assert_eq!(upstream(&config, "one").settings.max_replay_body, 1 << 30);
 }
 
