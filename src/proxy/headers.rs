@@ -2,8 +2,11 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+/// How many names [`HOP_BY_HOP`] lists.
+const HOPS: usize = 8;
+
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1, plus `Proxy-*`).
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; HOPS] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -19,17 +22,29 @@ pub const VIA: HeaderValue = HeaderValue::from_static("1.1 portcullis");
 
 /// Remove hop-by-hop headers, including every header that `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Look first: most messages carry none of them, and each `remove` hashes even on a miss.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One look at the names first: most requests carry none of them, and most responses only
+    // `Connection: keep-alive`; each `remove` hashes even on a miss.
+    let mut present = [false; HOPS];
+    for key in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == key) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
+    // Names that `Connection` (or `Proxy-Connection`) adds beyond the fixed list; usually none
+    // (`keep-alive` is on the list, `close` names no header in practice).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .chain(headers.get_all("proxy-connection").iter())
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_str())))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| headers.contains_key(n))
         .collect();
     for name in named {
         // Never let a Connection token strip what framing or routing depends on.
@@ -37,7 +52,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(&name);
         }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
 }
