@@ -714,21 +714,12 @@ async fn sigint_exits_0() {
     assert!(status.success(), "exit {status}\n{}", p.stderr_text());
 }
 
-/// `max_client_connections` beyond what a semaphore holds once made the process panic at start
-/// (exit 101); it is refused like any other invalid value: exit 2, one line naming the key.
-#[tokio::test]
-async fn a_limit_too_large_to_honour_exits_2_at_start_without_panicking() {
-    let dir = scratch("too-large");
-    let config = dir.join("portcullis.toml");
-    let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_client_connections = 9000000000000000000\n{}",
-        upstream(&[80], "")
-    );
-    std::fs::write(&config, text).expect("write config");
+/// Start the binary on `config` expecting it to exit at start: its status and all of stderr.
+async fn run_to_exit(config: &Path) -> (ExitStatus, String) {
     let mut child = Guard(
         Command::new(BIN)
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .env_remove("PORTCULLIS_CONFIG")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -742,7 +733,11 @@ async fn a_limit_too_large_to_honour_exits_2_at_start_without_panicking() {
         if let Some(s) = child.0.try_wait().expect("try_wait") {
             break s;
         }
-        assert!(Instant::now() < deadline, "portcullis kept running");
+        assert!(
+            Instant::now() < deadline,
+            "portcullis kept running on {}",
+            config.display()
+        );
         sleep(Duration::from_millis(20)).await;
     };
     let mut stderr = String::new();
@@ -750,6 +745,21 @@ async fn a_limit_too_large_to_honour_exits_2_at_start_without_panicking() {
         use std::io::Read;
         let _ = pipe.read_to_string(&mut stderr);
     }
+    (status, stderr)
+}
+
+/// `max_client_connections` beyond what a semaphore holds once made the process panic at start
+/// (exit 101); it is refused like any other invalid value: exit 2, one line naming the key.
+#[tokio::test]
+async fn a_limit_too_large_to_honour_exits_2_at_start_without_panicking() {
+    let dir = scratch("too-large");
+    let config = dir.join("portcullis.toml");
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_client_connections = 9000000000000000000\n{}",
+        upstream(&[80], "")
+    );
+    std::fs::write(&config, text).expect("write config");
+    let (status, stderr) = run_to_exit(&config).await;
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(status.code(), Some(2), "exit {status}\n{stderr}");
     assert_eq!(
@@ -773,33 +783,7 @@ async fn a_listen_address_in_use_fails_with_a_clear_message() {
             format!("{}{}", proxy_section(listen, admin), upstream(&[80], "")),
         )
         .expect("write config");
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("PORTCULLIS_CONFIG")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start portcullis");
-        let mut child = Guard(child);
-        let deadline = Instant::now() + WITHIN;
-        let status = loop {
-            if let Some(s) = child.0.try_wait().expect("try_wait") {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "portcullis kept running on a taken port"
-            );
-            sleep(Duration::from_millis(20)).await;
-        };
-        let mut stderr = String::new();
-        if let Some(mut pipe) = child.0.stderr.take() {
-            use std::io::Read;
-            let _ = pipe.read_to_string(&mut stderr);
-        }
+        let (status, stderr) = run_to_exit(&config).await;
         assert!(!status.success(), "exit {status}\n{stderr}");
         let want = format!("cannot listen on 127.0.0.1:{port}");
         assert!(stderr.contains(&want), "{want:?} missing:\n{stderr}");
