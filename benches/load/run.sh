@@ -2,9 +2,14 @@
 # Load benchmark: portcullis side by side with a direct client, nginx (reverse proxy with
 # upstream keepalive), squid and tinyproxy, all on loopback, in one run.
 #
-#   bash benches/load/run.sh            # as root; about 7 minutes; prints one markdown table
+#   bash benches/load/run.sh            # as root; about 10 minutes; prints one markdown table
 #
-# Knobs (environment): DURATION=10 (seconds per wrk run), IDLE_CONNS=5000, SLOW_CONC=1000,
+# req/s, latency and CPU are medians of ROUNDS rounds; in each round every proxy is measured in
+# turn, so a noisy minute on a shared machine spoils one sample of each proxy, not every sample
+# of one (single runs moved by ±25 %).
+#
+# Knobs (environment): ROUNDS=3, DURATION=5 (seconds per wrk cell and round; the 2 s origin test
+# runs 2 × DURATION), IDLE_CONNS=5000, SLOW_CONC=1000,
 # SLOW_CONC_BIG=10000 (direct and portcullis only; 0 skips), PROXIES="direct portcullis portcullis-quiet
 # portcullis-1worker nginx squid tinyproxy", KEEP=1 keeps the temp dir with every config, log and wrk output.
 # Progress goes to stderr, the table to stdout. Everything started here is stopped on exit.
@@ -12,7 +17,8 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-5}"
 IDLE_CONNS="${IDLE_CONNS:-5000}"
 SLOW_CONC="${SLOW_CONC:-1000}"
 SLOW_CONC_BIG="${SLOW_CONC_BIG:-10000}"
@@ -284,29 +290,62 @@ fmt_int() { printf '%s' "${1%.*}" | rev | sed 's/[0-9]\{3\}/& /g' | rev | sed 's
 mib() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
 TICK=$(getconf CLK_TCK)
 
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# --- throughput, in interleaved rounds ------------------------------------------------------
+# Samples per "proxy,concurrency": space-separated req/s, p50, p99, CPU µs/req; errors summed;
+# the proxy's peak RSS under wrk is the largest of its rounds.
+declare -A S_RPS=() S_P50=() S_P99=() S_CPU=() S_ERR=() S_HWM=()
+for round in $(seq "$ROUNDS"); do
+    for name in $PROXIES; do
+        log "== $name, round $round of $ROUNDS"
+        start_proxy "$name"
+        run_wrk "$T/$name-warm.txt" 16 "$ADDR" "$ORIGIN" 1
+        for c in 16 128; do
+            k="$name,$c"
+            t0=$($PY "$HERE/tools.py" cpu "$PID")
+            run_wrk "$T/$name-c$c-r$round.txt" "$c" "$ADDR" "$ORIGIN" "$DURATION"
+            t1=$($PY "$HERE/tools.py" cpu "$PID")
+            read -r reqs rps p50 p99 errs < <($PY "$HERE/tools.py" wrk "$T/$name-c$c-r$round.txt")
+            us=$(awk -v d=$((t1 - t0)) -v n="$reqs" -v hz="$TICK" \
+                'BEGIN { if (n > 0) printf "%.1f", d * 1e6 / hz / n; else print "nan" }')
+            S_RPS[$k]="${S_RPS[$k]:-} $rps"
+            S_P50[$k]="${S_P50[$k]:-} $p50"
+            S_P99[$k]="${S_P99[$k]:-} $p99"
+            S_CPU[$k]="${S_CPU[$k]:-} $us"
+            S_ERR[$k]=$((${S_ERR[$k]:-0} + errs))
+            log "c=$c: $rps req/s, p50/p99 $p50 / $p99 ms, $us µs/req, $errs errors"
+        done
+        if [ "$MODE" != direct ]; then
+            hwm=$($PY "$HERE/tools.py" mem "$PID" VmHWM)
+            [ "$hwm" -gt "${S_HWM[$name]:-0}" ] && S_HWM[$name]=$hwm
+            stop "$PID"
+        fi
+        sleep 1 # let TIME_WAIT sockets and the origin settle between proxies
+    done
+done
+
+# --- everything else, one proxy at a time ---------------------------------------------------
 ROWS=()
 for name in $PROXIES; do
     log "== $name"
     start_proxy "$name"
-    run_wrk "$T/$name-warm.txt" 16 "$ADDR" "$ORIGIN" 1
     declare -A rate=() lat=() cpu=()
     for c in 16 128; do
-        t0=$($PY "$HERE/tools.py" cpu "$PID")
-        run_wrk "$T/$name-c$c.txt" "$c" "$ADDR" "$ORIGIN" "$DURATION"
-        t1=$($PY "$HERE/tools.py" cpu "$PID")
-        read -r reqs rps p50 p99 errs < <($PY "$HERE/tools.py" wrk "$T/$name-c$c.txt")
+        k="$name,$c"
+        # The sample lists are split into words on purpose.
+        rps=$(median ${S_RPS[$k]})
+        cpu[$c]=$(median ${S_CPU[$k]})
+        lat[$c]="$(median ${S_P50[$k]}) / $(median ${S_P99[$k]})"
         rate[$c]=$(fmt_int "$rps")
-        lat[$c]="$p50 / $p99"
-        [ "$errs" != 0 ] && rate[$c]="${rate[$c]} ($errs err)"
-        cpu[$c]=$(awk -v d=$((t1 - t0)) -v n="$reqs" -v hz="$TICK" \
-            'BEGIN { if (n > 0) printf "%.1f", d * 1e6 / hz / n; else print "nan" }')
-        log "c=$c: $rps req/s, p50/p99 ${lat[$c]} ms, ${cpu[$c]} µs/req, $errs errors"
+        [ "${S_ERR[$k]}" != 0 ] && rate[$c]="${rate[$c]} (${S_ERR[$k]} err)"
+        log "c=$c, median of $ROUNDS: $rps req/s (samples:${S_RPS[$k]}), ${cpu[$c]} µs/req (samples:${S_CPU[$k]})"
     done
     if [ "$MODE" = direct ]; then
         cpu_cell="–" rss_cell="–"
     else
         cpu_cell="${cpu[16]} / ${cpu[128]}"
-        rss_cell=$(mib "$($PY "$HERE/tools.py" mem "$PID" VmHWM)")
+        rss_cell=$(mib "${S_HWM[$name]}")
     fi
 
     # CONNECT: median of five 100 MiB downloads through a tunnel (direct: no proxy), after one
@@ -349,7 +388,7 @@ for name in $PROXIES; do
     # The 2 s origin: every request holds an upstream connection for two seconds.
     slow_cell() { # slow_cell CONNS
         local out="$T/$name-slow$1.txt"
-        run_wrk "$out" "$1" "$SLOW_ADDR" "$SLOW" "$DURATION"
+        run_wrk "$out" "$1" "$SLOW_ADDR" "$SLOW" "$((2 * DURATION))"
         read -r reqs rps p50 p99 errs < <($PY "$HERE/tools.py" wrk "$out")
         local cell
         cell=$(awk -v p="$p99" 'BEGIN { printf "%.2f s", p / 1000 }')" / $errs"
@@ -386,7 +425,7 @@ done
 
 cat <<EOF
 
-Load benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, wrk -t1 for ${DURATION} s per cell, loopback; origin: nginx (1 worker, 3-byte body, keep-alive).
+Load benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, wrk -t1, req/s, latency and CPU the median of $ROUNDS interleaved rounds of ${DURATION} s per cell, loopback; origin: nginx (1 worker, 3-byte body, keep-alive).
 
 | | req/s c=16 | req/s c=128 | p50 / p99 ms c=16 | p50 / p99 ms c=128 | proxy CPU µs/req c=16 / c=128 | peak RSS MiB (wrk) | CONNECT MB/s (100 MiB) | KiB per idle client conn ($IDLE_CONNS) | KiB per idle tunnel ($IDLE_CONNS) | 2 s origin ×$(fmt_int "$SLOW_CONC"): p99 / errors / peak RSS MiB | 2 s origin ×$(fmt_int "$SLOW_CONC_BIG"): p99 / errors / peak RSS MiB |
 |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|
