@@ -80,6 +80,25 @@ fn header_rewrite(c: &mut Criterion) {
             h
         })
     });
+    // The usual response: an origin's keep-alive is the only hop-by-hop header.
+    let mut response = HeaderMap::new();
+    for (k, v) in [
+        ("server", "nginx"),
+        ("date", "Mon, 30 Nov 2026 09:30:00 GMT"),
+        ("content-type", "application/json"),
+        ("content-length", "512"),
+        ("connection", "keep-alive"),
+    ] {
+        response.insert(k, HeaderValue::from_static(v));
+    }
+    c.bench_function("headers::strip_hop_by_hop + via, response", |b| {
+        b.iter(|| {
+            let mut h = black_box(&response).clone();
+            headers::strip_hop_by_hop(&mut h);
+            headers::add_via(&mut h);
+            h
+        })
+    });
 }
 
 struct Fake;
