@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::proxy::{Phase, Shared};
+use crate::state::{Phase, Shared};
 
 /// Serve admin requests until the process stops (they keep answering during a drain).
 pub async fn run(listener: TcpListener, shared: Arc<Shared>) {

@@ -10,8 +10,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
+use crate::proxy;
 use crate::proxy::limit::ClientLimit;
-use crate::proxy::{self, Phase, Shared};
+use crate::state::{Phase, Shared};
 
 /// A running portcullis: its bound addresses and the handles to reload or stop it.
 pub struct Handle {

@@ -14,5 +14,6 @@ pub mod policy;
 pub mod pool;
 pub mod proxy;
 pub mod retry;
+pub mod state;
 pub mod target;
 pub mod upstream;

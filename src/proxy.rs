@@ -8,74 +8,20 @@ pub mod respond;
 pub mod tunnel;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Version};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::connect::Connector;
 use crate::error::ProxyError;
 use crate::http1::{ClientReader, HeadError};
-use crate::metrics::Metrics;
-use crate::pool::Pools;
-use crate::upstream::UpstreamConn;
+use crate::state::{Phase, Shared};
 use limit::ClientLimit;
-
-/// Where the process is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Running,
-    /// SIGTERM: no new connections; in-flight work finishes, then connections close.
-    Draining,
-    /// `shutdown_grace` is over: whatever is still running is cut.
-    Stopped,
-}
-
-/// State shared by every connection.
-pub struct Shared {
-    /// Swapped whole on reload; requests keep the snapshot they started with.
-    config: RwLock<Arc<Config>>,
-    pub pools: Pools<UpstreamConn>,
-    pub connector: Connector,
-    pub metrics: Metrics,
-    pub phase: watch::Sender<Phase>,
-}
-
-impl Shared {
-    pub fn new(config: Config, metrics: Metrics) -> Arc<Shared> {
-        let connector = Connector::new(&config.proxy);
-        Arc::new(Shared {
-            config: RwLock::new(Arc::new(config)),
-            pools: Pools::new(metrics.clone()),
-            connector,
-            metrics,
-            phase: watch::channel(Phase::Running).0,
-        })
-    }
-
-    pub fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Take a new config for new requests; pools pick up new limits, removed upstreams drain.
-    pub fn replace_config(&self, config: Config) {
-        self.pools.reconfigure(&config);
-        self.connector.reload();
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
-    }
-
-    pub fn draining(&self) -> bool {
-        *self.phase.borrow() != Phase::Running
-    }
-}
 
 /// One client connection's view: shared state, the config snapshot, and who is asking.
 pub struct Ctx {
@@ -302,6 +248,7 @@ fn log_refused(ctx: &Ctx, err: &ProxyError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
 
     /// Most of what an idle client connection costs is its task, sized by the largest state
     /// of the request loop. A 4 KiB drain buffer on the linger path once made every task

@@ -145,7 +145,7 @@ impl Drop for Proxy {
             // Not awaited: the runtime may be ending. Signal the phases so tasks stop.
             h.shared
                 .phase
-                .send_replace(portcullis::proxy::Phase::Stopped);
+                .send_replace(portcullis::state::Phase::Stopped);
             h.shared.pools.drain_all();
         }
     }

@@ -1,0 +1,62 @@
+//! Process-wide state every connection shares: the config snapshot, the pools, the connector, the metrics and the phase of life.
+
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::connect::Connector;
+use crate::metrics::Metrics;
+use crate::pool::Pools;
+use crate::upstream::UpstreamConn;
+
+/// Where the process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// SIGTERM: no new connections; in-flight work finishes, then connections close.
+    Draining,
+    /// `shutdown_grace` is over: whatever is still running is cut.
+    Stopped,
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    /// Swapped whole on reload; requests keep the snapshot they started with.
+    config: RwLock<Arc<Config>>,
+    pub pools: Pools<UpstreamConn>,
+    pub connector: Connector,
+    pub metrics: Metrics,
+    pub phase: watch::Sender<Phase>,
+}
+
+impl Shared {
+    pub fn new(config: Config, metrics: Metrics) -> Arc<Shared> {
+        let connector = Connector::new(&config.proxy);
+        Arc::new(Shared {
+            config: RwLock::new(Arc::new(config)),
+            pools: Pools::new(metrics.clone()),
+            connector,
+            metrics,
+            phase: watch::channel(Phase::Running).0,
+        })
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Take a new config for new requests; pools pick up new limits, removed upstreams drain.
+    pub fn replace_config(&self, config: Config) {
+        self.pools.reconfigure(&config);
+        self.connector.reload();
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
+    pub fn draining(&self) -> bool {
+        *self.phase.borrow() != Phase::Running
+    }
+}
