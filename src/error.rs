@@ -80,11 +80,32 @@ pub enum ProxyError {
     UpstreamProtocol { upstream: String, detail: String },
     #[error("portcullis is shutting down")]
     ShuttingDown,
+    /// The client hung up or its connection failed: nobody is left to answer.
+    #[error("client went away: {detail}")]
+    ClientGone { detail: String },
 }
 
 impl ProxyError {
     pub fn bad_request(why: impl Into<Cow<'static, str>>) -> Self {
         ProxyError::BadRequest(why.into())
+    }
+
+    /// A request body that could not be read: broken framing is the client's bad request,
+    /// an early end or a read error means the client is gone.
+    pub fn request_body(e: crate::http1::BodyError) -> Self {
+        match e {
+            crate::http1::BodyError::Malformed(_) => ProxyError::bad_request(e.to_string()),
+            _ => ProxyError::ClientGone {
+                detail: e.to_string(),
+            },
+        }
+    }
+
+    /// Writing to the client failed.
+    pub fn client_write(e: std::io::Error) -> Self {
+        ProxyError::ClientGone {
+            detail: format!("writing to the client failed: {e}"),
+        }
     }
 
     pub fn denied(reason: DenyReason, detail: impl Into<String>) -> Self {
@@ -94,10 +115,12 @@ impl ProxyError {
         }
     }
 
-    /// The status sent to the client (SPEC §4 table).
+    /// The status sent to the client (SPEC §4 table). A client that went away gets nothing;
+    /// its requests are logged and counted as 499, nginx's "client closed request".
     pub fn status(&self) -> StatusCode {
         use ProxyError::*;
         match self {
+            ClientGone { .. } => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             BadRequest(_) => StatusCode::BAD_REQUEST,
             HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             AuthRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
@@ -110,10 +133,12 @@ impl ProxyError {
         }
     }
 
-    /// The RFC 9209 error token for `Proxy-Status`.
+    /// The RFC 9209 error token for `Proxy-Status`; `client_closed` is never sent (there is
+    /// nobody to send it to) and only names the outcome in the access log.
     pub fn token(&self) -> &'static str {
         use ProxyError::*;
         match self {
+            ClientGone { .. } => "client_closed",
             BadRequest(_) | HeadTooLarge { .. } => "http_request_error",
             AuthRequired | Denied { .. } => "http_request_denied",
             PrivateAddress { .. } => "destination_ip_prohibited",
@@ -135,7 +160,9 @@ impl ProxyError {
     pub fn culprit(&self) -> Culprit {
         use ProxyError::*;
         match self {
-            BadRequest(_) | HeadTooLarge { .. } | AuthRequired => Culprit::Client,
+            BadRequest(_) | HeadTooLarge { .. } | AuthRequired | ClientGone { .. } => {
+                Culprit::Client
+            }
             Denied { .. } | PrivateAddress { .. } => Culprit::Policy,
             ShuttingDown | PoolTimeout { .. } => Culprit::Proxy,
             _ => Culprit::Upstream,
@@ -156,7 +183,9 @@ impl ProxyError {
     pub fn closes_client(&self) -> bool {
         matches!(
             self,
-            ProxyError::BadRequest(_) | ProxyError::HeadTooLarge { .. }
+            ProxyError::BadRequest(_)
+                | ProxyError::HeadTooLarge { .. }
+                | ProxyError::ClientGone { .. }
         )
     }
 

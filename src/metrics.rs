@@ -47,6 +47,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
+    pub tunnel_duration: HistogramVec,
     pub upstream_connections: IntGaugeVec,
     pub connection_limit: IntGaugeVec,
     pub connections_opened: IntCounterVec,
@@ -126,9 +127,15 @@ impl Metrics {
             ),
             request_duration: histogram(
                 "portcullis_request_duration_seconds",
-                "Time from request head received to response fully passed on.",
+                "Forwarded and intercepted requests: time from request head received to response fully passed on.",
                 &["upstream"],
                 latency.clone(),
+            ),
+            tunnel_duration: histogram(
+                "portcullis_tunnel_duration_seconds",
+                "CONNECT tunnel lifetimes, from the CONNECT to the close of both sides.",
+                &["upstream"],
+                exponential_buckets(0.01, 4.0, 10).expect("static buckets"), // 10 ms .. ~44 min
             ),
             upstream_connections: gauge(
                 "portcullis_upstream_connections",
@@ -195,6 +202,7 @@ impl Metrics {
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
             Box::new(m.request_duration.clone()),
+            Box::new(m.tunnel_duration.clone()),
             Box::new(m.upstream_connections.clone()),
             Box::new(m.connection_limit.clone()),
             Box::new(m.connections_opened.clone()),

@@ -61,14 +61,7 @@ pub fn decide(
             ));
         }
     }
-    let (port, tls) = match want {
-        Want::Tunnel { port } => (port, false),
-        Want::Forward { scheme, port } => {
-            let originate = upstream.tls == TlsMode::Originate;
-            let tls = originate || scheme == Scheme::Https;
-            (port.unwrap_or(if tls { 443 } else { 80 }), tls)
-        }
-    };
+    let (port, tls) = port_and_tls(Some(upstream), want);
     if !upstream.ports.contains(&port) {
         return Err(ProxyError::denied(
             DenyReason::Port,
@@ -87,6 +80,29 @@ pub fn decide(
             tls,
         },
     })
+}
+
+/// The port a request for `host` dials (or would dial, were it allowed): the first upstream
+/// whose hosts match decides, as in [`decide`]. For access lines of refused requests.
+pub fn dial_port(config: &Config, host: &Host, want: Want) -> u16 {
+    let upstream = config
+        .upstreams
+        .iter()
+        .find(|u| u.hosts.iter().any(|p| p.matches(host)));
+    port_and_tls(upstream.map(|u| &**u), want).0
+}
+
+/// The port dialed and whether TLS is spoken to it: the explicit port, else 443 when TLS is
+/// originated or the scheme asks for it, else 80. A tunnel carries the client's own TLS.
+fn port_and_tls(upstream: Option<&Upstream>, want: Want) -> (u16, bool) {
+    match want {
+        Want::Tunnel { port } => (port, false),
+        Want::Forward { scheme, port } => {
+            let originate = upstream.is_some_and(|u| u.tls == TlsMode::Originate);
+            let tls = originate || scheme == Scheme::Https;
+            (port.unwrap_or(if tls { 443 } else { 80 }), tls)
+        }
+    }
 }
 
 /// Which `[[client]]` is asking. With no clients configured, everyone is anonymous and allowed.

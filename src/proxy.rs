@@ -4,6 +4,7 @@ pub mod access;
 pub mod forward;
 pub mod headers;
 pub mod limit;
+pub mod outcome;
 pub mod respond;
 pub mod tunnel;
 
@@ -14,14 +15,17 @@ use std::time::Duration;
 use http::{Method, Version};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 use tracing::Instrument;
 
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::http1::{ClientReader, HeadError};
+use crate::http1::{ClientReader, HeadError, RequestHead};
+use crate::policy::{self, Allowed, Want};
 use crate::state::{Phase, Shared};
+use crate::target::Host;
 use limit::ClientLimit;
+use outcome::{Mode, Outcome};
 
 /// One client connection's view: shared state, the config snapshot, and who is asking.
 pub struct Ctx {
@@ -40,6 +44,27 @@ impl Ctx {
             peer,
             draining: shared.draining(),
         }
+    }
+
+    /// Ask policy about a request for `host`, noting in `out` who asked, which upstream
+    /// allowed it and the port dialed — or, when refused, the port that would have been.
+    pub fn decide(
+        &self,
+        head: &RequestHead,
+        host: &Host,
+        want: Want,
+        out: &mut Outcome<'_>,
+    ) -> Result<Allowed, ProxyError> {
+        let auth = head
+            .headers
+            .get(http::header::PROXY_AUTHORIZATION)
+            .map(http::HeaderValue::as_bytes);
+        out.port = policy::dial_port(&self.config, host, want);
+        let allowed = policy::decide(&self.config, self.peer.ip(), auth, host, want)?;
+        out.upstream = Some(allowed.upstream.clone());
+        out.client_name.clone_from(&allowed.client);
+        out.port = allowed.target.port;
+        Ok(allowed)
     }
 }
 
@@ -170,15 +195,23 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                     HeadError::Malformed(why) => ProxyError::bad_request(why),
                     HeadError::Closed | HeadError::Io(_) => return,
                 };
-                respond::error(&ctx, &mut wr, Version::HTTP_11, &err, true).await;
-                log_refused(&ctx, &err);
+                let sent = respond::error(&ctx, &mut wr, Version::HTTP_11, &err, true).await;
+                log_refused(&ctx, &err, sent);
                 linger(reader, wr).await;
                 return;
             }
             Ok(Ok(head)) => head,
         };
         if ctx.draining && head.method != Method::CONNECT {
-            respond::error(&ctx, &mut wr, head.version, &ProxyError::ShuttingDown, true).await;
+            let err = ProxyError::ShuttingDown;
+            let mut outcome = Outcome::new(
+                Mode::Forward,
+                Instant::now(),
+                Some(&head.method),
+                &head.target,
+            );
+            outcome.bytes_out = respond::error(&ctx, &mut wr, head.version, &err, true).await;
+            outcome.record(&ctx, err.status(), Some(&err));
             return;
         }
         // Both request paths are boxed: their futures are several KiB, and kept inline they
@@ -219,30 +252,11 @@ async fn linger(
     let _ = timeout(Duration::from_secs(2), drain).await;
 }
 
-/// Access-log line for a request refused before its head could be parsed.
-fn log_refused(ctx: &Ctx, err: &ProxyError) {
-    let status = err.status();
-    ctx.shared
-        .metrics
-        .requests
-        .with_label_values(&["none", "OTHER", status.as_str()])
-        .inc();
-    access::log(&access::Record {
-        client: ctx.peer,
-        client_name: None,
-        upstream: "none",
-        method: "-",
-        host: "",
-        port: 0,
-        path: "",
-        status: status.as_u16(),
-        duration: Duration::ZERO,
-        bytes_in: 0,
-        bytes_out: 0,
-        lineage: None,
-        attempts: 0,
-        error: Some(err.token()),
-    });
+/// Record a request refused before its head could be parsed.
+fn log_refused(ctx: &Ctx, err: &ProxyError, bytes_out: u64) {
+    let mut outcome = Outcome::new(Mode::Forward, Instant::now(), None, "");
+    outcome.bytes_out = bytes_out;
+    outcome.record(ctx, err.status(), Some(err));
 }
 
 #[cfg(test)]

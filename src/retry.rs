@@ -7,10 +7,23 @@ use http::Method;
 pub enum Stage {
     /// The connection was found closed, or failed before the request was fully written.
     BeforeWrite,
-    /// The request was written; no byte of the response had arrived.
+    /// The request was written, then the connection was reset or closed before any byte of
+    /// the response arrived.
     AfterWrite,
-    /// Response bytes had arrived: the upstream acted on it.
+    /// The request was written and the connection is alive, but no response head came within
+    /// `response_timeout`: the upstream may still be acting on it.
+    NoResponse,
+    /// Response bytes had arrived (an invalid response, or the body failed): the upstream
+    /// acted on it.
     AfterResponse,
+}
+
+impl Stage {
+    /// Whether a failure at this stage is the connection itself having been dropped: what a
+    /// reused connection that a silent firewall forgot looks like (SPEC §11 "stale reuse").
+    pub fn connection_dropped(self) -> bool {
+        matches!(self, Stage::BeforeWrite | Stage::AfterWrite)
+    }
 }
 
 /// The `reason` label of `portcullis_retries_total`.
@@ -52,7 +65,7 @@ pub fn decide(f: &Facts, stage: Stage) -> Option<RetryReason> {
     match stage {
         Stage::BeforeWrite => Some(RetryReason::ClosedBeforeWrite),
         Stage::AfterWrite if f.repeatable => Some(RetryReason::ResetAfterWrite),
-        Stage::AfterWrite | Stage::AfterResponse => None,
+        Stage::AfterWrite | Stage::NoResponse | Stage::AfterResponse => None,
     }
 }
 
@@ -109,6 +122,8 @@ mod tests {
             (true, true, true, false, 1, AfterWrite, None),
             // never after response bytes
             (true, true, true, true, 1, AfterResponse, None),
+            // nor when the upstream was merely slow: it may still act on the first one
+            (true, true, true, true, 1, NoResponse, None),
             // fresh connections are not retried
             (true, false, true, true, 1, BeforeWrite, None),
             (true, false, true, true, 1, AfterWrite, None),

@@ -1,30 +1,40 @@
-//! One HTTP/1.1 connection to an upstream (hyper's `client::conn`), and the request body type it sends.
+//! One HTTP/1.1 connection to an upstream (hyper's `client::conn`): one exchange at a time,
+//! and how far an exchange got when it failed.
+
+mod body;
 
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
+use http_body::Frame;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
+use tokio::time::timeout;
+
+pub use body::{ReqBody, Sent};
 
 use crate::connect::UpstreamIo;
+use crate::error::ProxyError;
 use crate::pool::Poolable;
+use crate::retry::Stage;
+
+/// How long a pooled connection may take to become ready for its next request.
+const READY_WAIT: Duration = Duration::from_secs(2);
 
 type Conn = http1::Connection<TokioIo<UpstreamIo>, ReqBody>;
 
 /// An upstream connection: hyper's request sender and the connection state machine, both
 /// driven by the task using it (no task of its own: no hand-offs between tasks per request).
 ///
-/// While it is busy, every wait on it ([`UpstreamConn::ready`], [`UpstreamConn::send`],
-/// [`UpstreamConn::frame`]) also polls the connection. While it is idle in the pool nobody
+/// While it is busy, every wait on it ([`UpstreamConn::exchange`], [`UpstreamConn::frame`]) also polls the connection. While it is idle in the pool nobody
 /// polls it; its socket's wake-ups go to an [`IdleSignal`] that wakes the pool's reaper, which
 /// looks at it at once, so a FIN or RST from the upstream is noticed when it arrives.
 pub struct UpstreamConn {
@@ -101,8 +111,34 @@ impl UpstreamConn {
         })
     }
 
+    /// Send `request` and wait for the response head (at most `response_timeout`); on
+    /// failure, say how far the exchange got. `sent` tells whether hyper took the whole body.
+    pub async fn exchange(
+        &mut self,
+        request: Request<ReqBody>,
+        sent: &Sent,
+        response_timeout: Duration,
+    ) -> Result<Response<Incoming>, ExchangeError> {
+        match timeout(READY_WAIT, self.ready()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ExchangeError::ClosedBeforeWrite(describe(&e))),
+            Err(_) => return Err(ExchangeError::NotReady),
+        }
+        match timeout(response_timeout, self.send(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Err(_) => Err(ExchangeError::NoResponse(response_timeout)),
+            Ok(Err(mut e)) => {
+                let unsent = e.take_message().is_some();
+                Err(ExchangeError::classify(
+                    &e.into_error(),
+                    unsent || !sent.all(),
+                ))
+            }
+        }
+    }
+
     /// Wait until the connection can take a request.
-    pub async fn ready(&mut self) -> Result<(), hyper::Error> {
+    async fn ready(&mut self) -> Result<(), hyper::Error> {
         let UpstreamConn { sender, conn, .. } = self;
         Driven {
             conn,
@@ -112,7 +148,7 @@ impl UpstreamConn {
     }
 
     /// Send a request and wait for the response head.
-    pub async fn send(
+    async fn send(
         &mut self,
         request: Request<ReqBody>,
     ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ReqBody>>> {
@@ -176,119 +212,81 @@ impl<F: Future> Future for Driven<'_, F> {
     }
 }
 
-/// Marks when hyper has taken the whole request body (the request is fully handed over).
-#[derive(Clone, Default)]
-pub struct Sent(Arc<AtomicBool>);
-
-impl Sent {
-    pub fn all(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-    fn mark(&self) {
-        self.0.store(true, Ordering::Release);
-    }
+/// Why an exchange failed, by how far it got (hyper's error taxonomy stops here).
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// A pooled connection did not become ready for a new request in time.
+    #[error("connection not ready for a request")]
+    NotReady,
+    /// Found closed, or failed before the request was fully handed over.
+    #[error("closed before the request was sent: {0}")]
+    ClosedBeforeWrite(String),
+    /// Reset or closed after the request was written, before any response byte.
+    #[error("{0}")]
+    DroppedAfterWrite(String),
+    /// No response head within `response_timeout`.
+    #[error("no response within {} ms", .0.as_millis())]
+    NoResponse(Duration),
+    /// The upstream answered with something that is not HTTP/1.1.
+    #[error("{0}")]
+    Protocol(String),
+    /// The client's request body failed while it was being streamed (client gone, bad framing).
+    #[error("request body failed: {0}")]
+    RequestBody(String),
 }
 
-/// The body of a request sent upstream.
-pub enum ReqBody {
-    /// Held whole (no body, or within `max_replay_body`): can be sent again.
-    Full { data: Option<Bytes>, sent: Sent },
-    /// Streamed from the client as it arrives: cannot be replayed.
-    Stream {
-        rx: mpsc::Receiver<io::Result<Bytes>>,
-        sent: Sent,
-        remaining: Option<u64>,
-    },
-}
-
-impl ReqBody {
-    pub fn full(data: Bytes) -> (ReqBody, Sent) {
-        let sent = Sent::default();
-        let data = if data.is_empty() {
-            // Nothing to hand over: hyper will not poll an empty body.
-            sent.mark();
-            None
+impl ExchangeError {
+    /// Sort a hyper error out by stage; `unsent`: the request was not (fully) handed over.
+    fn classify(err: &hyper::Error, unsent: bool) -> ExchangeError {
+        if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
+            return ExchangeError::Protocol(err.to_string());
+        }
+        if err.is_user() {
+            return ExchangeError::RequestBody(describe(err));
+        }
+        if unsent {
+            ExchangeError::ClosedBeforeWrite(describe(err))
         } else {
-            Some(data)
-        };
-        (
-            ReqBody::Full {
-                data,
-                sent: sent.clone(),
-            },
-            sent,
-        )
+            ExchangeError::DroppedAfterWrite(describe(err))
+        }
     }
 
-    pub fn stream(rx: mpsc::Receiver<io::Result<Bytes>>, length: Option<u64>) -> (ReqBody, Sent) {
-        let sent = Sent::default();
-        (
-            ReqBody::Stream {
-                rx,
-                sent: sent.clone(),
-                remaining: length,
+    /// How far the exchange got: what the retry decision and stale-reuse counting go by.
+    pub fn stage(&self) -> Stage {
+        match self {
+            ExchangeError::NotReady | ExchangeError::ClosedBeforeWrite(_) => Stage::BeforeWrite,
+            ExchangeError::DroppedAfterWrite(_) => Stage::AfterWrite,
+            ExchangeError::NoResponse(_) => Stage::NoResponse,
+            ExchangeError::Protocol(_) | ExchangeError::RequestBody(_) => Stage::AfterResponse,
+        }
+    }
+
+    /// The failure as the proxy answers it, for the upstream named `upstream`.
+    pub fn into_proxy_error(self, upstream: &str) -> ProxyError {
+        let upstream = upstream.to_string();
+        match self {
+            ExchangeError::NoResponse(t) => ProxyError::ResponseTimeout {
+                upstream,
+                timeout_ms: t.as_millis(),
             },
-            sent,
-        )
+            ExchangeError::Protocol(detail) => ProxyError::UpstreamProtocol { upstream, detail },
+            ExchangeError::RequestBody(detail) => ProxyError::ClientGone {
+                detail: format!("request body failed: {detail}"),
+            },
+            e @ (ExchangeError::NotReady
+            | ExchangeError::ClosedBeforeWrite(_)
+            | ExchangeError::DroppedAfterWrite(_)) => ProxyError::ConnectionTerminated {
+                upstream,
+                detail: e.to_string(),
+            },
+        }
     }
 }
 
-impl Body for ReqBody {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        match self.get_mut() {
-            ReqBody::Full { data, sent } => {
-                // The one frame is the whole body: handing it over is sending it all.
-                sent.mark();
-                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
-            }
-            ReqBody::Stream {
-                rx,
-                sent,
-                remaining,
-            } => match rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(d))) => {
-                    if let Some(r) = remaining {
-                        *r = r.saturating_sub(d.len() as u64);
-                        if *r == 0 {
-                            sent.mark();
-                        }
-                    }
-                    Poll::Ready(Some(Ok(Frame::data(d))))
-                }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => {
-                    sent.mark();
-                    Poll::Ready(None)
-                }
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ReqBody::Full { data, .. } => data.is_none(),
-            ReqBody::Stream { remaining, .. } => *remaining == Some(0),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ReqBody::Full { data, .. } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-            ReqBody::Stream {
-                remaining: Some(n), ..
-            } => SizeHint::with_exact(*n),
-            ReqBody::Stream {
-                remaining: None, ..
-            } => SizeHint::default(),
-        }
+/// A hyper error with its cause ("connection closed: Connection reset by peer").
+fn describe(err: &hyper::Error) -> String {
+    match std::error::Error::source(err) {
+        Some(src) => format!("{err}: {src}"),
+        None => err.to_string(),
     }
 }

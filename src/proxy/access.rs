@@ -50,6 +50,8 @@ pub struct Record<'a> {
     pub bytes_out: u64,
     pub lineage: Option<Lineage>,
     pub attempts: u8,
+    /// `forward`, `tunnel` or `intercept`.
+    pub mode: &'a str,
     /// The Proxy-Status error token when the proxy answered itself.
     pub error: Option<&'static str>,
 }

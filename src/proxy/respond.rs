@@ -7,7 +7,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use super::Ctx;
 use crate::error::{Culprit, ProxyError};
 
-/// Write the SPEC's answer for `err`, count denials, and log the cause once. Returns bytes written.
+/// Write the SPEC's answer for `err`, count denials, and log the cause once. Returns the body
+/// bytes written (what the access log counts as `bytes_out`).
 pub async fn error<W: AsyncWrite + Unpin>(
     ctx: &Ctx,
     writer: &mut W,
@@ -30,20 +31,17 @@ pub async fn error<W: AsyncWrite + Unpin>(
             tracing::debug!(client = %ctx.peer, error = %err, token = err.token(), "request refused")
         }
     }
+    if matches!(err, ProxyError::ClientGone { .. }) {
+        return 0;
+    }
     let headers = err.headers();
     let extra: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let body = err.body();
     let mut out = BytesMut::with_capacity(256);
-    crate::http1::encode_simple_response(
-        &mut out,
-        version,
-        err.status(),
-        &extra,
-        &err.body(),
-        close,
-    );
+    crate::http1::encode_simple_response(&mut out, version, err.status(), &extra, &body, close);
     if writer.write_all(&out).await.is_err() {
         return 0;
     }
     let _ = writer.flush().await;
-    out.len() as u64
+    body.len() as u64
 }

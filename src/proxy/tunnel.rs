@@ -4,19 +4,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::header::{self, HeaderValue};
-use http::StatusCode;
+use http::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::access::{self, Lineage};
+use super::outcome::{Mode, Outcome};
 use super::{respond, Ctx};
 use crate::connect::UpstreamIo;
 use crate::error::ProxyError;
 use crate::http1::RequestHead;
-use crate::policy::{self, Want};
+use crate::policy::Want;
 use crate::target::{self, TargetError};
 
 #[cfg(target_os = "linux")]
@@ -58,80 +57,39 @@ where
     R: AsyncRead + AsTcp + Unpin + Send,
     W: AsyncWrite + AsTcp + Unpin + Send,
 {
-    let started = Instant::now();
-    let mut upstream_name = String::from("none");
-    let mut host = String::new();
-    let mut port = 0;
-    let mut client_name = None;
-    let opened = open(
-        ctx,
-        &head,
-        &mut upstream_name,
-        &mut host,
-        &mut port,
-        &mut client_name,
-    )
-    .await;
+    let method = Method::CONNECT;
+    let mut outcome = Outcome::new(Mode::Tunnel, Instant::now(), Some(&method), "");
+    let opened = open(ctx, &head, &mut outcome).await;
     let version = head.version;
     // The head's bytes share the client's read buffer: a tunnel that idles should not keep it.
     drop(head);
-    let (status, error, up_bytes, down_bytes) = match opened {
+    let (status, error) = match opened {
         Err(e) => {
-            respond::error(ctx, &mut writer, version, &e, true).await;
-            (e.status(), Some(e.token()), 0, 0)
+            outcome.bytes_out = respond::error(ctx, &mut writer, version, &e, true).await;
+            (e.status(), Some(e))
         }
         Ok((io, idle)) => {
             let m = &ctx.shared.metrics;
-            let active = m.tunnels_active.with_label_values(&[&upstream_name]);
+            let name = outcome.upstream_name();
+            let active = m.tunnels_active.with_label_values(&[name]);
             active.inc();
-            let up = Moved::new(
-                m.tunnel_bytes
-                    .with_label_values(&[&upstream_name, "upstream"]),
-            );
-            let down = Moved::new(
-                m.tunnel_bytes
-                    .with_label_values(&[&upstream_name, "client"]),
-            );
+            let up = Moved::new(m.tunnel_bytes.with_label_values(&[name, "upstream"]));
+            let down = Moved::new(m.tunnel_bytes.with_label_values(&[name, "client"]));
             relay(reader, leftover, writer, io, idle, &up, &down).await;
             active.dec();
-            let (up, down) = (up.total(), down.total());
-            (StatusCode::OK, None, up, down)
+            outcome.bytes_in = up.total();
+            outcome.bytes_out = down.total();
+            (StatusCode::OK, None)
         }
     };
-    let elapsed = started.elapsed();
-    let m = &ctx.shared.metrics;
-    m.requests
-        .with_label_values(&[&upstream_name, "CONNECT", status.as_str()])
-        .inc();
-    m.request_duration
-        .with_label_values(&[&upstream_name])
-        .observe(elapsed.as_secs_f64());
-    access::log(&access::Record {
-        client: ctx.peer,
-        client_name: client_name.as_deref(),
-        upstream: &upstream_name,
-        method: "CONNECT",
-        host: &host,
-        port,
-        path: "",
-        status: status.as_u16(),
-        duration: elapsed,
-        bytes_in: up_bytes,
-        bytes_out: down_bytes,
-        lineage: None::<Lineage>,
-        attempts: 1,
-        error,
-    });
+    outcome.record(ctx, status, error.as_ref());
 }
 
 /// Policy, dial and the 200; returns the upstream stream and the tunnel's idle limit.
 async fn open(
     ctx: &Ctx,
     head: &RequestHead,
-    upstream_name: &mut String,
-    host_out: &mut String,
-    port_out: &mut u16,
-    client_name: &mut Option<String>,
+    outcome: &mut Outcome<'_>,
 ) -> Result<(UpstreamIo, Duration), ProxyError> {
     if ctx.draining {
         return Err(ProxyError::ShuttingDown);
@@ -142,21 +100,9 @@ async fn open(
         }
         other => ProxyError::bad_request(other.to_string()),
     })?;
-    *host_out = host.to_string();
-    *port_out = port;
-    let auth = head
-        .headers
-        .get(header::PROXY_AUTHORIZATION)
-        .map(HeaderValue::as_bytes);
-    let allowed = policy::decide(
-        &ctx.config,
-        ctx.peer.ip(),
-        auth,
-        &host,
-        Want::Tunnel { port },
-    )?;
-    *upstream_name = allowed.upstream.name.clone();
-    *client_name = allowed.client;
+    outcome.host = host.to_string();
+    let allowed = ctx.decide(head, &host, Want::Tunnel { port }, outcome)?;
+    outcome.attempts = 1;
     let dialed = ctx
         .shared
         .connector

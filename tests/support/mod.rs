@@ -20,6 +20,8 @@
 //!   `/metrics` ([`Proxy::metric`]), `/pools`, and waits for the pools to settle.
 //! - Clients: [`raw_exchange`], [`exchange_on`], [`proxy_get`], [`ProxyConn`] (keep-alive),
 //!   [`curl`] (the real binary) → [`RawResponse`] / [`CurlResult`].
+//! - [`start`] → [`Portcullis`]: the real binary on free ports (`stderr_lines`, `wait_line`,
+//!   `signal`, `reload`, `metric`, `wait_exit`).
 // Each test file uses only part of this module.
 #![allow(dead_code)]
 
@@ -27,6 +29,7 @@ mod client;
 mod dns;
 mod firewall;
 mod origin;
+mod process;
 mod proxy;
 mod reply;
 mod requests;
@@ -44,6 +47,10 @@ pub use dns::TestDns;
 pub use firewall::Firewall;
 #[allow(unused_imports)]
 pub use origin::{origin, Origin, OriginBuilder, SeenRequest};
+#[allow(unused_imports)]
+pub use process::{
+    free_port, loopback, proxy_section, scratch, start, upstream, Guard, Portcullis, BIN, WITHIN,
+};
 #[allow(unused_imports)]
 pub use proxy::{local_upstream, metric_in, spawn_proxy, spawn_proxy_with, Proxy};
 #[allow(unused_imports)]

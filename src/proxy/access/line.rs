@@ -56,6 +56,7 @@ pub fn fields(buf: &mut Vec<u8>, format: Format, r: &Record<'_>) {
     w.decimal("conn_age_s", l.age.as_millis(), 3);
     w.decimal("conn_idle_s", l.idle.as_millis(), 3);
     w.uint("attempts", u64::from(r.attempts));
+    w.str("mode", r.mode);
     w.str("error", r.error.unwrap_or("-"));
 }
 
@@ -222,6 +223,7 @@ mod tests {
                 idle: Duration::from_micros(250),
             }),
             attempts: 2,
+            mode: "forward",
             error: None,
         }
     }
@@ -246,7 +248,7 @@ mod tests {
             "2026-11-22T05:30:43.065938Z  INFO access: client=127.0.0.1:60642 client_name=\"app\" \
              upstream=\"origin\" method=\"POST\" host=\"api.example\" port=443 path=\"/v1/charges\" \
              status=201 duration_ms=1234.567 bytes_in=8 bytes_out=3 conn_id=7 reused=true \
-             conn_age_s=61.005 conn_idle_s=0.000 attempts=2 error=\"-\"\n"
+             conn_age_s=61.005 conn_idle_s=0.000 attempts=2 mode=\"forward\" error=\"-\"\n"
         );
     }
 
@@ -272,6 +274,7 @@ mod tests {
         assert_eq!(v["conn_age_s"], 61.005);
         assert_eq!(v["conn_idle_s"], 0.0);
         assert_eq!(v["attempts"], 2);
+        assert_eq!(v["mode"], "forward");
         assert_eq!(v["error"], "http_request_denied");
     }
 

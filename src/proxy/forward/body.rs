@@ -1,0 +1,166 @@
+//! The client's request body: read whole when it fits the replay buffer, else streamed to the
+//! upstream while the exchange runs.
+
+use std::io;
+
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+use tokio::sync::mpsc;
+
+use crate::error::ProxyError;
+use crate::http1::{BodyFraming, BodyState, ClientReader, MAX_BODY_CHUNK};
+
+/// The client's request body: held whole (replayable) or streamed.
+pub enum ClientBody {
+    Full(Bytes),
+    /// Over `max_replay_body`: what was read so far, and the rest still in the client stream.
+    Streaming {
+        prefix: Bytes,
+        state: BodyState,
+        length: Option<u64>,
+    },
+}
+
+/// Read the body whole when it fits `limit`; otherwise keep what was read and stream the rest.
+pub async fn read<R: AsyncRead + Unpin>(
+    reader: &mut ClientReader<R>,
+    framing: BodyFraming,
+    limit: usize,
+) -> Result<ClientBody, ProxyError> {
+    let length = match framing {
+        BodyFraming::Empty => return Ok(ClientBody::Full(Bytes::new())),
+        BodyFraming::Length(n) => Some(n),
+        BodyFraming::Chunked => None,
+    };
+    let mut state = BodyState::new(framing);
+    if let Some(n) = length {
+        if n > limit as u64 {
+            return Ok(ClientBody::Streaming {
+                prefix: Bytes::new(),
+                state,
+                length,
+            });
+        }
+    }
+    // Room for one read, not for the declared length: a client that declares a large body and
+    // sends nothing must not make us allocate it.
+    let mut buf = Vec::with_capacity(length.map_or(8 * 1024, |n| {
+        usize::try_from(n).map_or(MAX_BODY_CHUNK, |n| n.min(MAX_BODY_CHUNK))
+    }));
+    loop {
+        match reader.read_body_chunk(&mut state).await {
+            Ok(Some(chunk)) => {
+                make_room(&mut buf, chunk.len(), length);
+                buf.extend_from_slice(&chunk);
+                if buf.len() > limit {
+                    return Ok(ClientBody::Streaming {
+                        prefix: Bytes::from(buf),
+                        state,
+                        length,
+                    });
+                }
+            }
+            Ok(None) => return Ok(ClientBody::Full(Bytes::from(buf))),
+            Err(e) => return Err(ProxyError::request_body(e)),
+        }
+    }
+}
+
+/// Room in `buf` for `more` bytes that have arrived. It at least doubles (a body costs O(n)
+/// copies) but stops at the declared length, so a body ends in a buffer of its own size.
+fn make_room(buf: &mut Vec<u8>, more: usize, declared: Option<u64>) {
+    let needed = buf.len().saturating_add(more);
+    if needed <= buf.capacity() {
+        return;
+    }
+    let doubled = buf.capacity().saturating_mul(2);
+    let want = match declared.and_then(|n| usize::try_from(n).ok()) {
+        Some(n) => doubled.min(n).max(needed),
+        None => doubled.max(needed),
+    };
+    buf.reserve_exact(want - buf.len());
+}
+
+/// Run `exchange` while feeding the streamed request body; stop pumping once the response head is in.
+pub async fn with_pump<F, P>(exchange: F, pump: P) -> (F::Output, Option<Result<u64, ProxyError>>)
+where
+    F: std::future::Future,
+    P: std::future::Future<Output = Result<u64, ProxyError>>,
+{
+    tokio::pin!(exchange);
+    tokio::pin!(pump);
+    let mut pumped = None;
+    loop {
+        tokio::select! {
+            out = &mut exchange => return (out, pumped),
+            r = &mut pump, if pumped.is_none() => pumped = Some(r),
+        }
+    }
+}
+
+/// Copy the rest of a large request body from the client into the upstream request.
+pub async fn pump<R: AsyncRead + Unpin>(
+    reader: &mut ClientReader<R>,
+    prefix: Bytes,
+    mut state: BodyState,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+) -> Result<u64, ProxyError> {
+    let mut total = prefix.len() as u64;
+    if !prefix.is_empty() && tx.send(Ok(prefix)).await.is_err() {
+        return Ok(total);
+    }
+    loop {
+        match reader.read_body_chunk(&mut state).await {
+            Ok(Some(chunk)) => {
+                total += chunk.len() as u64;
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return Ok(total);
+                }
+            }
+            Ok(None) => return Ok(total),
+            Err(e) => {
+                let err = ProxyError::request_body(e);
+                // The upstream request fails too: it must not see a truncated body as whole.
+                let _ = tx.send(Err(io::Error::other(err.to_string()))).await;
+                return Err(err);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads of 64 KiB into a buffer that starts at one read: capacities along the way.
+    fn growth(declared: Option<u64>, body: usize) -> Vec<usize> {
+        let mut buf = Vec::with_capacity(MAX_BODY_CHUNK);
+        let mut seen = vec![buf.capacity()];
+        while buf.len() < body {
+            let more = (body - buf.len()).min(MAX_BODY_CHUNK);
+            make_room(&mut buf, more, declared);
+            buf.extend(std::iter::repeat_n(0u8, more));
+            if seen.last() != Some(&buf.capacity()) {
+                seen.push(buf.capacity());
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn a_body_buffer_doubles_up_to_the_declared_length() {
+        const K: usize = 1024;
+        let n = 700 * K + 13;
+        assert_eq!(
+            growth(Some(n as u64), n),
+            [64 * K, 128 * K, 256 * K, 512 * K, n]
+        );
+        // Chunked: no length to stop at.
+        assert_eq!(
+            growth(None, n),
+            [64 * K, 128 * K, 256 * K, 512 * K, 1024 * K]
+        );
+        // What fits is never moved.
+        assert_eq!(growth(Some(100), 100), [64 * K]);
+    }
+}

@@ -1,0 +1,167 @@
+//! The upstream's response passed on to the client: head rewritten, body streamed (re-framed
+//! when needed), and the connection back in the pool as soon as the upstream side is complete.
+
+use bytes::BytesMut;
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+use http_body::Body;
+use hyper::body::Incoming;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::Progress;
+use crate::config::Settings;
+use crate::error::ProxyError;
+use crate::http1::RequestHead;
+use crate::metrics::CloseReason;
+use crate::pool::{reuse, Pooled};
+use crate::proxy::{headers, Ctx, Flow};
+use crate::upstream::UpstreamConn;
+
+/// Bodies larger than this are written without first copying into the output buffer.
+const COALESCE_LIMIT: usize = 16 * 1024;
+
+/// Pass the upstream's response to the client and return the connection to the pool.
+pub async fn response<W: AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    head: &RequestHead,
+    settings: &Settings,
+    response: Response<Incoming>,
+    mut pooled: Pooled<UpstreamConn>,
+    writer: &mut W,
+    p: &mut Progress<'_>,
+) -> Result<Flow, ProxyError> {
+    let (parts, mut body) = response.into_parts();
+    // An HTTP/1.0 upstream closes after each response unless it says keep-alive.
+    let upstream_close = headers::wants_close(&parts.headers)
+        || (parts.version == Version::HTTP_10 && !headers::wants_keep_alive(&parts.headers));
+    let (idle, reason) = reuse::keep_alive_idle(
+        parts.headers.get("keep-alive").map(HeaderValue::as_bytes),
+        settings.idle_timeout,
+    );
+    pooled.set_idle_timeout(idle, reason);
+
+    let status = parts.status;
+    let bodiless = head.method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut headers = parts.headers;
+    let upstream_length = headers.get(header::CONTENT_LENGTH).cloned();
+    headers::strip_hop_by_hop(&mut headers);
+    headers::add_via(&mut headers);
+    let mut keep_alive = head.keep_alive && !ctx.draining && p.body_done;
+    let mut chunked = false;
+    if !bodiless {
+        match body.size_hint().exact() {
+            Some(n) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            None if head.version == Version::HTTP_11 => {
+                headers.remove(header::CONTENT_LENGTH);
+                headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+                chunked = true;
+            }
+            None => {
+                headers.remove(header::CONTENT_LENGTH);
+                keep_alive = false;
+            }
+        }
+    } else if let Some(len) = upstream_length {
+        headers.insert(header::CONTENT_LENGTH, len);
+    }
+    if !keep_alive {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    } else if head.version == Version::HTTP_10 {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    }
+
+    let mut out = BytesMut::with_capacity(1024);
+    crate::http1::encode_response_head(&mut out, head.version, status, &headers);
+    p.responded = Some(status);
+    let mut pending_head = true;
+    if !bodiless {
+        loop {
+            let frame = match pooled.conn().frame(&mut body).await {
+                None => break,
+                Some(Ok(f)) => f,
+                Some(Err(e)) => {
+                    // The upstream died mid-body: the client must see a cut, not a short success.
+                    if pending_head {
+                        writer.write_all(&out).await.ok();
+                    }
+                    pooled.discard(CloseReason::Error);
+                    return Err(ProxyError::ConnectionTerminated {
+                        upstream: p.outcome.upstream_name().to_string(),
+                        detail: e.to_string(),
+                    });
+                }
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            p.outcome.bytes_out += data.len() as u64;
+            if chunked {
+                if data.len() <= COALESCE_LIMIT {
+                    crate::http1::encode_chunk(&mut out, &data);
+                } else {
+                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    write_out(writer, &mut out).await?;
+                    writer
+                        .write_all(&data)
+                        .await
+                        .map_err(ProxyError::client_write)?;
+                    out.extend_from_slice(b"\r\n");
+                }
+            } else if data.len() <= COALESCE_LIMIT {
+                out.extend_from_slice(&data);
+            } else {
+                write_out(writer, &mut out).await?;
+                writer
+                    .write_all(&data)
+                    .await
+                    .map_err(ProxyError::client_write)?;
+            }
+            // Flush unless more is already waiting: small bodies leave in one write with the head.
+            if !body.is_end_stream() {
+                write_out(writer, &mut out).await?;
+            }
+            pending_head = false;
+        }
+    }
+    // The upstream side is complete: the connection goes back before the last bytes reach the client.
+    if upstream_close {
+        pooled.discard(CloseReason::RemoteClosed);
+    } else {
+        pooled.release();
+    }
+    if chunked {
+        out.extend_from_slice(crate::http1::LAST_CHUNK);
+    }
+    write_out(writer, &mut out).await?;
+    writer.flush().await.map_err(ProxyError::client_write)?;
+    Ok(if keep_alive {
+        Flow::KeepAlive
+    } else {
+        Flow::Close
+    })
+}
+
+async fn write_out<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    out: &mut BytesMut,
+) -> Result<(), ProxyError> {
+    if !out.is_empty() {
+        writer
+            .write_all(out)
+            .await
+            .map_err(ProxyError::client_write)?;
+        out.clear();
+    }
+    Ok(())
+}
