@@ -152,14 +152,20 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Load from `--config`, else `$PORTCULLIS_CONFIG`, else the built-in text.
+    /// The file to read: `--config`, else `$PORTCULLIS_CONFIG` (an empty variable counts as
+    /// unset); `None` means the built-in config. Start-up and every reload use this answer.
+    pub fn path(flag: Option<&Path>) -> Option<PathBuf> {
+        flag.map(Path::to_path_buf).or_else(|| {
+            std::env::var_os("PORTCULLIS_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+    }
+
+    /// Load `path` (see [`Config::path`]), or the built-in text when there is none.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        // An empty variable counts as unset.
-        let env_path = std::env::var_os("PORTCULLIS_CONFIG")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from);
-        match path.map(Path::to_path_buf).or(env_path) {
-            Some(p) => Config::from_file(&p),
+        match path {
+            Some(p) => Config::from_file(p),
             None => Config::from_toml(BUILTIN, BUILTIN_NAME),
         }
     }

@@ -37,10 +37,7 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let path = cli
-        .config
-        .clone()
-        .or_else(|| std::env::var_os("PORTCULLIS_CONFIG").map(PathBuf::from));
+    let path = Config::path(cli.config.as_deref());
     let config = match Config::load(path.as_deref()) {
         Ok(c) => c,
         Err(e) => {

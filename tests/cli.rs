@@ -193,6 +193,19 @@ fn portcullis_config_is_used_without_config_flag() {
     );
 }
 
+/// An empty `PORTCULLIS_CONFIG` is unset: the built-in config runs (checked and served), it
+/// is not read as a file named "".
+#[test]
+fn an_empty_portcullis_config_means_the_builtin_config() {
+    let out = run(portcullis(&["check"]).env("PORTCULLIS_CONFIG", ""));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        text(&out.stdout).starts_with("# effective config from <built-in"),
+        "{}",
+        describe(&out)
+    );
+}
+
 #[test]
 fn config_flag_wins_over_portcullis_config() {
     let valid = format!("{VALID}/minimal.toml");

@@ -583,6 +583,14 @@ async fn tunnels_show_as_active_and_count_bytes_both_ways() {
         p.metric("portcullis_requests_total", connect_code).await - connects_before,
         1.0
     );
+    // A tunnel's lifetime is in its own histogram, not among the request durations.
+    let tunnel_count = "portcullis_tunnel_duration_seconds_count";
+    assert_eq!(
+        wait_metric(&p, tunnel_count, "upstream=\"obs\"", |v| v == 1.0, WITHIN).await,
+        1.0
+    );
+    let requests = "portcullis_request_duration_seconds_count";
+    assert_eq!(p.metric(requests, "upstream=\"obs\"").await, 0.0);
     p.stop().await;
 }
 
