@@ -48,6 +48,9 @@ pub enum ProxyError {
     AuthRequired,
     #[error("{detail}")]
     Denied { reason: DenyReason, detail: String },
+    /// A request inside a tunnel names another host than the CONNECT did.
+    #[error("this tunnel was opened to {expected}; a request for {host} must use its own CONNECT")]
+    Misdirected { host: String, expected: String },
     #[error("{host} resolves to {addr}, a {class} address; this destination is not allowed to reach private addresses")]
     PrivateAddress {
         host: String,
@@ -125,6 +128,7 @@ impl ProxyError {
             HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             AuthRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Denied { .. } | PrivateAddress { .. } => StatusCode::FORBIDDEN,
+            Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             Dns { .. } | ConnectRefused { .. } | ConnectFailed { .. } => StatusCode::BAD_GATEWAY,
             TlsCertificate { .. } | TlsHandshake { .. } => StatusCode::BAD_GATEWAY,
             ConnectionTerminated { .. } | UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
@@ -140,7 +144,7 @@ impl ProxyError {
         match self {
             ClientGone { .. } => "client_closed",
             BadRequest(_) | HeadTooLarge { .. } => "http_request_error",
-            AuthRequired | Denied { .. } => "http_request_denied",
+            AuthRequired | Denied { .. } | Misdirected { .. } => "http_request_denied",
             PrivateAddress { .. } => "destination_ip_prohibited",
             Dns { .. } => "dns_error",
             ConnectRefused { .. } => "connection_refused",
@@ -163,7 +167,7 @@ impl ProxyError {
             BadRequest(_) | HeadTooLarge { .. } | AuthRequired | ClientGone { .. } => {
                 Culprit::Client
             }
-            Denied { .. } | PrivateAddress { .. } => Culprit::Policy,
+            Denied { .. } | PrivateAddress { .. } | Misdirected { .. } => Culprit::Policy,
             ShuttingDown | PoolTimeout { .. } => Culprit::Proxy,
             _ => Culprit::Upstream,
         }
@@ -175,6 +179,7 @@ impl ProxyError {
             ProxyError::AuthRequired => Some(DenyReason::Auth),
             ProxyError::Denied { reason, .. } => Some(*reason),
             ProxyError::PrivateAddress { .. } => Some(DenyReason::PrivateIp),
+            ProxyError::Misdirected { .. } => Some(DenyReason::Host),
             _ => None,
         }
     }
@@ -336,6 +341,14 @@ mod tests {
                 "http_protocol_error",
             ),
             (ProxyError::ShuttingDown, 503, "proxy_internal_response"),
+            (
+                ProxyError::Misdirected {
+                    host: "b".into(),
+                    expected: "a:443".into(),
+                },
+                421,
+                "http_request_denied",
+            ),
         ];
         for (e, status, token) in cases {
             assert_eq!(e.status().as_u16(), status, "{e:?}");

@@ -71,6 +71,26 @@ impl<R: AsyncRead + Unpin> ClientReader<R> {
         }
     }
 
+    /// Wraps a read half whose first bytes were already read elsewhere (those that followed
+    /// a CONNECT head): they are the start of what this reader hands out.
+    pub fn with_buffered(io: R, buffered: BytesMut, max_header_bytes: usize) -> Self {
+        ClientReader {
+            io,
+            buf: buffered,
+            max_header_bytes,
+            scan: head::HeadScan::default(),
+        }
+    }
+
+    /// Waits until at least one byte is buffered, reading if none is; `false` when the peer
+    /// closed first. Cancel-safe. For streams without a readiness wait of their own.
+    pub async fn wait_for_data(&mut self) -> std::io::Result<bool> {
+        if !self.buf.is_empty() {
+            return Ok(true);
+        }
+        Ok(self.read_more(HEAD_FIRST_READ).await? > 0)
+    }
+
     /// Sets the largest accepted request head from the next `read_head` on (after a reload).
     pub fn set_max_header_bytes(&mut self, max_header_bytes: usize) {
         self.max_header_bytes = max_header_bytes;

@@ -62,7 +62,11 @@ pub fn decide(
         }
     }
     let (port, tls) = port_and_tls(Some(upstream), want);
-    if !upstream.ports.contains(&port) {
+    let reachable = match want {
+        Want::Tunnel { port } => connect_plan(upstream, port).is_some(),
+        Want::Forward { .. } => upstream.ports.contains(&port),
+    };
+    if !reachable {
         return Err(ProxyError::denied(
             DenyReason::Port,
             format!(
@@ -102,6 +106,35 @@ fn port_and_tls(upstream: Option<&Upstream>, want: Want) -> (u16, bool) {
             let tls = originate || scheme == Scheme::Https;
             (port.unwrap_or(if tls { 443 } else { 80 }), tls)
         }
+    }
+}
+
+/// What a CONNECT to an allowed host becomes (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectPlan {
+    /// Dial the CONNECT port and copy bytes both ways. `or_originate`: the upstream originates
+    /// TLS, so plain HTTP sent into the tunnel is served as origination to that port instead.
+    Tunnel { or_originate: Option<u16> },
+    /// Answer the CONNECT without dialing: only plain HTTP may follow, served as origination
+    /// to `port` (a client tunnelling `http://host/` asks for port 80; origination dials 443).
+    Originate { port: u16 },
+}
+
+/// The plan for a CONNECT to `port` under `upstream`, or `None` when no port it may dial
+/// serves it. Plain HTTP inside is served as if it had come in absolute form: for the
+/// scheme's default port 80 the URI has no port, so origination dials 443.
+pub fn connect_plan(upstream: &Upstream, port: u16) -> Option<ConnectPlan> {
+    let allowed = |p: u16| upstream.ports.contains(&p);
+    if upstream.tls != TlsMode::Originate {
+        return allowed(port).then_some(ConnectPlan::Tunnel { or_originate: None });
+    }
+    let originate_to = if port == 80 { 443 } else { port };
+    match (allowed(port), allowed(originate_to)) {
+        (true, o) => Some(ConnectPlan::Tunnel {
+            or_originate: o.then_some(originate_to),
+        }),
+        (false, true) => Some(ConnectPlan::Originate { port: originate_to }),
+        (false, false) => None,
     }
 }
 

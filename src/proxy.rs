@@ -3,6 +3,7 @@
 pub mod access;
 pub mod forward;
 pub mod headers;
+pub mod inside;
 pub mod limit;
 pub mod outcome;
 pub mod respond;
@@ -20,7 +21,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::http1::{ClientReader, HeadError, RequestHead};
+use crate::http1::{ClientReader, HeadError};
 use crate::policy::{self, Allowed, Want};
 use crate::state::{Phase, Shared};
 use crate::target::Host;
@@ -46,19 +47,17 @@ impl Ctx {
         }
     }
 
-    /// Ask policy about a request for `host`, noting in `out` who asked, which upstream
-    /// allowed it and the port dialed — or, when refused, the port that would have been.
+    /// Ask policy about a request for `host` carrying `auth` (its `Proxy-Authorization`),
+    /// noting in `out` who asked, which upstream allowed it and the port dialed — or, when
+    /// refused, the port that would have been.
     pub fn decide(
         &self,
-        head: &RequestHead,
+        auth: Option<&http::HeaderValue>,
         host: &Host,
         want: Want,
         out: &mut Outcome<'_>,
     ) -> Result<Allowed, ProxyError> {
-        let auth = head
-            .headers
-            .get(http::header::PROXY_AUTHORIZATION)
-            .map(http::HeaderValue::as_bytes);
+        let auth = auth.map(http::HeaderValue::as_bytes);
         out.port = policy::dial_port(&self.config, host, want);
         let allowed = policy::decide(&self.config, self.peer.ip(), auth, host, want)?;
         out.upstream = Some(allowed.upstream.clone());
@@ -195,8 +194,7 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                     HeadError::Malformed(why) => ProxyError::bad_request(why),
                     HeadError::Closed | HeadError::Io(_) => return,
                 };
-                let sent = respond::error(&ctx, &mut wr, Version::HTTP_11, &err, true).await;
-                log_refused(&ctx, &err, sent);
+                refuse_head(&ctx, &mut wr, Mode::Forward, &err).await;
                 linger(reader, wr).await;
                 return;
             }
@@ -252,10 +250,15 @@ async fn linger(
     let _ = timeout(Duration::from_secs(2), drain).await;
 }
 
-/// Record a request refused before its head could be parsed.
-fn log_refused(ctx: &Ctx, err: &ProxyError, bytes_out: u64) {
-    let mut outcome = Outcome::new(Mode::Forward, Instant::now(), None, "");
-    outcome.bytes_out = bytes_out;
+/// Answer and record a request refused before its head could be parsed.
+async fn refuse_head<W: tokio::io::AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    writer: &mut W,
+    mode: Mode,
+    err: &ProxyError,
+) {
+    let mut outcome = Outcome::new(mode, Instant::now(), None, "");
+    outcome.bytes_out = respond::error(ctx, writer, Version::HTTP_11, err, true).await;
     outcome.record(ctx, err.status(), Some(err));
 }
 

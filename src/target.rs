@@ -164,6 +164,17 @@ pub fn parse_connect(authority: &str) -> Result<(Host, u16), TargetError> {
     }
 }
 
+/// Parse a `Host` header value (`host[:port]`); a missing port is `default_port`.
+pub fn parse_host_header(value: &str, default_port: u16) -> Result<(Host, u16), TargetError> {
+    if value.contains('@') {
+        return Err(TargetError::Userinfo);
+    }
+    let (host, port) = split_host_port(value)?;
+    let host = parse_host(host)?;
+    let port = port.map(parse_port).transpose()?.unwrap_or(default_port);
+    Ok((host, port))
+}
+
 /// `rest` is what follows the opening bracket of `s`.
 fn parse_bracketed_v6(s: &str, rest: &str) -> Result<Host, TargetError> {
     let Some(inner) = rest.strip_suffix(']') else {
@@ -304,6 +315,38 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(parse_host(input).as_ref(), Ok(want), "{input}");
+        }
+    }
+
+    /// A `Host` header inside a tunnel: case and a default port do not matter; anything that
+    /// is not one host and port is refused.
+    #[test]
+    fn host_headers() {
+        let ok: &[(&str, u16, (Host, u16))] = &[
+            ("api.example.com", 443, (name("api.example.com"), 443)),
+            ("API.Example.COM:443", 443, (name("api.example.com"), 443)),
+            ("api.example.com:8443", 443, (name("api.example.com"), 8443)),
+            ("api.example.com", 80, (name("api.example.com"), 80)),
+            ("[::1]:8443", 443, (ip("::1"), 8443)),
+            ("127.0.0.1", 443, (ip("127.0.0.1"), 443)),
+        ];
+        for (value, default, want) in ok {
+            assert_eq!(
+                parse_host_header(value, *default).as_ref(),
+                Ok(want),
+                "{value}"
+            );
+        }
+        for bad in [
+            "",
+            "a@b.example",
+            "b.example:0",
+            "b.example:x",
+            "b.example:99999",
+            "::1",
+            "*.a",
+        ] {
+            assert!(parse_host_header(bad, 443).is_err(), "{bad:?}");
         }
     }
 

@@ -187,7 +187,10 @@ fn hosts_ports_and_tls_without_clients() {
         (anyone, None, "secure.pay.example", tunnel(443), allow("originate", 443, false)),
         (anyone, None, "alt.pay.example", http(None), allow("originate-443", 443, true)),
         (anyone, None, "alt.pay.example", http(Some(80)), Deny(DenyReason::Port)),
-        (anyone, None, "alt.pay.example", tunnel(80), Deny(DenyReason::Port)),
+        // SPEC §9: a CONNECT to port 80 of an originating upstream is served as origination
+        // to 443 (the client tunnels http://alt.pay.example/); see connect_plans.
+        (anyone, None, "alt.pay.example", tunnel(80), allow("originate-443", 80, false)),
+        (anyone, None, "alt.pay.example", tunnel(8080), Deny(DenyReason::Port)),
         // IP literals match only themselves.
         (anyone, None, "10.9.9.9", tunnel(8080), allow("literals", 8080, false)),
         (anyone, None, "[::1]", tunnel(8080), allow("literals", 8080, false)),
@@ -360,5 +363,75 @@ fn denials_explain_themselves() {
     assert!(
         text.contains("port 22") && text.contains("api.stripe.com"),
         "{text}"
+    );
+}
+
+/// SPEC §9: what a CONNECT to each port becomes, by the upstream's `tls` and `ports`.
+#[test]
+fn connect_plans() {
+    use ConnectPlan::{Originate, Tunnel};
+    let c = config(
+        r#"
+[[upstream]]
+name = "plain"
+hosts = ["plain.example.com"]
+ports = [443, 8443]
+
+[[upstream]]
+name = "originating"
+hosts = ["orig.example.com"]
+ports = [443, 8443]
+tls = "originate"
+
+[[upstream]]
+name = "originating-80"
+hosts = ["orig80.example.com"]
+ports = [80]
+tls = "originate"
+"#,
+    );
+    let up = |name: &str| c.upstream(name).expect("configured").clone();
+    let cases = [
+        ("plain", 443, Some(Tunnel { or_originate: None })),
+        ("plain", 80, None),
+        // An originating upstream: a tunnel where its ports allow one (plain HTTP inside is
+        // served as origination to the same port), origination alone for port 80 (the
+        // default port of the http:// URL the client tunnels), nothing else.
+        (
+            "originating",
+            443,
+            Some(Tunnel {
+                or_originate: Some(443),
+            }),
+        ),
+        (
+            "originating",
+            8443,
+            Some(Tunnel {
+                or_originate: Some(8443),
+            }),
+        ),
+        ("originating", 80, Some(Originate { port: 443 })),
+        ("originating", 8080, None),
+        // Port 80 allowed but not 443: plain HTTP inside would be originated to 443, refused.
+        ("originating-80", 80, Some(Tunnel { or_originate: None })),
+    ];
+    for (name, port, want) in cases {
+        assert_eq!(connect_plan(&up(name), port), want, "{name}:{port}");
+    }
+    // decide() allows exactly the CONNECTs that have a plan.
+    let host = parse_host("orig.example.com").expect("host");
+    let peer = "10.0.0.1".parse().expect("ip");
+    assert!(decide(&c, peer, None, &host, Want::Tunnel { port: 80 }).is_ok());
+    let denied = decide(&c, peer, None, &host, Want::Tunnel { port: 8080 });
+    assert!(
+        matches!(
+            denied,
+            Err(ProxyError::Denied {
+                reason: DenyReason::Port,
+                ..
+            })
+        ),
+        "{denied:?}"
     );
 }

@@ -29,6 +29,7 @@ use crate::retry::{self, Facts};
 use crate::target::{self, TargetError};
 use crate::upstream::{ReqBody, UpstreamConn};
 use body::ClientBody;
+pub use request::origin_form;
 
 /// Where a request goes and how it is addressed there, decided before anything is sent.
 pub struct Route {
@@ -128,7 +129,8 @@ fn route_absolute(
         scheme: requested.scheme,
         port: requested.port,
     };
-    let allowed = ctx.decide(head, &requested.host, want, out)?;
+    let auth = head.headers.get(http::header::PROXY_AUTHORIZATION);
+    let allowed = ctx.decide(auth, &requested.host, want, out)?;
     let host = crate::proxy::headers::host_value(&requested.host, requested.port)
         .ok_or_else(|| ProxyError::bad_request("the URI's host cannot be sent as a Host header"))?;
     Ok(Route {

@@ -92,21 +92,21 @@ impl<'a> Outcome<'a> {
         m.requests
             .with_label_values(&[upstream, method, status.as_str()])
             .inc();
-        match self.mode {
-            Mode::Forward | Mode::Intercept => m
-                .request_duration
-                .with_label_values(&[upstream])
-                .observe(elapsed.as_secs_f64()),
+        if self.method == Some(&Method::CONNECT) {
             // A tunnel's lifetime says how long the app kept it, not how fast anything was:
             // it has its own histogram, and only tunnels that were opened are in it.
-            Mode::Tunnel if status == StatusCode::OK => m
-                .tunnel_duration
+            if status == StatusCode::OK {
+                m.tunnel_duration
+                    .with_label_values(&[upstream])
+                    .observe(elapsed.as_secs_f64());
+            }
+        } else {
+            m.request_duration
                 .with_label_values(&[upstream])
-                .observe(elapsed.as_secs_f64()),
-            Mode::Tunnel => {}
+                .observe(elapsed.as_secs_f64());
         }
-        let path = match self.mode {
-            Mode::Tunnel => "",
+        let path = match self.method {
+            Some(&Method::CONNECT) => "",
             _ => access::path_only(self.target),
         };
         access::log(&access::Record {

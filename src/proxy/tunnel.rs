@@ -10,13 +10,14 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::inside::{self, Destination};
 use super::outcome::{Mode, Outcome};
 use super::{respond, Ctx};
 use crate::connect::UpstreamIo;
-use crate::error::ProxyError;
-use crate::http1::RequestHead;
-use crate::policy::Want;
-use crate::target::{self, TargetError};
+use crate::error::{DenyReason, ProxyError};
+use crate::http1::{ClientReader, RequestHead};
+use crate::policy::{self, ConnectPlan, Want};
+use crate::target::{self, Scheme, TargetError};
 
 #[cfg(target_os = "linux")]
 mod splice;
@@ -51,6 +52,22 @@ impl AsTcp for OwnedWriteHalf {
 impl<T> AsTcp for ReadHalf<T> {}
 impl<T> AsTcp for WriteHalf<T> {}
 
+/// The answer to a CONNECT once policy allowed it.
+const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection Established\r\n\r\n";
+
+/// What an allowed CONNECT was opened as.
+enum Opened {
+    /// A dialed byte tunnel. With `inside`, plain HTTP sent into it is served as origination
+    /// to that destination instead (the dialed connection is then dropped).
+    Relay {
+        io: UpstreamIo,
+        idle: Duration,
+        inside: Option<Destination>,
+    },
+    /// Answered by portcullis: the requests inside go through the pools.
+    Inside(Destination),
+}
+
 /// Serve a CONNECT request; the client connection is consumed either way.
 pub async fn serve<R, W>(ctx: &Ctx, head: RequestHead, reader: R, leftover: BytesMut, mut writer: W)
 where
@@ -63,34 +80,75 @@ where
     let version = head.version;
     // The head's bytes share the client's read buffer: a tunnel that idles should not keep it.
     drop(head);
-    let (status, error) = match opened {
+    let opened = match opened {
+        Ok(opened) => opened,
         Err(e) => {
             outcome.bytes_out = respond::error(ctx, &mut writer, version, &e, true).await;
-            (e.status(), Some(e))
-        }
-        Ok((io, idle)) => {
-            let m = &ctx.shared.metrics;
-            let name = outcome.upstream_name();
-            let active = m.tunnels_active.with_label_values(&[name]);
-            active.inc();
-            let up = Moved::new(m.tunnel_bytes.with_label_values(&[name, "upstream"]));
-            let down = Moved::new(m.tunnel_bytes.with_label_values(&[name, "client"]));
-            relay(reader, leftover, writer, io, idle, &up, &down).await;
-            active.dec();
-            outcome.bytes_in = up.total();
-            outcome.bytes_out = down.total();
-            (StatusCode::OK, None)
+            outcome.record(ctx, e.status(), Some(&e));
+            return;
         }
     };
-    outcome.record(ctx, status, error.as_ref());
+    let m = &ctx.shared.metrics;
+    let name = outcome.upstream_name();
+    let active = m.tunnels_active.with_label_values(&[name]);
+    active.inc();
+    if writer.write_all(ESTABLISHED).await.is_ok() {
+        let max_head = ctx.config.proxy.max_header_bytes;
+        match opened {
+            Opened::Inside(dest) => {
+                outcome.mode = dest.mode;
+                let reader = ClientReader::with_buffered(reader, leftover, max_head);
+                Box::pin(inside::serve(ctx, dest, reader, writer)).await;
+            }
+            Opened::Relay { io, idle, inside } => {
+                let mut reader = ClientReader::with_buffered(reader, leftover, max_head);
+                let plain_http = match inside {
+                    Some(_) => sends_plain_http(&mut reader, idle).await,
+                    None => false,
+                };
+                match inside {
+                    Some(dest) if plain_http => {
+                        drop(io);
+                        outcome.mode = dest.mode;
+                        Box::pin(inside::serve(ctx, dest, reader, writer)).await;
+                    }
+                    _ => {
+                        let (reader, leftover) = reader.into_parts();
+                        let up = Moved::new(m.tunnel_bytes.with_label_values(&[name, "upstream"]));
+                        let down = Moved::new(m.tunnel_bytes.with_label_values(&[name, "client"]));
+                        relay(reader, leftover, writer, io, idle, &up, &down).await;
+                        outcome.bytes_in = up.total();
+                        outcome.bytes_out = down.total();
+                    }
+                }
+            }
+        }
+    }
+    active.dec();
+    outcome.record(ctx, StatusCode::OK, None);
 }
 
-/// Policy, dial and the 200; returns the upstream stream and the tunnel's idle limit.
+/// Whether the client's first bytes in the tunnel are a plain-text HTTP request (a method
+/// token) rather than a TLS handshake. Waits at most `idle` for them; they stay buffered.
+async fn sends_plain_http<R: AsyncRead + Unpin>(
+    reader: &mut ClientReader<R>,
+    idle: Duration,
+) -> bool {
+    match tokio::time::timeout(idle, reader.wait_for_data()).await {
+        Ok(Ok(true)) => reader
+            .buffered()
+            .first()
+            .is_some_and(u8::is_ascii_uppercase),
+        _ => false,
+    }
+}
+
+/// Policy, then the dial or the plan that needs none.
 async fn open(
     ctx: &Ctx,
     head: &RequestHead,
     outcome: &mut Outcome<'_>,
-) -> Result<(UpstreamIo, Duration), ProxyError> {
+) -> Result<Opened, ProxyError> {
     if ctx.draining {
         return Err(ProxyError::ShuttingDown);
     }
@@ -101,14 +159,45 @@ async fn open(
         other => ProxyError::bad_request(other.to_string()),
     })?;
     outcome.host = host.to_string();
-    let allowed = ctx.decide(head, &host, Want::Tunnel { port }, outcome)?;
-    outcome.attempts = 1;
-    let dialed = ctx
-        .shared
-        .connector
-        .dial(&allowed.target, &allowed.upstream)
-        .await?;
-    Ok((dialed.io, allowed.upstream.settings.tunnel_idle_timeout))
+    let auth = head.headers.get(http::header::PROXY_AUTHORIZATION);
+    let allowed = ctx.decide(auth, &host, Want::Tunnel { port }, outcome)?;
+    let upstream = &allowed.upstream;
+    let plan = policy::connect_plan(upstream, port).ok_or_else(|| {
+        ProxyError::denied(
+            DenyReason::Port,
+            format!("port {port} is not allowed for {host}"),
+        )
+    })?;
+    // Plain HTTP inside is served as the absolute-form request `http://host[:port]/…`.
+    let inside = || Destination {
+        mode: Mode::Forward,
+        scheme: Scheme::Http,
+        host: host.clone(),
+        port,
+        auth: auth.cloned(),
+    };
+    match plan {
+        ConnectPlan::Originate { port: dialed } => {
+            // Nothing is dialed now, but the destination is checked as a dial would check it.
+            outcome.port = dialed;
+            let settings = &upstream.settings;
+            let deadline = Instant::now() + settings.connect_timeout;
+            ctx.shared
+                .connector
+                .resolve(&host, settings, deadline)
+                .await?;
+            Ok(Opened::Inside(inside()))
+        }
+        ConnectPlan::Tunnel { or_originate } => {
+            outcome.attempts = 1;
+            let dialed = ctx.shared.connector.dial(&allowed.target, upstream).await?;
+            Ok(Opened::Relay {
+                io: dialed.io,
+                idle: upstream.settings.tunnel_idle_timeout,
+                inside: or_originate.map(|_| inside()),
+            })
+        }
+    }
 }
 
 /// Copy both ways. A side's EOF is passed on as a half-close; the tunnel ends when both
@@ -144,13 +233,6 @@ async fn relay_halves<R, W, UR, UW>(
     UR: AsyncRead + AsTcp + Unpin + Send,
     UW: AsyncWrite + AsTcp + Unpin + Send,
 {
-    if client_wr
-        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-        .await
-        .is_err()
-    {
-        return;
-    }
     let epoch = Instant::now();
     let last = AtomicU64::new(0);
     let touch =
@@ -438,12 +520,7 @@ mod tests {
             back
         };
         let ((), back) = tokio::join!(sending, receiving);
-        let established = b"HTTP/1.1 200 Connection Established\r\n\r\n";
-        assert_eq!(&back[..established.len()], established);
-        assert!(
-            back[established.len()..] == to_app[..],
-            "origin→app bytes changed"
-        );
+        assert!(back == to_app, "origin→app bytes changed");
         let got = origin.await.unwrap();
         assert!(got == to_origin, "app→origin bytes changed");
         let n = to_origin.len() as u64;
@@ -490,9 +567,7 @@ mod tests {
         let sent = origin.await.unwrap();
         assert_eq!(&sent[..5], b"early");
         assert_eq!(sent.len(), 100_005);
-        let established = b"HTTP/1.1 200 Connection Established\r\n\r\n";
-        assert_eq!(&back[..established.len()], established);
-        assert_eq!(back.len() - established.len(), 200_000);
+        assert_eq!(back.len(), 200_000);
         assert_eq!(tunnel.await.unwrap(), (100_005, 200_000));
 
         // No bytes either way: the watchdog closes the tunnel.

@@ -28,6 +28,7 @@
 mod client;
 mod dns;
 mod firewall;
+mod node;
 mod origin;
 mod process;
 mod proxy;
@@ -45,6 +46,8 @@ pub use client::{
 pub use dns::TestDns;
 #[allow(unused_imports)]
 pub use firewall::Firewall;
+#[allow(unused_imports)]
+pub use node::{undici_request, NodeResult};
 #[allow(unused_imports)]
 pub use origin::{origin, Origin, OriginBuilder, SeenRequest};
 #[allow(unused_imports)]

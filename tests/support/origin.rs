@@ -30,6 +30,7 @@ pub fn origin() -> OriginBuilder {
         keep_alive_timeout: None,
         tls: None,
         record: true,
+        bind: None,
     }
 }
 
@@ -38,6 +39,7 @@ pub struct OriginBuilder {
     keep_alive_timeout: Option<Duration>,
     tls: Option<TlsAcceptor>,
     record: bool,
+    bind: Option<SocketAddr>,
 }
 
 /// A running origin; dropping it stops the listener and every connection.
@@ -109,10 +111,22 @@ impl OriginBuilder {
         self
     }
 
+    /// Listens on `addr` (a loopback address) instead of 127.0.0.1 port 0, e.g. to be the
+    /// `https` default port 443 of a name the test DNS points at 127.0.0.x.
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        assert!(
+            addr.ip().is_loopback(),
+            "origins listen on loopback only: {addr}"
+        );
+        self.bind = Some(addr);
+        self
+    }
+
     pub async fn spawn(self) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind origin on 127.0.0.1:0");
+        let at = self.bind.unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
+        let listener = TcpListener::bind(at).await.unwrap_or_else(|e| {
+            panic!("bind origin on {at}: {e} (a port below 1024 needs root, as CI runs)")
+        });
         let addr = listener.local_addr().expect("origin local addr");
         let state = Arc::new(State::default());
         let config = Arc::new(Config {
