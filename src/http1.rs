@@ -15,10 +15,12 @@
 
 mod body;
 mod head;
+mod names;
 pub mod write;
 
 pub use body::{BodyError, BodyState};
 pub use head::{BodyFraming, HeadError, RequestHead, MAX_HEADERS, MAX_LEADING_EMPTY_LINES};
+pub use names::Spellings;
 pub use write::{encode_chunk, encode_response_head, encode_simple_response, CONTINUE, LAST_CHUNK};
 
 use bytes::{BufMut, BytesMut};

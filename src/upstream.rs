@@ -2,6 +2,7 @@
 //! and how far an exchange got when it failed.
 
 mod body;
+mod case;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,16 +21,18 @@ use tokio::sync::Notify;
 use tokio::time::timeout;
 
 pub use body::{ReqBody, Sent};
+use case::{NextHead, Respell};
 
 use crate::connect::UpstreamIo;
 use crate::error::ProxyError;
+use crate::http1::Spellings;
 use crate::pool::Poolable;
 use crate::retry::Stage;
 
 /// How long a pooled connection may take to become ready for its next request.
 const READY_WAIT: Duration = Duration::from_secs(2);
 
-type Conn = http1::Connection<TokioIo<UpstreamIo>, ReqBody>;
+type Conn = http1::Connection<TokioIo<Respell<UpstreamIo>>, ReqBody>;
 
 /// An upstream connection: hyper's request sender and the connection state machine, both
 /// driven by the task using it (no task of its own: no hand-offs between tasks per request).
@@ -39,6 +42,8 @@ type Conn = http1::Connection<TokioIo<UpstreamIo>, ReqBody>;
 /// looks at it at once, so a FIN or RST from the upstream is noticed when it arrives.
 pub struct UpstreamConn {
     sender: http1::SendRequest<ReqBody>,
+    /// Gives the transport the client's header-name spellings of the next request.
+    next_head: NextHead,
     /// `None` once the connection ended (closed by either side, or failed).
     conn: Option<Pin<Box<Conn>>>,
     signal: Arc<IdleSignal>,
@@ -98,6 +103,8 @@ impl Poolable for UpstreamConn {
 impl UpstreamConn {
     /// HTTP/1.1 handshake over a dialed stream.
     pub async fn handshake(io: UpstreamIo) -> Result<UpstreamConn, hyper::Error> {
+        let next_head = NextHead::default();
+        let io = Respell::new(io, next_head.clone());
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(256 * 1024)
             .handshake(TokioIo::new(io))
@@ -105,6 +112,7 @@ impl UpstreamConn {
         let signal = Arc::new(IdleSignal::default());
         Ok(UpstreamConn {
             sender,
+            next_head,
             conn: Some(Box::pin(conn)),
             idle_waker: Waker::from(signal.clone()),
             signal,
@@ -112,10 +120,12 @@ impl UpstreamConn {
     }
 
     /// Send `request` and wait for the response head (at most `response_timeout`); on
-    /// failure, say how far the exchange got. `sent` tells whether hyper took the whole body.
+    /// failure, say how far the exchange got. `sent` tells whether hyper took the whole body;
+    /// the header names go out as `spellings` says the client spelled them.
     pub async fn exchange(
         &mut self,
         request: Request<ReqBody>,
+        spellings: &Spellings,
         sent: &Sent,
         response_timeout: Duration,
     ) -> Result<Response<Incoming>, ExchangeError> {
@@ -124,6 +134,8 @@ impl UpstreamConn {
             Ok(Err(e)) => return Err(ExchangeError::ClosedBeforeWrite(describe(&e))),
             Err(_) => return Err(ExchangeError::NotReady),
         }
+        // Ready: the previous exchange is over, so the next head written is this request's.
+        self.next_head.set(spellings);
         match timeout(response_timeout, self.send(request)).await {
             Ok(Ok(response)) => Ok(response),
             Err(_) => Err(ExchangeError::NoResponse(response_timeout)),

@@ -702,3 +702,45 @@ async fn drain_lets_an_in_flight_request_finish_while_readyz_is_503() {
         .expect("task");
     assert_eq!(o.requests().len(), 1);
 }
+
+/// SPEC §4: header names keep the client's spelling upstream (some bank endpoints match them
+/// case-sensitively), on plain forwarding and on TLS origination alike; names the client sent
+/// in lower case stay so, and values and bodies are untouched.
+#[tokio::test]
+async fn header_names_reach_the_origin_as_the_client_spelled_them() {
+    let ca = TestCa::new("case-ca");
+    let plain = origin().spawn().await;
+    let tls = origin().tls(&ca.issue(&["localhost"])).spawn().await;
+    let dir = std::env::temp_dir().join(format!("portcullis-case-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let ca_file = ca.write_pem(&dir);
+    // The bank first: the plain upstream allows localhost too, and the first match decides.
+    let p = spawn_proxy(&format!(
+        "[[upstream]]\nname = \"bank\"\nhosts = [\"localhost\"]\nports = [{}]\ntls = \"originate\"\nallow_private = true\nca_file = \"{}\"\n{}",
+        tls.port(),
+        ca_file.display(),
+        local_upstream("plain", plain.port(), ""),
+    ))
+    .await;
+    let mut conn = ProxyConn::connect(p.addr).await;
+    for (o, host) in [(&plain, "127.0.0.1"), (&tls, "localhost")] {
+        let url = format!("http://{host}:{}/pay", o.port());
+        let req = format!(
+            "POST {url} HTTP/1.1\r\nHOST: {host}\r\nX-Bank-SIGNATURE: Sig=AbC\r\nx-lower: v\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n"
+        );
+        let r = conn.send(req.as_bytes()).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let seen = o.requests();
+        let names: Vec<&str> = seen[0].headers.iter().map(|(n, _)| n.as_str()).collect();
+        for name in ["HOST", "X-Bank-SIGNATURE", "x-lower", "Content-Type"] {
+            assert!(
+                names.contains(&name),
+                "{name} not as sent to {host}: {names:?}"
+            );
+        }
+        assert_eq!(seen[0].header("x-bank-signature"), Some("Sig=AbC"));
+        assert_eq!(seen[0].body_text(), "body");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    p.stop().await;
+}

@@ -6,6 +6,7 @@ use http::{Method, Version};
 use memchr::{memchr, memchr2};
 use tokio::io::AsyncRead;
 
+use super::names::Spellings;
 use super::{is_tchar, trim_ows, ClientReader, HEAD_FIRST_READ, HEAD_READ};
 
 /// Most header fields accepted in one request head; more is answered 431.
@@ -69,6 +70,8 @@ pub struct RequestHead {
     pub headers: HeaderMap,
     /// How the request body is delimited; authoritative.
     pub framing: BodyFraming,
+    /// How the client spelled the header names it did not send in lower case.
+    pub spellings: Spellings,
     /// Whether the client wants the connection kept open after this request:
     /// HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with
     /// `Connection: keep-alive` (and no `close`).
@@ -288,7 +291,9 @@ fn parse_head(head: &Bytes) -> Result<RequestHead, HeadError> {
     let (mut conn_close, mut conn_keep_alive) = (false, false);
     let mut expect_continue = false;
     let mut hosts = 0usize;
+    let mut spellings = Spellings::new(head.clone());
     for h in req.headers.iter() {
+        spellings.note(h.name.as_bytes());
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| malformed(INVALID_HEADER_NAME))?;
         if name == header::CONTENT_LENGTH {
@@ -337,6 +342,7 @@ fn parse_head(head: &Bytes) -> Result<RequestHead, HeadError> {
         version,
         headers,
         framing,
+        spellings,
         keep_alive: !conn_close && (http11 || conn_keep_alive),
         expect_continue: http11 && expect_continue,
     })

@@ -220,9 +220,10 @@ where
             .take()
             .unwrap_or_else(|| request::prepare(head, route))
             .build(req_body);
-        let exchange = pooled
-            .conn()
-            .exchange(request, &sent, settings.response_timeout);
+        let exchange =
+            pooled
+                .conn()
+                .exchange(request, &head.spellings, &sent, settings.response_timeout);
         let (outcome, pumped) = match pump {
             None => (exchange.await, None),
             // Boxed: streamed bodies are the rare path, and inline this state (3 KiB) would
