@@ -80,6 +80,9 @@ impl Handle {
         };
         match loaded {
             Ok(config) => {
+                for w in crate::config::lint::check(&config) {
+                    tracing::warn!("{}: {w}", config.source);
+                }
                 let old = self.shared.config();
                 if config.proxy.listen != old.proxy.listen
                     || config.proxy.admin_listen != old.proxy.admin_listen

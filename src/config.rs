@@ -4,6 +4,7 @@
 //! `Raw*` → the effective `Config` with every `[defaults]` key resolved per upstream.
 //! Every problem found is collected, so a bad file is fixed in one round.
 
+pub mod lint;
 pub mod raw;
 
 use std::fmt;

@@ -45,14 +45,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let warnings = portcullis::config::lint::check(&config);
     if let Some(Command::Check) = cli.command {
         use std::io::Write;
         // A closed stdout (`check | head`) is not a config error.
         let _ = write!(std::io::stdout(), "{config}");
+        // Warnings leave the exit status at 0: the config is valid, only partly dead.
+        for w in &warnings {
+            eprintln!("{}: warning: {w}", config.source);
+        }
         return ExitCode::SUCCESS;
     }
     // Declared before the runtime, so dropped after it: the last lines are flushed at exit.
     let _log_flush = init_logging(cli.log_format);
+    for w in &warnings {
+        tracing::warn!("{}: {w}", config.source);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

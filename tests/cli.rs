@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 const VALID: &str = "tests/fixtures/config/valid";
 const INVALID: &str = "tests/fixtures/config/invalid";
+const WARNINGS: &str = "tests/fixtures/config/warnings";
 const PASSWORD_VAR: &str = "PORTCULLIS_TEST_FIXTURE_PW";
 
 fn manifest_dir() -> &'static Path {
@@ -146,6 +147,107 @@ fn check_refuses_limits_too_large_to_honour() {
         assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
         assert!(out.stdout.is_empty(), "{}", describe(&out));
         assert_eq!(text(&out.stderr), format!("{path}: {want}\n"));
+    }
+}
+
+/// `check` on a config that is valid but partly dead: exit 0, the effective config on stdout,
+/// one `FILE: warning: ...` line per finding on stderr.
+fn check_warnings(file: &str) -> (String, Vec<String>) {
+    let path = format!("{WARNINGS}/{file}");
+    let out = run(&mut portcullis(&["check", "--config", &path]));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("# effective config from {path}\n")),
+        "{}",
+        describe(&out)
+    );
+    let prefix = format!("{path}: warning: ");
+    let lines: Vec<String> = text(&out.stderr)
+        .lines()
+        .map(|l| {
+            l.strip_prefix(&prefix)
+                .unwrap_or_else(|| panic!("{l:?} lacks {prefix:?}\n{}", describe(&out)))
+                .to_string()
+        })
+        .collect();
+    (stdout, lines)
+}
+
+#[test]
+fn check_warns_about_an_upstream_an_earlier_one_shadows() {
+    let (_, lines) = check_warnings("shadowed_upstream.toml");
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let whole = &lines[0];
+    assert!(
+        whole.starts_with("upstream \"worldpay-eu\" is never used"),
+        "{whole}"
+    );
+    for part in [
+        "\"secure.worldpay.com\" by upstream \"worldpay\" (\"*.worldpay.com\")",
+        "\"*.eu.worldpay.com\" by upstream \"worldpay\" (\"*.worldpay.com\")",
+        "its port 8443 is refused with 403",
+    ] {
+        assert!(whole.contains(part), "{whole} lacks {part}");
+    }
+    // "stripe" stays in use for api.stripe.com; only its second host is dead.
+    assert_eq!(
+        lines[1],
+        "upstream \"stripe\": host \"secure.worldpay.com\" never reaches it: upstream \
+         \"worldpay\" lists \"*.worldpay.com\" earlier and decides for it"
+    );
+}
+
+#[test]
+fn check_warns_about_a_config_without_upstreams() {
+    let (stdout, lines) = check_warnings("no_upstream.toml");
+    assert!(!stdout.contains("[[upstream]]"), "{stdout}");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("no [[upstream]] entries: every request will be refused with 403"),
+        "{}",
+        lines[0]
+    );
+}
+
+#[test]
+fn check_warns_about_clients_that_can_reach_nothing() {
+    let (_, lines) = check_warnings("client_reaches_nothing.toml");
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("upstream \"stripe-copy\" is never used"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with(
+            "client \"batch\" can reach nothing: every upstream it may use (\"stripe-copy\")"
+        ),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].starts_with("client \"audit\" can reach nothing: its upstreams list is empty"),
+        "{}",
+        lines[2]
+    );
+}
+
+/// The warnings are for mistakes only: no shipped or valid fixture config draws one.
+#[test]
+fn check_is_silent_on_the_shipped_and_valid_configs() {
+    let mut paths = vec![manifest_dir().join("config/portcullis.toml")];
+    let valid = std::fs::read_dir(manifest_dir().join(VALID)).expect("valid fixtures");
+    paths.extend(
+        valid
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml")),
+    );
+    assert!(paths.len() > 5, "{paths:?}");
+    for path in paths {
+        let out = run(portcullis(&["check", "--config"]).arg(&path));
+        assert_eq!(out.status.code(), Some(0), "{path:?}: {}", describe(&out));
+        assert!(out.stderr.is_empty(), "{path:?}: {}", describe(&out));
     }
 }
 
