@@ -54,7 +54,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(shared.metrics.render())));
+            let mut r = Response::new(Full::new(Bytes::from(metrics(shared))));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -80,6 +80,19 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "not found: try /metrics, /healthz, /readyz, /pools\n",
         ),
     }
+}
+
+/// The exposition, with the pools' utilization read from their state now (not kept on the hot path).
+fn metrics(shared: &Shared) -> String {
+    let config = shared.config();
+    let pools = shared.pools.snapshot();
+    let utilization = crate::metrics::pool_utilization(
+        config.upstreams.iter().map(|u| u.name.as_str()),
+        pools
+            .iter()
+            .map(|(key, snap)| (&*key.upstream, snap.busy, snap.max_connections)),
+    );
+    shared.metrics.render_with_pool_utilization(&utilization)
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -1,7 +1,7 @@
 //! The Prometheus collectors of SPEC §7, registered once; hot paths hold pre-labelled handles.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    exponential_buckets, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -256,13 +256,143 @@ impl Metrics {
         }
     }
 
-    /// The text exposition for `/metrics`.
+    /// The text exposition of the registered collectors.
     pub fn render(&self) -> String {
+        self.render_with_pool_utilization(&[])
+    }
+
+    /// The text exposition for `/metrics`, with `portcullis_pool_utilization` from values
+    /// computed at scrape time (see [`pool_utilization`]): the hot path never updates it.
+    pub fn render_with_pool_utilization(&self, utilization: &[(&str, f64)]) -> String {
+        let mut families = self.registry.gather();
+        if !utilization.is_empty() {
+            if let Some(family) = utilization_family(utilization) {
+                let at = families.partition_point(|f| f.name() < family.name());
+                families.insert(at, family);
+            }
+        }
         let mut buf = Vec::with_capacity(16 * 1024);
         let encoder = TextEncoder::new();
-        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+        if let Err(e) = encoder.encode(&families, &mut buf) {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+const POOL_UTILIZATION: &str = "portcullis_pool_utilization";
+
+/// A one-off gauge family, so an upstream gone in a reload leaves no stale series behind.
+fn utilization_family(utilization: &[(&str, f64)]) -> Option<prometheus::proto::MetricFamily> {
+    use prometheus::core::Collector;
+    let gauge = GaugeVec::new(
+        Opts::new(
+            POOL_UTILIZATION,
+            "Busy connections / max_connections of the upstream's fullest destination pool (0-1).",
+        ),
+        &["upstream"],
+    )
+    .ok()?;
+    for (upstream, value) in utilization {
+        gauge.with_label_values(&[upstream]).set(*value);
+    }
+    gauge.collect().into_iter().next()
+}
+
+/// `portcullis_pool_utilization` (SPEC §7): per upstream, busy / `max_connections` of its
+/// fullest destination pool, from 0 to 1. `max_connections` caps each destination, so the
+/// fullest one is what runs into `acquire_timeout` first; summing an upstream's destinations
+/// (a wildcard has many) would compare a sum with one destination's cap.
+///
+/// `upstreams` are the configured names (0 until they have a pool); `pools` holds
+/// (upstream, busy, max_connections) per destination. A cap lowered by a reload below the
+/// connections still busy reads as 1 until they finish.
+pub fn pool_utilization<'a>(
+    upstreams: impl IntoIterator<Item = &'a str>,
+    pools: impl IntoIterator<Item = (&'a str, usize, usize)>,
+) -> Vec<(&'a str, f64)> {
+    let mut out: Vec<(&str, f64)> = upstreams.into_iter().map(|u| (u, 0.0)).collect();
+    for (upstream, busy, max) in pools {
+        let ratio = match (busy, max) {
+            (0, _) => 0.0,
+            (_, 0) => 1.0,
+            (b, m) => (b as f64 / m as f64).min(1.0),
+        };
+        match out.iter_mut().find(|(u, _)| *u == upstream) {
+            Some((_, v)) => *v = v.max(ratio),
+            None => out.push((upstream, ratio)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_utilization_is_the_fullest_destination_not_the_sum() {
+        type Pools = &'static [(&'static str, usize, usize)];
+        type Want = &'static [(&'static str, f64)];
+        let cases: &[(&str, &[&str], Pools, Want)] = &[
+            ("no pools yet", &["a", "b"], &[], &[("a", 0.0), ("b", 0.0)]),
+            (
+                "a wildcard upstream with three destinations",
+                &["adyen"],
+                &[("adyen", 10, 128), ("adyen", 96, 128), ("adyen", 64, 128)],
+                &[("adyen", 0.75)],
+            ),
+            (
+                "each upstream by itself",
+                &["a", "b"],
+                &[("a", 1, 4), ("b", 4, 4)],
+                &[("a", 0.25), ("b", 1.0)],
+            ),
+            (
+                "busy above a cap a reload lowered",
+                &["a"],
+                &[("a", 20, 8)],
+                &[("a", 1.0)],
+            ),
+            ("idle only", &["a"], &[("a", 0, 8)], &[("a", 0.0)]),
+            (
+                "a pool whose upstream left the config",
+                &["a"],
+                &[("gone", 2, 8)],
+                &[("a", 0.0), ("gone", 0.25)],
+            ),
+        ];
+        for (what, upstreams, pools, want) in cases {
+            let got = pool_utilization(upstreams.iter().copied(), pools.iter().copied());
+            assert_eq!(got, *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn pool_utilization_renders_in_name_order_with_the_registry() {
+        let m = Metrics::new();
+        m.pool("a");
+        let text = m.render_with_pool_utilization(&[("a", 0.5), ("b", 0.0)]);
+        assert!(
+            text.contains("# TYPE portcullis_pool_utilization gauge\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("portcullis_pool_utilization{upstream=\"a\"} 0.5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("portcullis_pool_utilization{upstream=\"b\"} 0\n"),
+            "{text}"
+        );
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        assert!(!m.render().contains(POOL_UTILIZATION));
     }
 }

@@ -216,6 +216,58 @@ async fn a_slow_request_shows_as_one_busy_connection() {
     p.stop().await;
 }
 
+/// `portcullis_pool_utilization` is the fullest destination's busy / max_connections: two
+/// destinations of one upstream with one request each are half full, although the busy
+/// gauge (summed over destinations) equals one destination's limit.
+#[tokio::test]
+async fn pool_utilization_is_per_destination_not_summed() {
+    let hold = |_: &SeenRequest| Reply::ok("late").delay(Duration::from_secs(60));
+    let a = origin().handler(hold).spawn().await;
+    let b = origin().handler(hold).spawn().await;
+    let idle = origin().spawn().await;
+    let p = spawn_proxy(&format!(
+        "[[upstream]]\nname = \"wide\"\nhosts = [\"127.0.0.1\"]\nports = [{}, {}]\n\
+         allow_private = true\nmax_connections = 2\nmax_idle = 2\n{}",
+        a.port(),
+        b.port(),
+        local_upstream("quiet", idle.port(), "")
+    ))
+    .await;
+    let util = "portcullis_pool_utilization";
+    // Every configured upstream has the series from the start.
+    let (_, text) = p.admin_get("/metrics").await;
+    assert!(
+        text.contains("# TYPE portcullis_pool_utilization gauge"),
+        "{text}"
+    );
+    assert_eq!(metric_in(&text, util, "upstream=\"wide\""), 0.0);
+    assert!(
+        text.contains("portcullis_pool_utilization{upstream=\"quiet\"} 0"),
+        "{text}"
+    );
+
+    let held = [spawn_get(p.addr, a.url("/")), spawn_get(p.addr, b.url("/"))];
+    assert!(a.wait_for_requests(1, WITHIN).await);
+    assert!(b.wait_for_requests(1, WITHIN).await);
+    let busy = "portcullis_upstream_connections";
+    let limit = "portcullis_upstream_connection_limit";
+    let (_, text) = p.admin_get("/metrics").await;
+    let summed = metric_in(&text, busy, "upstream=\"wide\",state=\"busy\"")
+        / metric_in(&text, limit, "upstream=\"wide\"");
+    assert_eq!(summed, 1.0, "the old ratio reads 100 %:\n{text}");
+    assert_eq!(metric_in(&text, util, "upstream=\"wide\""), 0.5, "{text}");
+
+    // A third request fills destination a: now it is the fullest, at 100 %.
+    let third = spawn_get(p.addr, a.url("/"));
+    assert!(a.wait_for_requests(2, WITHIN).await);
+    assert_eq!(p.metric(util, "upstream=\"wide\"").await, 1.0);
+    assert_eq!(p.metric(util, "upstream=\"quiet\"").await, 0.0);
+    for t in held.into_iter().chain([third]) {
+        t.abort();
+    }
+    p.stop().await;
+}
+
 const CLOSED: &str = "portcullis_upstream_connections_closed_total";
 
 /// `portcullis_upstream_connections{upstream="obs"}` by state agrees with `/pools` and with `want`.
@@ -734,6 +786,7 @@ async fn promtool_finds_no_problem_in_the_exposition() {
         "portcullis_tunnel_bytes_total",
         "portcullis_client_connections",
         "portcullis_config_reloads_total",
+        "portcullis_pool_utilization",
     ] {
         assert!(
             text.contains(&format!("# TYPE {family} ")),
