@@ -850,6 +850,16 @@ fn free_port() -> u16 {
 
 /// Start Prometheus scraping `target` every second (a few tries, in case its port is taken).
 async fn start_prometheus(binary: &PathBuf, target: SocketAddr) -> Prometheus {
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+         scrape_configs:\n  - job_name: portcullis\n    scrape_interval: 1s\n    scrape_timeout: 1s\n\
+         \x20   static_configs:\n      - targets: [\"{target}\"]\n"
+    );
+    start_prometheus_with(binary, &config).await
+}
+
+/// Start Prometheus with this config text (JSON is YAML too).
+async fn start_prometheus_with(binary: &PathBuf, config_text: &str) -> Prometheus {
     static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     for attempt in 0..3 {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
@@ -860,15 +870,7 @@ async fn start_prometheus(binary: &PathBuf, target: SocketAddr) -> Prometheus {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).expect("prometheus dir");
         let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: portcullis\n    scrape_interval: 1s\n    scrape_timeout: 1s\n\
-                 \x20   static_configs:\n      - targets: [\"{target}\"]\n"
-            ),
-        )
-        .expect("write prometheus.yml");
+        std::fs::write(&config, config_text).expect("write prometheus.yml");
         let port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = dir.join("prometheus.log");
@@ -912,16 +914,20 @@ async fn start_prometheus(binary: &PathBuf, target: SocketAddr) -> Prometheus {
     panic!("prometheus did not start in 3 attempts");
 }
 
-/// `GET /api/v1/query?query=<q>` (q needs no escaping here); the `data.result` array.
-async fn prom_query(prom: &Prometheus, q: &str) -> Vec<serde_json::Value> {
-    let req =
-        format!("GET /api/v1/query?query={q} HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n");
+/// `GET path` on Prometheus's API (no escaping needed here); the `data` member.
+async fn prom_api(prom: &Prometheus, path: &str) -> serde_json::Value {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n");
     let r = raw_exchange(prom.addr, req.as_bytes(), Duration::from_secs(5)).await;
     if r.status != 200 {
-        return Vec::new();
+        return serde_json::Value::Null;
     }
     let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-    doc["data"]["result"]
+    doc["data"].clone()
+}
+
+/// `GET /api/v1/query?query=<q>` (q needs no escaping here); the `data.result` array.
+async fn prom_query(prom: &Prometheus, q: &str) -> Vec<serde_json::Value> {
+    prom_api(prom, &format!("/api/v1/query?query={q}")).await["result"]
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -965,4 +971,227 @@ async fn prometheus_scrapes_the_admin_listener() {
     }
     drop(prom);
     p.stop().await;
+}
+
+/// Every YAML document of a file under the crate root, as JSON values.
+fn yaml_docs(path: &str) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    let full = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
+    let text = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde_json::Value::deserialize(d).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// A pod label or annotation key as Kubernetes discovery spells it in a meta label.
+fn sanitize(key: &str) -> String {
+    key.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// The targets Prometheus's Kubernetes pod discovery makes for the one Deployment of
+/// `manifest`, as `static_configs` entries: one per container port (init containers
+/// included), and one without a port for a container that declares none. The admin port of
+/// the container named "portcullis" points at `admin`; every other port at `elsewhere`.
+fn pod_targets(
+    manifest: &str,
+    namespace: &str,
+    pod: &str,
+    admin: SocketAddr,
+    elsewhere: SocketAddr,
+) -> Vec<serde_json::Value> {
+    use serde_json::{json, Map, Value};
+    let docs = yaml_docs(manifest);
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap_or_else(|| panic!("{manifest}: no Deployment"));
+    let template = &deployment["spec"]["template"];
+    let mut common = Map::new();
+    for (key, value) in [
+        ("namespace", namespace),
+        ("pod_name", pod),
+        ("pod_ip", "10.1.2.3"),
+        ("pod_phase", "Running"),
+        ("pod_ready", "true"),
+        ("pod_controller_kind", "ReplicaSet"),
+    ] {
+        common.insert(format!("__meta_kubernetes_{key}"), json!(value));
+    }
+    for (kind, field) in [("label", "labels"), ("annotation", "annotations")] {
+        if let Some(map) = template["metadata"][field].as_object() {
+            for (k, v) in map {
+                let k = sanitize(k);
+                common.insert(format!("__meta_kubernetes_pod_{kind}_{k}"), v.clone());
+                common.insert(
+                    format!("__meta_kubernetes_pod_{kind}present_{k}"),
+                    json!("true"),
+                );
+            }
+        }
+    }
+    let spec = &template["spec"];
+    let containers = [("containers", "false"), ("initContainers", "true")]
+        .into_iter()
+        .flat_map(|(field, init)| {
+            spec[field]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |c| (c, init))
+        });
+    let mut targets = Vec::new();
+    for (c, init) in containers {
+        let mut labels = common.clone();
+        labels.insert(
+            "__meta_kubernetes_pod_container_name".into(),
+            c["name"].clone(),
+        );
+        labels.insert(
+            "__meta_kubernetes_pod_container_image".into(),
+            c["image"].clone(),
+        );
+        labels.insert("__meta_kubernetes_pod_container_init".into(), json!(init));
+        let ports = c["ports"].as_array().cloned().unwrap_or_default();
+        if ports.is_empty() {
+            targets.push(json!({"targets": [elsewhere.to_string()], "labels": labels}));
+        }
+        for port in ports {
+            let mut labels = labels.clone();
+            let number = port["containerPort"].as_u64().expect("containerPort");
+            labels.insert(
+                "__meta_kubernetes_pod_container_port_name".into(),
+                port["name"].clone(),
+            );
+            labels.insert(
+                "__meta_kubernetes_pod_container_port_number".into(),
+                json!(number.to_string()),
+            );
+            labels.insert(
+                "__meta_kubernetes_pod_container_port_protocol".into(),
+                port.get("protocol").cloned().unwrap_or(json!("TCP")),
+            );
+            let is_admin = c["name"] == "portcullis" && port["name"] == "admin";
+            let addr = if is_admin { admin } else { elsewhere };
+            targets.push(json!({"targets": [addr.to_string()], "labels": labels}));
+        }
+    }
+    assert!(
+        targets.iter().all(|t| t["labels"]
+            .as_object()
+            .is_some_and(|l| l.values().all(Value::is_string))),
+        "{targets:#?}"
+    );
+    targets
+}
+
+/// The shipped Kubernetes scrape job (config/prometheus/kubernetes.yml) keeps portcullis in
+/// both layouts of config/k8s/: the egress Deployment's pods (labelled portcullis) and app
+/// pods with the sidecar (labelled as the app, portcullis an init container). Debian's
+/// Prometheus has no Kubernetes discovery, so the job's own relabel_configs run here over
+/// `static_configs` targets that carry what the pod discovery would attach to each container
+/// port of the two manifests' pod templates; the admin ports point at two running proxies.
+#[tokio::test]
+async fn prometheus_keeps_portcullis_in_both_layouts() {
+    use serde_json::json;
+    let Some(binary) = tool("prometheus", "/usr/bin/prometheus") else {
+        return;
+    };
+    let shipped = yaml_docs("config/prometheus/kubernetes.yml");
+    let job = shipped[0]["scrape_configs"]
+        .as_array()
+        .and_then(|jobs| jobs.iter().find(|j| j["job_name"] == "portcullis"))
+        .cloned()
+        .expect("kubernetes.yml has a job named portcullis");
+    assert!(job["kubernetes_sd_configs"].is_array(), "{job:#}");
+
+    let o = test_origin().await;
+    let egress = spawn_proxy(&local_upstream("obs", o.port(), "")).await;
+    let sidecar = spawn_proxy(&local_upstream("obs", o.port(), "")).await;
+    // Any other port of the pods: nothing listens there, and nothing should try.
+    let elsewhere = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let mut static_configs = pod_targets(
+        "config/k8s/egress/egress.yaml",
+        "portcullis",
+        "portcullis-7d9f-abcde",
+        egress.admin,
+        elsewhere,
+    );
+    static_configs.extend(pod_targets(
+        "config/k8s/sidecar/sidecar.yaml",
+        "shop",
+        "checkout-5c8b-fghij",
+        sidecar.admin,
+        elsewhere,
+    ));
+    let config = json!({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{
+            "job_name": job["job_name"],
+            "metrics_path": job.get("metrics_path").cloned().unwrap_or(json!("/metrics")),
+            "scrape_interval": "1s",
+            "scrape_timeout": "1s",
+            "static_configs": static_configs,
+            "relabel_configs": job["relabel_configs"],
+        }]
+    });
+    let prom = start_prometheus_with(&binary, &config.to_string()).await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (active, up) = loop {
+        let targets = prom_api(&prom, "/api/v1/targets").await;
+        let active = targets["activeTargets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let up = prom_query(&prom, "up").await;
+        let all_up = up.len() == 2 && up.iter().all(|s| s["value"][1] == "1");
+        if all_up || Instant::now() >= deadline {
+            break (active, up);
+        }
+        sleep(Duration::from_millis(500)).await;
+    };
+    let mut kept: Vec<(String, String, String, String)> = active
+        .iter()
+        .map(|t| {
+            let l = &t["labels"];
+            let s = |k: &str| l[k].as_str().unwrap_or("").to_string();
+            (s("job"), s("namespace"), s("app"), s("instance"))
+        })
+        .collect();
+    kept.sort();
+    let log = std::fs::read_to_string(&prom.log).unwrap_or_default();
+    assert_eq!(
+        kept,
+        vec![
+            (
+                "portcullis".to_string(),
+                "portcullis".to_string(),
+                "portcullis".to_string(),
+                egress.admin.to_string()
+            ),
+            (
+                "portcullis".to_string(),
+                "shop".to_string(),
+                "checkout".to_string(),
+                sidecar.admin.to_string()
+            ),
+        ],
+        "kept targets:\n{active:#?}\n{log}"
+    );
+    assert!(
+        up.len() == 2 && up.iter().all(|s| s["value"][1] == "1"),
+        "up:\n{up:#?}\n{log}"
+    );
+    let requests = prom_query(&prom, "portcullis_client_connections").await;
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    drop(prom);
+    egress.stop().await;
+    sidecar.stop().await;
 }
