@@ -13,30 +13,27 @@
 # PORTCULLIS_CONFIG (or pass --config); it must bind 0.0.0.0 as well.
 
 # ---------------------------------------------------------------- builder
-FROM rust:1-bookworm AS builder
+# The builder is pinned by version: the same Rust as CI (`cargo --version`
+# in .ci/run's output), and a rebuild months later compiles with the same
+# compiler. To pin the exact image too, add its digest:
+#   docker buildx imagetools inspect rust:1.95.0-bookworm   # prints Digest: sha256:...
+#   docker build --build-arg RUST_IMAGE=rust:1.95.0-bookworm@sha256:<digest> -t portcullis .
+# (or write it into the ARG below). Moving to a newer Rust is a one-line change here.
+ARG RUST_IMAGE=rust:1.95.0-bookworm
+FROM ${RUST_IMAGE} AS builder
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 
-# Dependency layer: build every dependency against stub sources, so that
-# changing src/ does not rebuild them. cargo refuses a manifest whose
-# targets are missing: benches/ is copied as it is (it changes rarely), and
-# any other explicit target `path` gets a stub too.
+# Dependency layer: build every dependency from Cargo.toml and Cargo.lock
+# alone, against stub sources, so that a change under src/, tests/ or
+# benches/ does not rebuild them (cargo needs a file for every target the
+# manifest declares: docker/stub-targets.sh makes one). Only a change of
+# Cargo.toml, Cargo.lock or that script invalidates this layer;
+# .ci/check-ops.py checks that nothing else is copied before it.
 COPY Cargo.toml Cargo.lock ./
-COPY benches ./benches
+COPY docker/stub-targets.sh /usr/local/bin/stub-targets
 RUN set -eu; \
-    mkdir -p src; \
-    echo 'fn main() {}' > src/main.rs; \
-    touch src/lib.rs; \
-    echo src/main.rs > /tmp/stubs; \
-    echo src/lib.rs >> /tmp/stubs; \
-    sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*"\([^"]*\.rs\)".*/\1/p' Cargo.toml \
-      | while read -r path; do \
-          if [ ! -e "$path" ]; then \
-            mkdir -p "$(dirname "$path")"; \
-            echo 'fn main() {}' > "$path"; \
-            echo "$path" >> /tmp/stubs; \
-          fi; \
-        done; \
+    stub-targets > /tmp/stubs; \
     cargo build --release --locked --bin portcullis; \
     xargs rm -f < /tmp/stubs; \
     rm -rf target/release/.fingerprint/portcullis-* target/release/deps/portcullis-* \

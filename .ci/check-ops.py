@@ -5,17 +5,32 @@
   README is one of SPEC section 7, and the dashboard shows all of them;
 - the dashboard is well formed and every PromQL query in it parses
   (through `promtool check rules`);
-- the Kubernetes manifests agree with the portcullis.toml they embed
-  (only SPEC section 3 keys, listeners reachable in a pod, allow_private
-  off, probes on the admin port, grace above shutdown_grace + preStop),
-  and each embedded config is written to OUT_DIR for `portcullis check`.
+- the alert rules use only recording rules defined beside them;
+- the Kubernetes manifests (config/k8s/egress, config/k8s/sidecar, each a
+  kustomization whose configMapGenerator makes the ConfigMap from
+  portcullis.toml) agree with that file (only SPEC section 3 keys,
+  listeners reachable in a pod, allow_private off, probes on the admin
+  port, grace above shutdown_grace + preStop), and each config is written
+  to OUT_DIR for `portcullis check`;
+- `kubectl kustomize` renders each folder with a content hash in the
+  ConfigMap's name that the pod template refers to, and a changed
+  portcullis.toml changes that name (so applying it rolls the pods);
+- the admin port is closed to all but Prometheus in both layouts, the
+  egress except-lists cover the private and IPv4-embedding prefixes, and
+  the Prometheus job (kubernetes.yml) and the PodMonitor select the
+  container and port that both manifests name;
+- the Dockerfile's dependency layer copies nothing but the manifest, the
+  lock file and the stub script, and that script makes a manifest cargo
+  accepts.
 
 Usage: check-ops.py OUT_DIR      (run from the repository root)
 """
 
+import ipaddress
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +56,8 @@ METRICS = {
     "portcullis_tunnel_bytes_total": "counter",
     "portcullis_client_connections": "gauge",
     "portcullis_config_reloads_total": "counter",
+    "portcullis_tunnel_duration_seconds": "histogram",
+    "portcullis_pool_utilization": "gauge",
 }
 SERIES = set(METRICS)
 for _name, _kind in METRICS.items():
@@ -57,7 +74,10 @@ DEFAULT_KEYS = {"connect_timeout", "response_timeout", "max_connections", "max_i
 UPSTREAM_KEYS = DEFAULT_KEYS | {"name", "hosts", "ports", "tls", "ca_file", "remote_idle_limit"}
 CLIENT_KEYS = {"name", "cidrs", "username", "password_env", "upstreams"}
 
-METRIC_RE = re.compile(r"\bportcullis_[a-z0-9_]+")
+# Whole PromQL names: a recording rule's name (level:metric:operation)
+# contains a metric-like part that is not a metric by itself.
+NAME_RE = re.compile(r"(?<![a-zA-Z0-9_:{.\"'])[a-zA-Z_:][a-zA-Z0-9_:]*")
+RECORDED = set()
 errors = []
 
 
@@ -73,7 +93,15 @@ def seconds(text):
 
 
 def metric_names(where, text):
-    found = set(METRIC_RE.findall(text))
+    """The portcullis metrics named in text; recording rule names must be recorded."""
+    found = set()
+    for name in NAME_RE.findall(text):
+        if ":" in name:
+            if name.count(":") == 2 and "portcullis_" in name and name not in RECORDED:
+                fail(where, f"{name} is not a recording rule of alerts.yml")
+            continue
+        if name.startswith("portcullis_"):
+            found.add(name)
     for name in sorted(found - SERIES):
         fail(where, f"metric {name} is not in SPEC section 7")
     return found
@@ -82,6 +110,8 @@ def metric_names(where, text):
 def check_alerts(path):
     with open(path) as f:
         rules = yaml.safe_load(f)
+    for group in rules["groups"]:
+        RECORDED.update(r["record"] for r in group["rules"] if "record" in r)
     for group in rules["groups"]:
         for rule in group["rules"]:
             where = f"{path}: {rule.get('alert') or rule.get('record')}"
@@ -196,29 +226,60 @@ def container_checks(where, c):
         fail(where, "needs resource requests and limits")
 
 
-def check_k8s(path, out_dir):
-    with open(path) as f:
-        docs = [d for d in yaml.safe_load_all(f) if d]
+def load_kustomization(folder, out_dir):
+    """The documents of a kustomization folder, with each generated ConfigMap made as
+    kustomize makes it (before the hash); each portcullis.toml is checked and written out."""
+    with open(os.path.join(folder, "kustomization.yaml")) as f:
+        kust = yaml.safe_load(f)
+    docs = []
+    for resource in kust.get("resources", []):
+        with open(os.path.join(folder, resource)) as f:
+            docs += [d for d in yaml.safe_load_all(f) if d]
     configs = {}
+    for gen in kust.get("configMapGenerator", []):
+        where = f"{folder}/kustomization.yaml: configMapGenerator {gen['name']}"
+        data = {}
+        for file in gen.get("files", []):
+            with open(os.path.join(folder, file)) as f:
+                data[os.path.basename(file)] = f.read()
+        if "portcullis.toml" not in data:
+            fail(where, "generates no portcullis.toml")
+            continue
+        configs[gen["name"]] = check_toml(f"{folder}/portcullis.toml", data["portcullis.toml"])
+        base = os.path.basename(folder.rstrip("/"))
+        with open(os.path.join(out_dir, f"{base}-{gen['name']}.toml"), "w") as out:
+            out.write(data["portcullis.toml"])
+    for doc in docs:
+        if doc.get("kind") == "ConfigMap" and "portcullis.toml" in doc.get("data", {}):
+            fail(folder, f"ConfigMap {doc['metadata']['name']} is written out: generate it from "
+                         "portcullis.toml (configMapGenerator), so that an edit rolls the pods")
+    return docs, configs
+
+
+def pod_templates(docs):
+    for doc in docs:
+        if doc.get("kind") == "Deployment":
+            yield f"Deployment {doc['metadata']['name']}", doc["spec"]["template"]
+
+
+def check_k8s(folder, out_dir):
+    docs, configs = load_kustomization(folder, out_dir)
     for doc in docs:
         if not all(k in doc for k in ("apiVersion", "kind", "metadata")):
-            fail(path, "a document lacks apiVersion, kind or metadata")
-            continue
-        if doc["kind"] == "ConfigMap" and "portcullis.toml" in doc.get("data", {}):
-            name = doc["metadata"]["name"]
-            where = f"{path}: ConfigMap {name}"
-            configs[name] = check_toml(where, doc["data"]["portcullis.toml"])
-            base = os.path.splitext(os.path.basename(path))[0]
-            with open(os.path.join(out_dir, f"{base}-{name}.toml"), "w") as out:
-                out.write(doc["data"]["portcullis.toml"])
-    for doc in docs:
-        if doc.get("kind") != "Deployment":
-            continue
-        where = f"{path}: Deployment {doc['metadata']['name']}"
-        pod = doc["spec"]["template"]["spec"]
+            fail(folder, "a document lacks apiVersion, kind or metadata")
+    for name, template in pod_templates(docs):
+        where = f"{folder}: {name}"
+        pod = template["spec"]
         sc = pod.get("securityContext", {})
         if sc.get("runAsNonRoot") is not True:
             fail(where, "pod needs runAsNonRoot: true")
+        annotations = template.get("metadata", {}).get("annotations", {}) or {}
+        for key in annotations:
+            if key.startswith("prometheus.io/"):
+                fail(where, f"annotation {key}: Prometheus finds portcullis by container and port "
+                            "name; in a sidecar pod these annotations belong to the app")
+            if "config-revision" in key:
+                fail(where, f"annotation {key}: the generated ConfigMap's hash rolls the pods")
         mounted = {v["name"]: v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v}
         proxies = [c for c in pod.get("containers", []) + pod.get("initContainers", [])
                    if "portcullis" in c.get("image", "")]
@@ -227,12 +288,17 @@ def check_k8s(path, out_dir):
         for c in proxies:
             cwhere = f"{where} container {c['name']}"
             container_checks(cwhere, c)
+            if c["name"] != "portcullis":
+                fail(cwhere, "must be named portcullis: the scrape job and PodMonitor select it by name")
+            ports = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
+            if ports.get("admin") != 9090:
+                fail(cwhere, "needs port 9090 named admin: the scrape job and PodMonitor select it")
             conf = None
             for m in c.get("volumeMounts", []):
                 if m["name"] in mounted and mounted[m["name"]] in configs:
                     conf = configs[mounted[m["name"]]]
             if conf is None:
-                fail(cwhere, "mounts no ConfigMap with a portcullis.toml")
+                fail(cwhere, "mounts no generated ConfigMap with a portcullis.toml")
                 continue
             grace = seconds(conf["proxy"].get("shutdown_grace", "30s"))
             cmd = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
@@ -247,7 +313,201 @@ def check_k8s(path, out_dir):
                 for key in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
                     if not env.get(key):
                         fail(f"{where} container {c['name']}", f"sets HTTPS_PROXY but not {key}")
-    return {doc.get("kind") for doc in docs}
+        check_admin_closed(folder, docs, template)
+    check_rendered(folder, configs)
+    return docs
+
+
+def selects(selector, labels):
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+def check_admin_closed(folder, docs, template):
+    """Some NetworkPolicy selects the pod for ingress and lets only Prometheus reach 9090."""
+    labels = template["metadata"].get("labels", {})
+    policies = [d for d in docs if d.get("kind") == "NetworkPolicy"
+                and "Ingress" in d["spec"].get("policyTypes", [])
+                and selects(d["spec"].get("podSelector", {}), labels)]
+    if not policies:
+        fail(folder, f"no NetworkPolicy limits ingress to the pods labelled {labels}: "
+                     "every pod in the cluster could read the admin port")
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            ports = [p.get("port") for p in rule.get("ports", [])]
+            if not ports or 9090 in ports or "admin" in ports:
+                peers = rule.get("from", [])
+                prometheus_only = peers and all(
+                    (p.get("podSelector", {}).get("matchLabels") or {}).get("app.kubernetes.io/name")
+                    == "prometheus" for p in peers)
+                if not prometheus_only:
+                    fail(f"{folder}: NetworkPolicy {policy['metadata']['name']}",
+                         "a rule opens the admin port 9090 to more than Prometheus")
+
+
+def check_rendered(folder, configs):
+    """kubectl kustomize hashes the ConfigMap name; an edited portcullis.toml changes it."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        if os.environ.get("CI") == "true":
+            fail(folder, "kubectl is missing under CI (apt-get install kubernetes-client)")
+        else:
+            print(f"SKIPPED: kubectl not found; {folder} not rendered", file=sys.stderr)
+        return
+
+    def render(path):
+        run = subprocess.run([kubectl, "kustomize", path], capture_output=True, text=True)
+        if run.returncode != 0:
+            fail(folder, f"kubectl kustomize failed:\n{run.stderr}")
+            return {}
+        docs = [d for d in yaml.safe_load_all(run.stdout) if d]
+        names = {}
+        for d in docs:
+            if d.get("kind") == "ConfigMap":
+                for base in configs:
+                    if re.fullmatch(re.escape(base) + r"-[a-z0-9]{10}", d["metadata"]["name"]):
+                        names[base] = d["metadata"]["name"]
+        for _, template in pod_templates(docs):
+            used = {v["configMap"]["name"] for v in template["spec"].get("volumes", [])
+                    if "configMap" in v}
+            for base, name in names.items():
+                if base in used or name not in used:
+                    fail(folder, f"the rendered pod template does not refer to {name}")
+        return names
+
+    names = render(folder)
+    for base in configs:
+        if base not in names:
+            fail(folder, f"kubectl kustomize made no ConfigMap {base}-<hash>")
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = os.path.join(tmp, os.path.basename(folder.rstrip("/")))
+        shutil.copytree(folder, copy)
+        with open(os.path.join(copy, "portcullis.toml"), "a") as f:
+            f.write("# an edit\n")
+        edited = render(copy)
+    for base, name in names.items():
+        if edited.get(base) == name:
+            fail(folder, f"editing portcullis.toml left the ConfigMap name {name} unchanged: "
+                         "the pods would not roll")
+
+
+REQUIRED_EXCEPT = {
+    "0.0.0.0/0": ["10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+                  "172.16.0.0/12", "192.168.0.0/16"],
+    "::/0": ["::1/128", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "fc00::/7",
+             "fe80::/10"],
+}
+
+
+def check_egress_except(folder, docs):
+    """The internet egress rule excludes private ranges, also in their IPv6 disguises."""
+    blocks = [peer["ipBlock"] for d in docs if d.get("kind") == "NetworkPolicy"
+              for rule in d["spec"].get("egress", []) for peer in rule.get("to", [])
+              if "ipBlock" in peer]
+    for cidr, required in REQUIRED_EXCEPT.items():
+        block = next((b for b in blocks if b["cidr"] == cidr), None)
+        if block is None:
+            fail(folder, f"no egress ipBlock {cidr}")
+            continue
+        have = [ipaddress.ip_network(e) for e in block.get("except", [])]
+        for net in have:
+            if not net.subnet_of(ipaddress.ip_network(cidr)) or net == ipaddress.ip_network(cidr):
+                fail(folder, f"except {net} is not a strict subset of {cidr}")
+        for want in required:
+            want = ipaddress.ip_network(want)
+            if not any(want.subnet_of(h) for h in have):
+                fail(folder, f"ipBlock {cidr} does not except {want}")
+
+
+def check_scrape_selection():
+    """kubernetes.yml and the PodMonitor keep container "portcullis", port "admin"."""
+    path = "config/prometheus/kubernetes.yml"
+    with open(path) as f:
+        conf = yaml.safe_load(f)
+    jobs = [j for j in conf.get("scrape_configs", []) if j.get("job_name") == "portcullis"]
+    if len(jobs) != 1:
+        fail(path, "needs exactly one job named portcullis")
+        return
+    job = jobs[0]
+    keeps = [(r.get("source_labels"), r.get("regex")) for r in job.get("relabel_configs", [])
+             if r.get("action") == "keep"]
+    want = (["__meta_kubernetes_pod_container_name", "__meta_kubernetes_pod_container_port_name"],
+            "portcullis;admin")
+    if want not in keeps:
+        fail(path, f"the portcullis job must keep {want}")
+    for src, _ in keeps:
+        if any("pod_label" in s or "pod_annotation" in s for s in src):
+            fail(path, f"keep on {src}: sidecar pods carry their app's labels and annotations")
+    # Debian's promtool has no Kubernetes discovery: check the rest with a static target.
+    static = dict(conf)
+    static["scrape_configs"] = [dict(job, static_configs=[{"targets": ["127.0.0.1:9090"]}])]
+    del static["scrape_configs"][0]["kubernetes_sd_configs"]
+    static["rule_files"] = [os.path.abspath("config/prometheus/alerts.yml")]
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
+        yaml.safe_dump(static, f)
+    try:
+        run = subprocess.run(["promtool", "check", "config", f.name], capture_output=True, text=True)
+        if run.returncode != 0:
+            fail(path, "promtool check config (with a static target) failed:\n" + run.stdout + run.stderr)
+    finally:
+        os.unlink(f.name)
+
+    path = "config/prometheus/podmonitor.yaml"
+    with open(path) as f:
+        pm = yaml.safe_load(f)
+    if pm.get("kind") != "PodMonitor" or pm.get("apiVersion") != "monitoring.coreos.com/v1":
+        fail(path, "is not a monitoring.coreos.com/v1 PodMonitor")
+        return
+    endpoints = pm["spec"].get("podMetricsEndpoints", [])
+    if [e.get("port") for e in endpoints] != ["admin"]:
+        fail(path, "needs one endpoint on the port named admin")
+    for e in endpoints:
+        rel = e.get("relabelings", [])
+        if not any(r.get("action") == "keep" and r.get("regex") == "portcullis"
+                   and r.get("sourceLabels") == ["__meta_kubernetes_pod_container_name"] for r in rel):
+            fail(path, "must keep only the container named portcullis")
+        if not any(r.get("targetLabel") == "job" and r.get("replacement") == "portcullis" for r in rel):
+            fail(path, "must set job=portcullis (alerts.yml expects it)")
+    if pm["spec"].get("selector") not in ({}, None) and "matchLabels" in pm["spec"]["selector"]:
+        fail(path, "a label selector misses sidecar pods (they carry their app's labels)")
+
+
+def check_dockerfile():
+    """A change under benches/ (or src/, tests/) must not invalidate the dependency layer."""
+    path = "Dockerfile"
+    with open(path) as f:
+        lines = [l.strip() for l in f if l.strip() and not l.strip().startswith("#")]
+    image = [l for l in lines if l.startswith("ARG RUST_IMAGE=")]
+    if not image or not re.fullmatch(r"ARG RUST_IMAGE=rust:\d+\.\d+\.\d+-[a-z]+(@sha256:[0-9a-f]{64})?",
+                                     image[0]):
+        fail(path, "the builder image must be pinned by version: ARG RUST_IMAGE=rust:X.Y.Z-<suite>")
+    if not any(l.startswith("FROM ${RUST_IMAGE} AS builder") for l in lines):
+        fail(path, "the builder stage must be FROM ${RUST_IMAGE} AS builder")
+    first_build = next((i for i, l in enumerate(lines) if "cargo build" in l), None)
+    if first_build is None:
+        fail(path, "no cargo build")
+        return
+    allowed = {"Cargo.toml", "Cargo.lock", "docker/stub-targets.sh"}
+    for line in lines[:first_build]:
+        if line.startswith(("COPY", "ADD")):
+            for src in line.split()[1:-1]:
+                if not src.startswith("--") and src not in allowed:
+                    fail(path, f"the dependency layer copies {src}: a change there would "
+                               "rebuild every dependency")
+    # The stubs must make a manifest cargo accepts with no source file present. Naming a bin
+    # that does not exist makes cargo check every target's file and stop before compiling.
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("Cargo.toml", "Cargo.lock"):
+            shutil.copy(name, tmp)
+        run = subprocess.run(["sh", os.path.abspath("docker/stub-targets.sh")], cwd=tmp,
+                             capture_output=True, text=True)
+        if run.returncode != 0:
+            fail("docker/stub-targets.sh", run.stdout + run.stderr)
+            return
+        env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(tmp, "target"))
+        run = subprocess.run(["cargo", "build", "--locked", "--bin", "no-such-bin"],
+                             cwd=tmp, capture_output=True, text=True, env=env)
+        if "no bin target named" not in run.stderr:
+            fail("docker/stub-targets.sh", "cargo rejects the stubbed manifest:\n" + run.stderr)
 
 
 def main():
@@ -255,12 +515,16 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     check_alerts("config/prometheus/alerts.yml")
     check_dashboard("config/grafana/portcullis-dashboard.json")
-    kinds = check_k8s("config/k8s/egress.yaml", out_dir)
-    for kind in ("Namespace", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget",
+    egress = check_k8s("config/k8s/egress", out_dir)
+    kinds = {doc.get("kind") for doc in egress}
+    for kind in ("Namespace", "Deployment", "Service", "PodDisruptionBudget",
                  "HorizontalPodAutoscaler", "NetworkPolicy"):
         if kind not in kinds:
-            fail("config/k8s/egress.yaml", f"has no {kind}")
-    check_k8s("config/k8s/sidecar.yaml", out_dir)
+            fail("config/k8s/egress", f"has no {kind}")
+    check_egress_except("config/k8s/egress", egress)
+    check_k8s("config/k8s/sidecar", out_dir)
+    check_scrape_selection()
+    check_dockerfile()
     if os.path.exists("README.md"):
         with open("README.md") as f:
             named = metric_names("README.md", f.read())
