@@ -227,6 +227,36 @@ async fn sighup_applies_a_valid_file_and_keeps_the_running_config_on_an_invalid_
     assert!(p.child.0.try_wait().expect("try_wait").is_none());
 }
 
+/// The warnings of `portcullis check` reach the log of a running proxy too: at start, and
+/// for a reloaded file.
+#[tokio::test]
+async fn config_warnings_are_logged_at_start_and_on_reload() {
+    let dir = scratch("warnings");
+    let shadowed = "[[upstream]]\nname = \"copy\"\nhosts = [\"127.0.0.1\"]\nports = [443]\n";
+    let p = start(
+        &dir,
+        &format!("{}{shadowed}", upstream(&[80], "")),
+        &[],
+        &[],
+    )
+    .await;
+    let path = p.config.display().to_string();
+    let line = p
+        .wait_line(|l| l.contains("WARN") && l.contains("upstream \"copy\" is never used"))
+        .await;
+    assert!(line.contains(&path), "{line}");
+    assert!(line.contains("its port 443 is refused with 403"), "{line}");
+
+    let idle = "[[client]]\nname = \"idle\"\ncidrs = [\"10.9.0.0/16\"]\nupstreams = []\n\
+                [[client]]\nname = \"local\"\ncidrs = [\"127.0.0.0/8\"]\nupstreams = [\"local\"]\n";
+    p.reload(&format!("{}{idle}", upstream(&[80], "")), 1.0)
+        .await;
+    let line = p
+        .wait_line(|l| l.contains("WARN") && l.contains("client \"idle\" can reach nothing"))
+        .await;
+    assert!(line.contains(&path), "{line}");
+}
+
 /// The process's virtual memory size, in KiB (`VmSize` of `/proc/<pid>/status`).
 fn vm_size_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
