@@ -271,6 +271,44 @@ async fn dropping_an_origin_stops_listener_and_connections() {
 // ---------------------------------------------------------------- TLS
 
 /// The certificate problem a TLS client reported, if that is why it failed.
+/// The census counts what the kernel knows: a connection its peer closed stops counting at
+/// the next accept although the origin's task, waiting before its reply, has not read the
+/// EOF; connections still open all count.
+#[tokio::test]
+async fn origin_counts_open_connections_as_the_kernel_sees_them() {
+    let o = origin()
+        .handler(|_| Reply::ok("late").delay(Duration::from_secs(60)))
+        .count_open_at_accept()
+        .spawn()
+        .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(o.addr).await.unwrap();
+        s.write_all(&get("/late")).await.unwrap();
+        held.push(s);
+    }
+    assert!(o.wait_for_requests(3, WITHIN).await);
+    assert_eq!(o.open_now(), 3);
+    assert_eq!(o.max_open_at_accept(), 3);
+
+    // One hangs up; the origin's task is waiting to reply and does not read.
+    drop(held.pop());
+    let _fourth = TcpStream::connect(o.addr).await.unwrap();
+    assert!(o.wait_for_open_connections(3 + 1, WITHIN).await);
+    assert_eq!(
+        o.open_connections(),
+        4,
+        "the tasks have not noticed the close"
+    );
+    assert_eq!(o.max_open_at_accept(), 3, "the kernel had the FIN first");
+    assert_eq!(o.open_now(), 3);
+
+    // With nobody closing, a fifth is counted on top of the four open.
+    let _fifth = TcpStream::connect(o.addr).await.unwrap();
+    assert!(o.wait_for_open_connections(5, WITHIN).await);
+    assert_eq!(o.max_open_at_accept(), 4);
+}
+
 fn certificate_error(e: &io::Error) -> Option<CertificateError> {
     match e.get_ref()?.downcast_ref::<rustls::Error>()? {
         rustls::Error::InvalidCertificate(c) => Some(c.clone()),

@@ -6,7 +6,9 @@
 //!
 //! - [`origin()`] → [`OriginBuilder`] (`.handler(|req| Reply::…)`, `.keep_alive_timeout(d)`,
 //!   `.tls(&cert)`) → `.spawn().await` → [`Origin`]: `addr`, `requests()`,
-//!   `connections_accepted()`, `open_connections()`, `wait_for_requests(n, within)`.
+//!   `connections_accepted()`, `open_connections()`, `wait_for_requests(n, within)`;
+//!   `.count_open_at_accept()` → `max_open_at_accept()`, `open_now()`: open connections as
+//!   the kernel sees them, not as the origin's tasks notice.
 //!   [`Reply`]: `ok`, `status`, `.header`, `.chunked`, `.delay`, `.close`, `.trickle`,
 //!   `.close_mid_body`; faults `close_without_answer`, `reset_without_answer`, `hang`,
 //!   `endless_header`, `garbage`.
@@ -25,6 +27,7 @@
 // Each test file uses only part of this module.
 #![allow(dead_code)]
 
+mod census;
 mod client;
 mod dns;
 mod firewall;

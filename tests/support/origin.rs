@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
+use super::census::{Census, Tracked};
 use super::reply::{respond, After, Reply};
 use super::tls::IssuedCert;
 use super::wire::{self, write_flush, Framing, Wire, WireReader};
@@ -31,6 +32,7 @@ pub fn origin() -> OriginBuilder {
         tls: None,
         record: true,
         bind: None,
+        census: false,
     }
 }
 
@@ -40,6 +42,7 @@ pub struct OriginBuilder {
     tls: Option<TlsAcceptor>,
     record: bool,
     bind: Option<SocketAddr>,
+    census: bool,
 }
 
 /// A running origin; dropping it stops the listener and every connection.
@@ -75,6 +78,7 @@ struct State {
     tls_failures: AtomicUsize,
     /// Woken on every new request and every connection opened or closed.
     changed: Notify,
+    census: Arc<Census>,
 }
 
 struct Config {
@@ -83,12 +87,22 @@ struct Config {
     tls: Option<TlsAcceptor>,
     /// Keep every request for `requests()`; off for long soaks, whose memory is measured.
     record: bool,
+    /// Count open connections as the kernel sees them at each accept.
+    census: bool,
 }
 
 impl OriginBuilder {
     /// Do not keep requests (`requests()` stays empty): for long runs that measure memory.
     pub fn forget_requests(mut self) -> Self {
         self.record = false;
+        self
+    }
+
+    /// At every accept, count the connections open as the kernel sees them (a peer's FIN or
+    /// RST has arrived or not, whether or not the origin's task noticed yet) for
+    /// `max_open_at_accept()`. Costs a system call per open connection per accept.
+    pub fn count_open_at_accept(mut self) -> Self {
+        self.census = true;
         self
     }
 
@@ -134,6 +148,7 @@ impl OriginBuilder {
             keep_alive_timeout: self.keep_alive_timeout,
             tls: self.tls,
             record: self.record,
+            census: self.census,
         });
         let task = tokio::spawn(accept_loop(listener, state.clone(), config));
         Origin { addr, state, task }
@@ -153,6 +168,19 @@ impl Origin {
     /// TCP connections currently open (a TLS one counts from accept, before its handshake).
     pub fn open_connections(&self) -> usize {
         self.state.open.load(Ordering::SeqCst)
+    }
+
+    /// The most connections open at once at any accept so far, as the kernel saw them: one the
+    /// peer has closed does not count, even before the origin's task reads its EOF. Needs
+    /// `.count_open_at_accept()`.
+    pub fn max_open_at_accept(&self) -> usize {
+        self.state.census.high_water()
+    }
+
+    /// Connections open now as the kernel sees them (held by the origin, not closed by the
+    /// peer). Needs `.count_open_at_accept()`.
+    pub fn open_now(&self) -> usize {
+        self.state.census.open_now()
     }
 
     /// Connections whose TLS handshake failed or timed out.
@@ -251,6 +279,11 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, config: Arc<Confi
             }
         };
         let conn_id = state.accepted.fetch_add(1, Ordering::SeqCst) + 1;
+        let stream = if config.census {
+            state.census.admit(conn_id, stream)
+        } else {
+            Census::untracked(stream)
+        };
         state.open.fetch_add(1, Ordering::SeqCst);
         state.changed.notify_waiters();
         let guard = OpenGuard(state.clone());
@@ -263,8 +296,8 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, config: Arc<Confi
     }
 }
 
-async fn serve(stream: TcpStream, conn_id: usize, state: Arc<State>, config: Arc<Config>) {
-    let _ = stream.set_nodelay(true);
+async fn serve(stream: Tracked, conn_id: usize, state: Arc<State>, config: Arc<Config>) {
+    let _ = stream.tcp().set_nodelay(true);
     match &config.tls {
         None => serve_http(stream, conn_id, &state, &config).await,
         Some(acceptor) => {
