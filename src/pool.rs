@@ -2,7 +2,9 @@
 //!
 //! Design, in a few lines:
 //! - A pool counts *slots* (connecting + busy + idle) against `max_connections`. A [`Slot`] is
-//!   a drop guard; every connection owns one, so no path can leak capacity.
+//!   a drop guard; every connection owns one, so no path can leak capacity. A slot is freed
+//!   only once its connection is dropped (its socket closed), outside the lock: the upstream
+//!   never sees one connection more, not even while one is being torn down.
 //! - Idle connections sit in a stack: the most recently used is reused first (LIFO), and the
 //!   oldest is evicted first. A reaper closes each idle one the moment its idle time or
 //!   lifetime runs out — not when next checked out, since a silent firewall kills exactly the
@@ -212,13 +214,13 @@ impl<C: Poolable> Pool<C> {
             Reuse::IdleAtMost(d) => Some(d),
             Reuse::Never => Some(Duration::ZERO),
         };
-        let mut doomed = Vec::new();
         let (rx, acquire_timeout, max) = {
             let mut st = self.inner.lock();
             let now = Instant::now();
             let queue_empty = !st.waiters.iter().any(|w| !w.is_closed());
             if queue_empty && !st.closing {
                 let max_lifetime = st.limits.max_lifetime;
+                let mut doomed = Vec::new();
                 while let Some(mut entry) = if reuse == Reuse::Never {
                     None
                 } else {
@@ -234,12 +236,12 @@ impl<C: Poolable> Pool<C> {
                         Verdict::Reuse => {
                             let pooled = self.inner.take_idle(&mut st, entry, now);
                             drop(st);
-                            drop(doomed);
+                            self.inner.close(doomed);
                             return Ok(Checkout::Reused(pooled));
                         }
                         Verdict::Close(reason) => {
+                            // Its slot stays counted until it is closed, after the lock.
                             st.forget(entry.meta.id);
-                            st.open -= 1;
                             self.inner.count_idle_close(reason);
                             doomed.push(entry.conn);
                         }
@@ -250,10 +252,19 @@ impl<C: Poolable> Pool<C> {
                         }
                     }
                 }
+                if !doomed.is_empty() {
+                    // Dial in the slot of one found closed, once it is closed; free the rest.
+                    drop(st);
+                    let spare = doomed.len() - 1;
+                    drop(doomed);
+                    if spare > 0 {
+                        self.inner.free_slots(spare);
+                    }
+                    return Ok(Checkout::Dial(Slot::new(self.inner.clone())));
+                }
                 if st.open < st.limits.max_connections {
                     st.open += 1;
                     drop(st);
-                    drop(doomed);
                     return Ok(Checkout::Dial(Slot::new(self.inner.clone())));
                 }
                 if !st.idle.is_empty() {
@@ -263,7 +274,6 @@ impl<C: Poolable> Pool<C> {
                     self.inner.count_idle_close(CloseReason::PoolFull);
                     drop(st);
                     drop(entry);
-                    drop(doomed);
                     return Ok(Checkout::Dial(Slot::new(self.inner.clone())));
                 }
             }
@@ -271,7 +281,6 @@ impl<C: Poolable> Pool<C> {
             st.waiters.push_back(tx);
             (rx, st.limits.acquire_timeout, st.limits.max_connections)
         };
-        drop(doomed);
         let metrics = &self.inner.metrics;
         metrics.waiting.inc();
         let started = Instant::now();
@@ -316,12 +325,11 @@ impl<C: Poolable> Pool<C> {
             let idle = std::mem::take(&mut st.idle);
             for e in &idle {
                 st.forget(e.meta.id);
-                st.open -= 1;
                 self.inner.count_idle_close(reason);
             }
             idle
         };
-        drop(doomed);
+        self.inner.close(doomed.into_iter().map(|e| e.conn));
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -354,6 +362,30 @@ impl<C: Poolable> Inner<C> {
     fn count_idle_close(&self, reason: CloseReason) {
         self.metrics.idle.dec();
         self.metrics.closed(reason).inc();
+    }
+
+    /// Close connections already taken off the books (forgotten, counted as closed), then free
+    /// their slots. A slot counts until its socket is closed, so a waiter's dial never overlaps
+    /// the close at the upstream (SPEC §5). Called without the lock: a close is a system call
+    /// (on loopback the kernel delivers the FIN within it) plus freeing the connection's
+    /// buffers, and other requests to this destination need not queue behind it; the price
+    /// is a second, short lock on close paths only, never when a connection is reused.
+    fn close(self: &Arc<Self>, conns: impl IntoIterator<Item = C>) {
+        let mut closed = 0;
+        for conn in conns {
+            drop(conn);
+            closed += 1;
+        }
+        if closed > 0 {
+            self.free_slots(closed);
+        }
+    }
+
+    /// Give back `n` slots whose connections are closed (or were never dialed).
+    fn free_slots(self: &Arc<Self>, n: usize) {
+        let mut st = self.lock();
+        st.open -= n;
+        self.grant_free_slots(st);
     }
 
     /// Move an idle entry to busy.
@@ -437,11 +469,10 @@ impl<C: Poolable> Inner<C> {
             });
         if let Err(reason) = verdict {
             st.forget(meta.id);
-            st.open -= 1;
+            drop(st);
             self.metrics.busy.dec();
             self.metrics.closed(reason).inc();
-            self.grant_free_slots(st);
-            drop(conn);
+            self.close([conn]);
             return;
         }
         meta.life.idle_since = now;
@@ -493,17 +524,15 @@ impl<C: Poolable> Inner<C> {
             if st.idle.is_empty() {
                 // max_idle = 0: nothing is kept.
                 st.forget(meta.id);
-                st.open -= 1;
+                drop(st);
                 self.count_idle_close(CloseReason::PoolFull);
-                self.grant_free_slots(st);
-                drop(conn);
+                self.close([conn]);
                 return;
             }
             let oldest = st.idle.remove(0);
             st.forget(oldest.meta.id);
-            st.open -= 1;
             self.count_idle_close(CloseReason::PoolFull);
-            evicted = Some(oldest);
+            evicted = Some(oldest.conn);
         }
         let deadline = reuse::deadline(&meta.life, st.limits.max_lifetime);
         let wake = st.reaper_at.is_none_or(|at| deadline < at);
@@ -515,7 +544,7 @@ impl<C: Poolable> Inner<C> {
         if wake {
             self.wake_reaper.notify_one();
         }
-        drop(evicted);
+        self.close(evicted);
     }
 }
 
@@ -583,10 +612,10 @@ impl<C: Poolable> Slot<C> {
 
 impl<C: Poolable> Drop for Slot<C> {
     fn drop(&mut self) {
+        // Armed only while unfilled (a failed or abandoned dial): no connection to close
+        // first, as the dial drops its socket before the slot it was dialed in is dropped.
         if let Some(inner) = self.inner.take() {
-            let mut st = inner.lock();
-            st.open -= 1;
-            inner.grant_free_slots(st);
+            inner.free_slots(1);
         }
     }
 }

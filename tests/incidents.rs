@@ -512,6 +512,79 @@ async fn stalled_readers_hold_connections_until_they_hang_up() {
     p.stop().await;
 }
 
+/// The leak incident's churn against `max_connections = 8`, with three clients per slot so
+/// that every freed slot has a waiter who dials at once: the origin never has more than 8
+/// connections open, counted as the kernel sees them at each accept (SPEC §5: a connection
+/// counts until its socket is closed, not merely until the pool forgets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cap_holds_at_the_origin_while_connections_close() {
+    const CAP: usize = 8;
+    // Bodies larger than the socket buffers: a client that hangs up after the status line
+    // leaves the proxy mid-response, which must then close the upstream connection.
+    let o = origin()
+        .handler(|r| match r.target.as_str() {
+            "/big" => Reply::ok(vec![b'x'; BIG]),
+            "/close" => Reply::close_without_answer(),
+            "/reset" => Reply::reset_without_answer(),
+            "/ok" => Reply::ok("fine"),
+            _ => Reply::status(403, html(512 * 1024)).header("Content-Type", "text/html"),
+        })
+        .count_open_at_accept()
+        .spawn()
+        .await;
+    let p = spawn_proxy(&local_upstream(
+        "leaky",
+        o.port(),
+        &format!("max_connections = {CAP}\nmax_idle = {CAP}\nacquire_timeout = \"10s\""),
+    ))
+    .await;
+    let mut tasks = JoinSet::new();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(3 * CAP));
+    for i in 0..480usize {
+        // Hang-ups after the status line, aborted downloads, origins that close or reset
+        // without answering, and some requests that end normally.
+        let (path, want, expect) = match i % 12 {
+            0 | 6 => ("/big", 64 * 1024, 200),
+            1 => ("/close", 12, 502),
+            2 => ("/reset", 12, 502),
+            3 => ("/ok", 12, 200),
+            _ => ("/forbidden", 12, 403),
+        };
+        let url = o.url(path);
+        let permit = gate.clone().acquire_owned().await.expect("open semaphore");
+        let proxy = p.addr;
+        tasks.spawn(async move {
+            let _permit = permit;
+            let status = hit_and_run(proxy, &url, want, i % 2 == 0).await;
+            (i, path, expect, status)
+        });
+    }
+    let mut wrong = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (i, path, expect, status) = done.expect("client task");
+        if status != expect {
+            wrong.push((i, path, expect, status));
+        }
+    }
+    assert!(wrong.is_empty(), "unexpected statuses: {wrong:?}");
+    let (accepted, most) = (o.connections_accepted(), o.max_open_at_accept());
+    eprintln!("{accepted} connections accepted, at most {most} open at once");
+    assert!(
+        accepted > 10 * CAP,
+        "only {accepted} connections: not the churn this test is about"
+    );
+    assert!(
+        most <= CAP,
+        "the origin saw {most} connections open at once with max_connections = {CAP}"
+    );
+    assert!(
+        most >= CAP / 2,
+        "the pool never filled: {most} open at most"
+    );
+    assert!(p.wait_idle(Duration::from_secs(5)).await);
+    p.stop().await;
+}
+
 // ---------------------------------------------------- 3. keep-alive mismatch
 
 /// The origin announces `Keep-Alive: timeout=2` and closes idle connections after 2 s while

@@ -41,11 +41,11 @@ fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> Option<Instant> {
         };
         match reason {
             Some(reason) => {
+                // Its slot stays counted until it is closed, after the lock.
                 let entry = st.idle.remove(i);
                 st.forget(entry.meta.id);
-                st.open -= 1;
                 inner.count_idle_close(reason);
-                doomed.push(entry);
+                doomed.push(entry.conn);
             }
             None => i += 1,
         }
@@ -56,11 +56,7 @@ fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> Option<Instant> {
         .map(|e| reuse::deadline(&e.meta.life, max_lifetime))
         .min();
     st.reaper_at = next;
-    if !doomed.is_empty() {
-        inner.grant_free_slots(st);
-    } else {
-        drop(st);
-    }
-    drop(doomed);
+    drop(st);
+    inner.close(doomed);
     next
 }

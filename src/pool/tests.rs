@@ -1,5 +1,7 @@
 //! Pool unit tests: fake connections, paused time; expiry, lifetime, LIFO reuse, the cap and FCFS waits.
 
+mod closing;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,8 @@ struct Fake {
     /// The reaper's wake-up, as the pool hands it over when the connection is parked.
     reaper: Arc<std::sync::Mutex<Option<Arc<Notify>>>>,
     parked: Arc<AtomicBool>,
+    /// Records the pool's count at the moment this connection closes (its drop).
+    probe: Option<closing::Probe>,
 }
 
 impl Fake {
@@ -22,6 +26,7 @@ impl Fake {
             open: Arc::new(AtomicBool::new(true)),
             reaper: Arc::default(),
             parked: Arc::default(),
+            probe: None,
         }
     }
 }
