@@ -1,5 +1,6 @@
 //! Bind the listeners, build the shared state, run, reload on SIGHUP, and shut down gracefully.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +25,28 @@ pub struct Handle {
     /// `max_client_connections`, resized on reload; drained once every connection is gone.
     limit: Arc<ClientLimit>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// How the process stopped, for its exit status (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// In-flight work finished, or `shutdown_grace` ran out: exit 0.
+    Drained,
+    /// A second SIGTERM or SIGINT (its number here) ended the drain at once.
+    Forced { signal: i32 },
+}
+
+impl Stopped {
+    /// 0 for a drain; 128 + the signal's number for a forced stop (130 for SIGINT, 143 for
+    /// SIGTERM), what a shell reports for a process that signal ended: a supervisor can tell
+    /// that in-flight work was cut on an operator's demand, not by a failure (1) or a bad
+    /// config (2).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Stopped::Drained => 0,
+            Stopped::Forced { signal } => u8::try_from(128 + signal).unwrap_or(1),
+        }
+    }
 }
 
 /// Connections the kernel completes and queues while the accept loop is busy or at
@@ -110,29 +133,46 @@ impl Handle {
 
     /// Stop accepting, let in-flight work finish within `shutdown_grace`, close pooled connections.
     pub async fn shutdown(self) {
+        self.shutdown_unless(std::future::pending::<()>()).await;
+    }
+
+    /// [`Handle::shutdown`], unless `cut` completes during the drain (a second signal): then
+    /// whatever is still running is cut at once. `cut`'s output if it did.
+    pub async fn shutdown_unless<T>(self, cut: impl Future<Output = T>) -> Option<T> {
         let grace = self.shared.config().proxy.shutdown_grace;
         self.shared.phase.send_replace(Phase::Draining);
-        let drained = tokio::time::timeout(grace, self.limit.drained()).await;
-        if drained.is_err() {
-            tracing::warn!(
-                grace_s = grace.as_secs_f64(),
-                "shutdown grace over: cutting remaining connections"
-            );
-        }
+        let forced = tokio::select! {
+            drained = tokio::time::timeout(grace, self.limit.drained()) => {
+                if drained.is_err() {
+                    tracing::warn!(
+                        grace_s = grace.as_secs_f64(),
+                        "shutdown grace over: cutting remaining connections"
+                    );
+                }
+                None
+            }
+            c = cut => {
+                tracing::warn!("second signal: cutting in-flight requests and tunnels now");
+                Some(c)
+            }
+        };
         self.shared.phase.send_replace(Phase::Stopped);
         self.shared.pools.drain_all();
         for t in self.tasks {
             t.abort();
         }
         tracing::info!("portcullis stopped");
+        forced
     }
 }
 
-/// Run until SIGTERM or SIGINT; SIGHUP reloads.
-pub async fn run_until_signal(config: Config, config_path: Option<PathBuf>) -> io::Result<()> {
+/// Run until SIGTERM or SIGINT, then drain; a second one during the drain ends it at once.
+/// SIGHUP reloads.
+pub async fn run_until_signal(config: Config, config_path: Option<PathBuf>) -> io::Result<Stopped> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let (term_kind, int_kind) = (SignalKind::terminate(), SignalKind::interrupt());
+    let mut term = signal(term_kind)?;
+    let mut int = signal(int_kind)?;
     let mut hup = signal(SignalKind::hangup())?;
     let handle = start(config, config_path).await?;
     loop {
@@ -144,7 +184,16 @@ pub async fn run_until_signal(config: Config, config_path: Option<PathBuf>) -> i
             }
         }
     }
-    tracing::info!("signal received: draining");
-    handle.shutdown().await;
-    Ok(())
+    tracing::info!("signal received: draining (send SIGTERM or SIGINT again to stop at once)");
+    // Streams keep a signal that arrives before they are polled again: none is missed.
+    let second = async {
+        tokio::select! {
+            _ = term.recv() => term_kind.as_raw_value(),
+            _ = int.recv() => int_kind.as_raw_value(),
+        }
+    };
+    Ok(match handle.shutdown_unless(second).await {
+        None => Stopped::Drained,
+        Some(signal) => Stopped::Forced { signal },
+    })
 }

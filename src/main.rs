@@ -71,8 +71,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(portcullis::app::run_until_signal(config, path)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let outcome = runtime.block_on(portcullis::app::run_until_signal(config, path));
+    // The connections cut at the end are dropped with their tasks; nothing may hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
+        Ok(stopped) => ExitCode::from(stopped.exit_code()),
         Err(e) => {
             eprintln!("portcullis: {e}");
             ExitCode::FAILURE

@@ -1,7 +1,8 @@
 //! The real `portcullis` binary (SPEC §2, §8): the access log keeps secrets out in text and
 //! JSON, SIGHUP reloads a valid file (client limits included, for open connections too) and
 //! keeps the running config on an invalid one, SIGTERM drains in-flight work and exits 0,
-//! SIGINT exits 0, and a taken listen address or a limit too large to honour fails clearly;
+//! SIGINT exits 0, a second SIGTERM or SIGINT during the drain exits at once with 128 + its
+//! number, and a taken listen address or a limit too large to honour fails clearly;
 //! a declared request body is not allocated before it arrives.
 //!
 //! Every child is killed when its guard drops, and every wait is bounded.
@@ -523,6 +524,69 @@ async fn sigint_exits_0() {
     p.signal("INT");
     let status = p.wait_exit(WITHIN).await.expect("exits after SIGINT");
     assert!(status.success(), "exit {status}\n{}", p.stderr_text());
+}
+
+/// SIGTERM (or SIGINT) starts a drain that an in-flight request holds for the whole 60 s
+/// `shutdown_grace`; a second SIGTERM or SIGINT ends it at once, cutting the request, and the
+/// exit status is 128 + the second signal's number (143 for SIGTERM, 130 for SIGINT).
+async fn second_signal_during_the_drain(first: &str, second: &str, code: i32) {
+    let o = origin()
+        .handler(|_| Reply::ok("too late").delay(Duration::from_secs(120)))
+        .spawn()
+        .await;
+    let dir = scratch("second-signal");
+    let rest = upstream(&[o.port()], "response_timeout = \"120s\"");
+    let mut p = start_with_grace(&dir, "60s", &rest, &[], &[]).await;
+    let (proxy, url) = (p.proxy, o.url("/slow"));
+    let in_flight = tokio::spawn(async move { proxy_get(proxy, &url).await });
+    assert!(o.wait_for_requests(1, WITHIN).await);
+
+    p.signal(first);
+    p.wait_line(|l| l.contains("draining")).await;
+    assert_eq!(p.admin_get("/readyz").await.0, 503);
+    assert!(
+        p.child.0.try_wait().expect("try_wait").is_none(),
+        "the drain waits for the in-flight request"
+    );
+
+    p.signal(second);
+    let status = p.wait_exit(WITHIN).await.unwrap_or_else(|| {
+        panic!(
+            "still draining {WITHIN:?} after a second SIGTERM/SIGINT (grace 60 s):\n{}",
+            p.stderr_text()
+        )
+    });
+    assert_eq!(
+        status.code(),
+        Some(code),
+        "exit {status}\n{}",
+        p.stderr_text()
+    );
+    assert!(
+        p.stderr_text().contains("second signal: cutting"),
+        "{}",
+        p.stderr_text()
+    );
+    let cut = tokio::time::timeout(WITHIN, in_flight)
+        .await
+        .expect("the in-flight request ends with the process")
+        .expect("request task");
+    assert_ne!(cut.status, 200, "{cut:?}");
+}
+
+#[tokio::test]
+async fn a_second_sigterm_during_the_drain_exits_at_once_with_143() {
+    second_signal_during_the_drain("TERM", "TERM", 143).await;
+}
+
+#[tokio::test]
+async fn a_second_sigint_during_the_drain_exits_at_once_with_130() {
+    second_signal_during_the_drain("INT", "INT", 130).await;
+}
+
+#[tokio::test]
+async fn sigint_after_sigterm_during_the_drain_exits_at_once_with_130() {
+    second_signal_during_the_drain("TERM", "INT", 130).await;
 }
 
 /// Start the binary on `config` expecting it to exit at start: its status and all of stderr.

@@ -55,7 +55,8 @@ pub use node::{undici_request, NodeResult};
 pub use origin::{origin, Origin, OriginBuilder, SeenRequest};
 #[allow(unused_imports)]
 pub use process::{
-    free_port, loopback, proxy_section, scratch, start, upstream, Guard, Portcullis, BIN, WITHIN,
+    free_port, loopback, proxy_section, scratch, start, start_with_grace, upstream, Guard,
+    Portcullis, BIN, WITHIN,
 };
 #[allow(unused_imports)]
 pub use proxy::{local_upstream, metric_in, spawn_proxy, spawn_proxy_with, Proxy};

@@ -56,14 +56,24 @@ pub struct Portcullis {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     pub config: PathBuf,
+    /// Its `shutdown_grace`, kept when the file is rewritten for a reload.
+    pub grace: &'static str,
     /// Every stderr line so far, collected by a reader thread.
     pub stderr: Arc<Mutex<Vec<String>>>,
 }
 
+/// The `shutdown_grace` of [`start`]: long enough for any in-flight request of the tests.
+pub const GRACE: &str = "5s";
+
 /// The `[proxy]` section for these ports.
 pub fn proxy_section(proxy: u16, admin: u16) -> String {
+    proxy_section_with_grace(proxy, admin, GRACE)
+}
+
+/// [`proxy_section`] with this `shutdown_grace`.
+pub fn proxy_section_with_grace(proxy: u16, admin: u16, grace: &str) -> String {
     format!(
-        "[proxy]\nlisten = \"127.0.0.1:{proxy}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nshutdown_grace = \"5s\"\n"
+        "[proxy]\nlisten = \"127.0.0.1:{proxy}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nshutdown_grace = \"{grace}\"\n"
     )
 }
 
@@ -78,14 +88,25 @@ pub fn upstream(ports: &[u16], extra: &str) -> String {
 
 /// Start the binary with `[proxy]` on fresh ports plus `rest`; waits for `/healthz`.
 pub async fn start(dir: &Path, rest: &str, args: &[&str], env: &[(&str, &str)]) -> Portcullis {
+    start_with_grace(dir, GRACE, rest, args, env).await
+}
+
+/// [`start`] with this `shutdown_grace`.
+pub async fn start_with_grace(
+    dir: &Path,
+    grace: &'static str,
+    rest: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Portcullis {
     for attempt in 0..5 {
         let (proxy, admin) = (free_port(), free_port());
         if proxy == admin {
             continue;
         }
         let config = dir.join("portcullis.toml");
-        std::fs::write(&config, format!("{}{rest}", proxy_section(proxy, admin)))
-            .expect("write config");
+        let section = proxy_section_with_grace(proxy, admin, grace);
+        std::fs::write(&config, format!("{section}{rest}")).expect("write config");
         let mut cmd = Command::new(BIN);
         cmd.arg("--config")
             .arg(&config)
@@ -113,6 +134,7 @@ pub async fn start(dir: &Path, rest: &str, args: &[&str], env: &[(&str, &str)]) 
             proxy: loopback(proxy),
             admin: loopback(admin),
             config,
+            grace,
             stderr,
         };
         let deadline = Instant::now() + WITHIN;
@@ -208,7 +230,7 @@ impl Portcullis {
     /// Rewrite the file as `[proxy]` on the same ports plus `rest`, send SIGHUP, and wait
     /// (bounded) until the `ok` reloads reach `count`.
     pub async fn reload(&self, rest: &str, count: f64) {
-        let section = proxy_section(self.proxy.port(), self.admin.port());
+        let section = proxy_section_with_grace(self.proxy.port(), self.admin.port(), self.grace);
         std::fs::write(&self.config, format!("{section}{rest}")).expect("rewrite config");
         self.signal("HUP");
         let ok = "result=\"ok\"";
