@@ -1,23 +1,37 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/pools` (SPEC §7).
 
+mod conns;
+
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::state::{Phase, Shared};
+pub use conns::MAX as MAX_CONNECTIONS;
+use conns::{Admitted, Conns, Serving};
 
 /// Serve admin requests until the process stops (they keep answering during a drain).
+///
+/// At most [`MAX_CONNECTIONS`] connections are open; at the cap a newcomer takes the place
+/// of the oldest one still waiting for a request head, so a flood of idle or half-sent
+/// connections cannot starve the probes. Each connection must send each request head within
+/// `header_read_timeout`, which also bounds how long it may sit idle between requests.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
     let mut phase = shared.phase.subscribe();
+    let conns = Conns::new(MAX_CONNECTIONS);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -27,24 +41,75 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, &req)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection error");
-            }
+        let admitted = tokio::select! {
+            a = conns.admit() => a,
+            _ = phase.wait_for(|p| *p == Phase::Stopped) => return,
+        };
+        let Some(admitted) = admitted else { continue };
+        let head_timeout = shared.config().proxy.header_read_timeout;
+        tokio::spawn(serve(stream, shared.clone(), admitted, head_timeout));
+    }
+}
+
+/// One admin connection, until it ends, its head timeout passes, or it is evicted.
+async fn serve(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    mut admitted: Admitted,
+    head_timeout: Duration,
+) {
+    let waiting = admitted.waiting();
+    let svc = service_fn(move |req| {
+        let serving = Serving::begin(&waiting);
+        let response = route(&shared, &req).map(|body| Answer {
+            body,
+            _serving: serving,
         });
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // From the connection's first poll, and again each time it goes idle between requests.
+        .header_read_timeout(head_timeout)
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::select! {
+        biased;
+        _ = admitted.evicted() => tracing::debug!("admin connection closed to make room for a new one"),
+        r = conn => if let Err(e) = r {
+            tracing::debug!(error = %e, "admin connection error");
+        },
+    }
+    // The connection, its socket with it, was dropped with the select: only now does
+    // `admitted` give its room back.
+}
+
+/// A response body that marks its connection as serving until hyper has taken it whole.
+struct Answer {
+    body: Full<Bytes>,
+    _serving: Serving,
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -3,6 +3,8 @@
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -783,4 +785,122 @@ async fn a_burst_at_the_client_limit_is_queued_not_dropped() {
         served
     });
     assert_eq!(all.await.expect("every queued client is served"), BURST);
+}
+
+// ------------------------------------------------------------ admin listener
+
+/// What admin connections that never finish a head look like: nothing at all, or half a head.
+async fn admin_flood(admin: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut flood = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut s = TcpStream::connect(admin).await.expect("connect to admin");
+        if i % 3 == 0 {
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n")
+                .await
+                .expect("half a head");
+        }
+        flood.push(s);
+    }
+    flood
+}
+
+/// Reads each stream until EOF or an error (the proxy closed it), counting those that ended.
+fn count_closed(flood: Vec<TcpStream>, closed: &Arc<AtomicUsize>) {
+    for mut s in flood {
+        let closed = closed.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            closed.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+}
+
+/// Hundreds of admin connections that send nothing or half a head, held open, with a
+/// `header_read_timeout` far beyond the test: the proxy keeps at most its cap of them and
+/// closes the rest (the flood cannot grow its tasks or memory), and while a second wave
+/// arrives `/healthz` and `/readyz` keep answering, each new connection taking the place of
+/// the oldest idle one.
+#[tokio::test]
+async fn an_admin_flood_is_capped_and_the_probes_still_answer() {
+    const FIRST: usize = 300;
+    const SECOND: usize = 200;
+    let cap = portcullis::admin::MAX_CONNECTIONS;
+    let o = origin().spawn().await;
+    let p = spawn_proxy_with(
+        "header_read_timeout = \"600s\"",
+        &local_upstream("local", o.port(), ""),
+    )
+    .await;
+    // Closes within this are the cap's doing: the head timeout is far away (and the 10 s the
+    // listener once had fixed, whatever the config said, is too).
+    const SOON: Duration = Duration::from_secs(5);
+    let closed = Arc::new(AtomicUsize::new(0));
+    let held = |closed: &AtomicUsize, sent: usize| sent - closed.load(Ordering::SeqCst);
+    count_closed(admin_flood(p.admin, FIRST).await, &closed);
+    assert!(
+        eventually(SOON, || held(&closed, FIRST) <= cap).await,
+        "the proxy holds {} of {FIRST} idle admin connections (cap {cap})",
+        held(&closed, FIRST)
+    );
+
+    let admin = p.admin;
+    let second = tokio::spawn(async move { admin_flood(admin, SECOND).await });
+    for round in 0..20 {
+        for path in ["/healthz", "/readyz"] {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+            let r = raw_exchange(p.admin, req.as_bytes(), Duration::from_secs(5)).await;
+            assert_eq!(r.status, 200, "{path}, round {round}: {r:?}");
+        }
+    }
+    let second = tokio::time::timeout(WITHIN, second)
+        .await
+        .expect("the second wave connects")
+        .expect("flood task");
+    count_closed(second, &closed);
+    assert!(
+        eventually(SOON, || held(&closed, FIRST + SECOND) <= cap).await,
+        "the proxy holds {} of {} idle admin connections (cap {cap})",
+        held(&closed, FIRST + SECOND),
+        FIRST + SECOND
+    );
+    p.stop().await;
+}
+
+/// An admin connection must deliver each request head within `header_read_timeout`: one that
+/// sends nothing, one that sends half a head, and one idle in keep-alive after a request are
+/// all closed (here 1 s, well before the 10 s the listener once had fixed).
+#[tokio::test]
+async fn admin_connections_must_send_each_head_within_header_read_timeout() {
+    let o = origin().spawn().await;
+    let p = spawn_proxy_with(
+        "header_read_timeout = \"1s\"",
+        &local_upstream("local", o.port(), ""),
+    )
+    .await;
+    let mut silent = ProxyConn::connect(p.admin).await;
+    let mut half = ProxyConn::connect(p.admin).await;
+    half.write(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n")
+        .await
+        .expect("half a head");
+    let mut idle = ProxyConn::connect(p.admin).await;
+    let r = idle
+        .send(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    for (what, conn) in [
+        ("silent", &mut silent),
+        ("half a head", &mut half),
+        ("idle after a request", &mut idle),
+    ] {
+        assert!(
+            conn.wait_closed(Duration::from_secs(5)).await,
+            "the {what} admin connection was still open after 5 s"
+        );
+    }
 }
