@@ -129,6 +129,35 @@ fn check_reports_every_problem_one_line_each() {
     }
 }
 
+/// A wildcard over a public suffix, from either section of the list, is refused at start-up
+/// (and so at reload, which loads the file the same way): one line each, naming the file,
+/// the upstream, the entry and the fix.
+#[test]
+fn check_refuses_wildcards_over_public_suffixes() {
+    let path = format!("{INVALID}/wildcard_public_suffix.toml");
+    let out = run(&mut portcullis(&["check", "--config", &path]));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "{path}: upstream \"uk-banks\": hosts entry \"*.co.uk\": invalid host pattern \"*.co.uk\": \
+                 \"co.uk\" is a public suffix: the names below it belong to different owners and this \
+                 would allow them all; name one domain below it, as in *.example.co.uk"
+            ),
+            format!(
+                "{path}: upstream \"pages\": hosts entry \"*.github.io\": invalid host pattern \"*.github.io\": \
+                 \"github.io\" is a public suffix: the names below it belong to different owners and this \
+                 would allow them all; name one domain below it, as in *.example.github.io"
+            ),
+        ],
+        "{}",
+        describe(&out)
+    );
+}
+
 /// A limit too large to honour is a config error, not a panic (or an abort) once running.
 #[test]
 fn check_refuses_limits_too_large_to_honour() {

@@ -1,7 +1,9 @@
 //! Host patterns from `[[upstream]].hosts`: exact names, `*.suffix` wildcards and IP literals.
 //!
 //! Pattern names go through `target::parse_host`, the same normalisation as
-//! request hosts, so matching is plain comparison of normalised strings.
+//! request hosts, so matching is plain comparison of normalised strings. A wildcard
+//! directly over a public suffix (`*.co.uk`, `*.github.io`) is refused, by the Public
+//! Suffix List that the `psl` crate compiles in, private section included.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -54,6 +56,10 @@ impl HostPattern {
                 "a wildcard over a single label (a top-level domain) allows too much; \
                  use at least *.example.com",
             ),
+            (true, Host::Name(name)) if is_public_suffix(&name) => fail(&format!(
+                "{name:?} is a public suffix: the names below it belong to different owners \
+                 and this would allow them all; name one domain below it, as in *.example.{name}"
+            )),
             (true, Host::Name(name)) => Ok(HostPattern::Suffix(format!(".{name}"))),
         }
     }
@@ -74,6 +80,13 @@ impl HostPattern {
             _ => false,
         }
     }
+}
+
+/// Whether `name` (normalised, punycode) is itself on the Public Suffix List, ICANN or
+/// private section (`co.uk`, `github.io`, or `x.ck` under the rule `*.ck`). A name under a
+/// top-level domain the list does not know (`corp.internal`) is not.
+fn is_public_suffix(name: &str) -> bool {
+    psl::suffix(name.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == name.as_bytes())
 }
 
 impl FromStr for HostPattern {
@@ -144,7 +157,32 @@ mod tests {
                 suffix(".a.b.example.com"),
                 "*.a.b.example.com",
             ),
-            ("*.co.uk", suffix(".co.uk"), "*.co.uk"),
+            (
+                "*.example.co.uk",
+                suffix(".example.co.uk"),
+                "*.example.co.uk",
+            ),
+            (
+                "*.api.stripe.com",
+                suffix(".api.stripe.com"),
+                "*.api.stripe.com",
+            ),
+            (
+                "*.example.github.io",
+                suffix(".example.github.io"),
+                "*.example.github.io",
+            ),
+            // Not public suffixes: a name under a TLD the list does not know, and the
+            // exception rule `!www.ck` under `*.ck`.
+            (
+                "*.corp.internal",
+                suffix(".corp.internal"),
+                "*.corp.internal",
+            ),
+            ("*.www.ck", suffix(".www.ck"), "*.www.ck"),
+            // Exact names may be public suffixes: they allow that one host only.
+            ("co.uk", exact("co.uk"), "co.uk"),
+            ("github.io", exact("github.io"), "github.io"),
             ("127.0.0.1", ip("127.0.0.1"), "127.0.0.1"),
             ("127.0.0.1.", ip("127.0.0.1"), "127.0.0.1"),
             ("10.1.2.3", ip("10.1.2.3"), "10.1.2.3"),
@@ -184,6 +222,17 @@ mod tests {
             ("*.com", "single label"),
             ("*.COM.", "single label"),
             ("*.localhost", "single label"),
+            // Public suffixes, from the list's ICANN section...
+            ("*.co.uk", "\"co.uk\" is a public suffix"),
+            ("*.CO.UK.", "\"co.uk\" is a public suffix"),
+            ("*.com.au", "as in *.example.com.au"),
+            ("*.gov.uk", "public suffix"),
+            ("*.foo.ck", "public suffix"), // by the wildcard rule *.ck
+            ("*.xn--55qx5d.cn", "public suffix"), // 公司.cn
+            // ...and its private section: shared domains of hosting services.
+            ("*.github.io", "\"github.io\" is a public suffix"),
+            ("*.herokuapp.com", "public suffix"),
+            ("*.s3.amazonaws.com", "public suffix"),
             ("**.example.com", "whole first label"),
             ("*.*.example.com", "whole first label"),
             ("a.*.com", "whole first label"),
