@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::intercept::ca::InterceptCa;
 use crate::policy::host::HostPattern;
-use raw::{RawClient, RawConfig, RawSettings, RawUpstream};
+use raw::{RawClient, RawConfig, RawProxy, RawSettings, RawUpstream};
 
 /// The keepalive intervals Linux accepts for an upstream socket (`MAX_TCP_KEEPIDLE`).
 const TCP_KEEPALIVE_RANGE: std::ops::RangeInclusive<Duration> =
@@ -55,6 +56,8 @@ pub struct ProxySettings {
     pub shutdown_grace: Duration,
     /// Name servers to ask instead of the system's (`/etc/resolv.conf`); an extension to SPEC §3.
     pub dns_servers: Vec<SocketAddr>,
+    /// `intercept_ca_cert` and `intercept_ca_key`, read and checked (SPEC §9); `None` when unset.
+    pub intercept_ca: Option<Arc<InterceptCa>>,
 }
 
 /// Every `[defaults]` key, resolved for one upstream.
@@ -86,6 +89,15 @@ pub enum TlsMode {
     AsRequested,
 }
 
+/// What a CONNECT to an upstream becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectMode {
+    /// Bytes copied both ways; the app's TLS is end to end.
+    Tunnel,
+    /// portcullis completes the TLS handshake with a leaf from the intercept CA (SPEC §9).
+    Intercept,
+}
+
 /// One `[[upstream]]`: which destinations it allows and the pool limits for them.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -93,6 +105,7 @@ pub struct Upstream {
     pub hosts: Vec<HostPattern>,
     pub ports: Vec<u16>,
     pub tls: TlsMode,
+    pub connect: ConnectMode,
     /// Extra trust roots (PEM), on top of the system's.
     pub ca_file: Option<PathBuf>,
     /// The remote firewall's idle limit, when known; all our timers stay below it.
@@ -165,23 +178,46 @@ impl Config {
 
     /// Load `path` (see [`Config::path`]), or the built-in text when there is none.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_with(path, true)
+    }
+
+    /// [`load`](Self::load) for `portcullis ca init`, which makes the intercept CA: the CA keys
+    /// are not read (the files may not exist yet); everything else is checked as usual.
+    pub fn load_without_intercept_ca(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_with(path, false)
+    }
+
+    fn load_with(path: Option<&Path>, intercept_ca: bool) -> Result<Config, ConfigError> {
         match path {
-            Some(p) => Config::from_file(p),
-            None => Config::from_toml(BUILTIN, BUILTIN_NAME),
+            Some(p) => Config::read_file(p, intercept_ca),
+            None => Config::parse(BUILTIN, BUILTIN_NAME, intercept_ca),
         }
     }
 
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        Config::read_file(path, true)
+    }
+
+    fn read_file(path: &Path, intercept_ca: bool) -> Result<Config, ConfigError> {
         let source = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             source: source.clone(),
             problems: vec![format!("cannot read the file: {e}")],
         })?;
-        Config::from_toml(&text, &source)
+        Config::parse(&text, &source, intercept_ca)
     }
 
     /// Parse and validate `text`; `source` names it in messages.
     pub fn from_toml(text: &str, source: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, source, true)
+    }
+
+    /// `intercept_ca`: read and check the intercept CA files (all but `ca init` do).
+    pub(crate) fn parse(
+        text: &str,
+        source: &str,
+        intercept_ca: bool,
+    ) -> Result<Config, ConfigError> {
         let fail = |problems: Vec<String>| ConfigError {
             source: source.to_string(),
             problems,
@@ -189,7 +225,7 @@ impl Config {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| fail(vec![raw::describe_toml_error(&e, text)]))?;
         let mut problems = Vec::new();
-        let config = resolve(raw, source, &mut problems);
+        let config = resolve(raw, source, intercept_ca, &mut problems);
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -203,8 +239,8 @@ impl Config {
     }
 }
 
-fn resolve(raw: RawConfig, source: &str, problems: &mut Vec<String>) -> Config {
-    let proxy = raw.proxy.resolve(problems);
+fn resolve(raw: RawConfig, source: &str, intercept_ca: bool, problems: &mut Vec<String>) -> Config {
+    let mut proxy = raw.proxy.resolve(problems);
     let defaults = Settings::defaults().overlay(&raw.defaults, "defaults", false, problems);
     let max_idle_in_defaults = raw.defaults.max_idle.is_some();
     // Names as written, so a client naming an upstream that failed validation gets no second error.
@@ -222,6 +258,9 @@ fn resolve(raw: RawConfig, source: &str, problems: &mut Vec<String>) -> Config {
         }
     }
     check_unique(names.iter().map(String::as_str), "upstream", problems);
+    if intercept_ca {
+        proxy.intercept_ca = resolve_intercept_ca(&raw.proxy, source, &upstreams, problems);
+    }
     let clients: Vec<Client> = raw
         .client
         .into_iter()
@@ -322,6 +361,16 @@ fn resolve_upstream(
             TlsMode::AsRequested
         }
     };
+    let connect = match raw.connect.as_deref() {
+        None | Some("tunnel") => ConnectMode::Tunnel,
+        Some("intercept") => ConnectMode::Intercept,
+        Some(other) => {
+            problems.push(format!(
+                "{label}: connect = \"{other}\" is not valid; use \"tunnel\" or \"intercept\""
+            ));
+            ConnectMode::Tunnel
+        }
+    };
     let ca_file = raw.ca_file.map(|p| relative_to(source, &p));
     if let Some(path) = &ca_file {
         if let Err(e) = crate::connect::tls::read_pem_roots(path) {
@@ -359,10 +408,63 @@ fn resolve_upstream(
         hosts,
         ports,
         tls,
+        connect,
         ca_file,
         remote_idle_limit,
         settings,
     })
+}
+
+/// `intercept_ca_cert` and `intercept_ca_key`: both or neither, required by `connect =
+/// "intercept"`, and read and checked now so a reload with a broken CA keeps the old one.
+fn resolve_intercept_ca(
+    raw: &RawProxy,
+    source: &str,
+    upstreams: &[Arc<Upstream>],
+    problems: &mut Vec<String>,
+) -> Option<Arc<InterceptCa>> {
+    let cert = raw
+        .intercept_ca_cert
+        .as_deref()
+        .map(|p| relative_to(source, p));
+    let key = raw
+        .intercept_ca_key
+        .as_deref()
+        .map(|p| relative_to(source, p));
+    let missing = |what: &str| format!("proxy: {what} is missing");
+    match (cert, key) {
+        (Some(cert), Some(key)) => match InterceptCa::load(&cert, &key) {
+            Ok(ca) => Some(Arc::new(ca)),
+            Err(e) => {
+                problems.push(format!("proxy: {e}"));
+                None
+            }
+        },
+        (Some(_), None) => {
+            problems.push(missing(
+                "intercept_ca_cert is set but intercept_ca_key (the CA's private key)",
+            ));
+            None
+        }
+        (None, Some(_)) => {
+            problems.push(missing(
+                "intercept_ca_key is set but intercept_ca_cert (the CA certificate)",
+            ));
+            None
+        }
+        (None, None) => {
+            let intercepted = upstreams
+                .iter()
+                .filter(|u| u.connect == ConnectMode::Intercept);
+            for u in intercepted {
+                problems.push(format!(
+                    "upstream {:?}: connect = \"intercept\" needs intercept_ca_cert and intercept_ca_key in [proxy]; make them with `portcullis ca init --out DIR`",
+                    u.name
+                ));
+            }
+            None
+        }
+    }
 }
 
 /// A relative `ca_file` is read relative to the config file's folder, as users expect.
@@ -605,6 +707,11 @@ impl fmt::Display for Config {
             let list: Vec<String> = p.dns_servers.iter().map(|a| format!("\"{a}\"")).collect();
             writeln!(f, "dns_servers = [{}]", list.join(", "))?;
         }
+        if let Some(ca) = &p.intercept_ca {
+            let path = |p: &Path| toml_str(&p.display().to_string());
+            writeln!(f, "intercept_ca_cert = {}", path(ca.cert_path()))?;
+            writeln!(f, "intercept_ca_key = {}", path(ca.key_path()))?;
+        }
         for u in &self.upstreams {
             let s = &u.settings;
             writeln!(f, "\n[[upstream]]")?;
@@ -618,6 +725,11 @@ impl fmt::Display for Config {
                 TlsMode::AsRequested => "as-requested",
             };
             writeln!(f, "tls = \"{tls}\"")?;
+            let connect = match u.connect {
+                ConnectMode::Tunnel => "tunnel",
+                ConnectMode::Intercept => "intercept",
+            };
+            writeln!(f, "connect = \"{connect}\"")?;
             if let Some(ca) = &u.ca_file {
                 writeln!(f, "ca_file = {}", toml_str(&ca.display().to_string()))?;
             }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod connect;
 pub mod error;
 pub mod http1;
+pub mod intercept;
 pub mod log_writer;
 pub mod metrics;
 pub mod policy;

@@ -1,4 +1,4 @@
-//! The `portcullis` command line: run the proxy, or `check` a config; exit codes per SPEC §2.
+//! The `portcullis` command line: run the proxy, `check` a config, or `ca init`; exit codes per SPEC §2.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +27,25 @@ struct Cli {
 enum Command {
     /// Validate the config, print the effective settings, exit 0 (valid) or 2 (invalid).
     Check,
+    /// The interception CA (SPEC §9).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Make a CA that may sign only for the hosts of `connect = "intercept"` upstreams, and
+    /// write intercept-ca.pem and intercept-ca-key.pem (mode 0600) into DIR.
+    Init {
+        /// Folder for the two files (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -38,6 +57,12 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = Config::path(cli.config.as_deref());
+    if let Some(Command::Ca {
+        command: CaCommand::Init { out, force },
+    }) = &cli.command
+    {
+        return ca_init(path.as_deref(), out, *force);
+    }
     let config = match Config::load(path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -45,7 +70,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let warnings = portcullis::config::lint::check(&config);
+    // The config's own (dead parts) and the intercept CA's (hosts it may not sign for).
+    let warnings: Vec<String> = portcullis::config::lint::check(&config)
+        .iter()
+        .map(ToString::to_string)
+        .chain(portcullis::intercept::warnings(&config))
+        .collect();
     if let Some(Command::Check) = cli.command {
         use std::io::Write;
         // A closed stdout (`check | head`) is not a config error.
@@ -78,6 +108,33 @@ fn main() -> ExitCode {
         Ok(stopped) => ExitCode::from(stopped.exit_code()),
         Err(e) => {
             eprintln!("portcullis: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `portcullis ca init`: exit 2 for a config error or a config without intercept upstreams,
+/// 1 when the files cannot be written (or exist, without `--force`).
+fn ca_init(config: Option<&std::path::Path>, out: &std::path::Path, force: bool) -> ExitCode {
+    use portcullis::intercept::init::{init, InitError};
+    let config = match Config::load_without_intercept_ca(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match init(&config, out, force) {
+        Ok(created) => {
+            print!("{created}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ InitError::NoInterceptUpstream(_)) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }

@@ -62,6 +62,7 @@ pub struct Metrics {
     pub tunnel_bytes: IntCounterVec,
     pub client_connections: IntGauge,
     pub config_reloads: IntCounterVec,
+    pub intercepts: IntCounterVec,
 }
 
 /// Handles for one upstream's pool, resolved once so checkout and return never hash label sets.
@@ -198,6 +199,11 @@ impl Metrics {
                 "Config reloads on SIGHUP, by result.",
                 &["result"],
             ),
+            intercepts: counter(
+                "portcullis_intercepts_total",
+                "TLS handshakes portcullis completed (or failed) as the CONNECT host of an intercept upstream, by result.",
+                &["upstream", "result"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -217,6 +223,7 @@ impl Metrics {
             Box::new(m.tunnel_bytes.clone()),
             Box::new(m.client_connections.clone()),
             Box::new(m.config_reloads.clone()),
+            Box::new(m.intercepts.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

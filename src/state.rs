@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::connect::Connector;
 use crate::metrics::Metrics;
 use crate::pool::Pools;
+use crate::proxy::intercept::Interceptor;
 use crate::upstream::UpstreamConn;
 
 /// Where the process is in its life.
@@ -28,17 +29,21 @@ pub struct Shared {
     pub connector: Connector,
     pub metrics: Metrics,
     pub phase: watch::Sender<Phase>,
+    /// The intercept CA, its leaf cache and the TLS server side of interception (SPEC §9).
+    pub intercept: Interceptor,
 }
 
 impl Shared {
     pub fn new(config: Config, metrics: Metrics) -> Arc<Shared> {
         let connector = Connector::new(&config.proxy);
+        let intercept = Interceptor::new(&config, &metrics);
         Arc::new(Shared {
             config: RwLock::new(Arc::new(config)),
             pools: Pools::new(metrics.clone()),
             connector,
             metrics,
             phase: watch::channel(Phase::Running).0,
+            intercept,
         })
     }
 
@@ -53,6 +58,7 @@ impl Shared {
     pub fn replace_config(&self, config: Config) {
         self.pools.reconfigure(&config);
         self.connector.reload();
+        self.intercept.reload(&config);
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
     }
 

@@ -130,6 +130,7 @@ fn same_effective(a: &Config, b: &Config) -> Result<(), String> {
             && x.hosts == y.hosts
             && x.ports == y.ports
             && x.tls == y.tls
+            && x.connect == y.connect
             && x.ca_file == y.ca_file
             && x.remote_idle_limit == y.remote_idle_limit
             && x.settings == y.settings;

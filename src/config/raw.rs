@@ -33,6 +33,8 @@ pub struct RawProxy {
     pub max_header_bytes: Option<usize>,
     pub shutdown_grace: Option<String>,
     pub dns_servers: Option<Vec<String>>,
+    pub intercept_ca_cert: Option<std::path::PathBuf>,
+    pub intercept_ca_key: Option<std::path::PathBuf>,
 }
 
 /// Every key that `[defaults]` and `[[upstream]]` share.
@@ -65,15 +67,17 @@ struct RawUpstreamOwn {
     tls: Option<String>,
     ca_file: Option<std::path::PathBuf>,
     remote_idle_limit: Option<String>,
+    connect: Option<String>,
 }
 
-const OWN_KEYS: [&str; 6] = [
+const OWN_KEYS: [&str; 7] = [
     "name",
     "hosts",
     "ports",
     "tls",
     "ca_file",
     "remote_idle_limit",
+    "connect",
 ];
 
 #[derive(Debug)]
@@ -84,6 +88,7 @@ pub struct RawUpstream {
     pub tls: Option<String>,
     pub ca_file: Option<std::path::PathBuf>,
     pub remote_idle_limit: Option<String>,
+    pub connect: Option<String>,
     pub settings: RawSettings,
 }
 
@@ -119,6 +124,7 @@ impl RawUpstream {
             tls: own.tls,
             ca_file: own.ca_file,
             remote_idle_limit: own.remote_idle_limit,
+            connect: own.connect,
             settings,
         })
     }
@@ -228,6 +234,8 @@ impl RawProxy {
                 problems,
             ),
             dns_servers,
+            // Read by `config::resolve_intercept_ca`, which needs the file's folder.
+            intercept_ca: None,
         }
     }
 }
