@@ -18,6 +18,8 @@
 //!   their next client bytes; `flows_forgotten()`, `resets_sent()`, `flows_open()`.
 //! - [`TestDns::spawn(&[(name, ip)])`](TestDns::spawn): A/AAAA with TTL 1, NXDOMAIN otherwise;
 //!   `hang(name)`, `servfail(name)`, `set_records`, `queries()`.
+//! - [`InterceptCaFiles::new(&hosts)`](InterceptCaFiles::new): an intercept CA made by `ca init`'s
+//!   generator; `proxy_lines()` for `[proxy]`, `client_config()` trusting only it, `rotate`.
 //! - [`spawn_proxy`] / [`spawn_proxy_with`]: portcullis in process on port 0; [`Proxy`] reads
 //!   `/metrics` ([`Proxy::metric`]), `/pools`, and waits for the pools to settle.
 //! - Clients: [`raw_exchange`], [`exchange_on`], [`proxy_get`], [`ProxyConn`] (keep-alive),
@@ -31,6 +33,7 @@ mod census;
 mod client;
 mod dns;
 mod firewall;
+mod intercept;
 mod node;
 mod origin;
 mod process;
@@ -49,6 +52,8 @@ pub use client::{
 pub use dns::TestDns;
 #[allow(unused_imports)]
 pub use firewall::Firewall;
+#[allow(unused_imports)]
+pub use intercept::{client_config_with, InterceptCaFiles};
 #[allow(unused_imports)]
 pub use node::{undici_request, NodeResult};
 #[allow(unused_imports)]
