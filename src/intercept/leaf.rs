@@ -8,6 +8,7 @@
 //! issuance instead of each signing its own.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -116,6 +117,8 @@ struct Slot {
 pub struct LeafCache {
     ca: RwLock<Option<Arc<InterceptCa>>>,
     slots: Mutex<LruCache<Host, Arc<Slot>>>,
+    /// Leaves signed since start: how often the cache missed.
+    issued: AtomicU64,
 }
 
 impl LeafCache {
@@ -129,6 +132,7 @@ impl LeafCache {
             slots: Mutex::new(LruCache::new(
                 NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN),
             )),
+            issued: AtomicU64::new(0),
         }
     }
 
@@ -162,6 +166,11 @@ impl LeafCache {
         self.len() == 0
     }
 
+    /// Leaves signed since start.
+    pub fn issued(&self) -> u64 {
+        self.issued.load(Ordering::Relaxed)
+    }
+
     /// The leaf for `host`: cached, or issued now (once, however many ask at the same time).
     pub async fn get(&self, host: &Host) -> Result<Arc<Leaf>, LeafError> {
         self.get_at(host, SystemTime::now()).await
@@ -172,7 +181,10 @@ impl LeafCache {
         let slot = self.slot(host, now)?;
         let leaf = slot
             .leaf
-            .get_or_try_init(|| async { issue(&slot.ca, host, now).map(Arc::new) })
+            .get_or_try_init(|| async {
+                self.issued.fetch_add(1, Ordering::Relaxed);
+                issue(&slot.ca, host, now).map(Arc::new)
+            })
             .await?;
         Ok(leaf.clone())
     }

@@ -177,6 +177,22 @@ fn webpki_refuses_leaves_outside_the_name_constraints() {
             "{name}: {err:?}"
         );
     }
+    // A name form with no permitted subtree would be unrestricted: the CA excludes all of it.
+    let dns_only = ca_for(&["api.example.com"]);
+    let ip_only = ca_for(&["127.0.0.1"]);
+    for (ca, name) in [
+        (&dns_only, "10.0.0.1"),
+        (&dns_only, "[::1]"),
+        (&ip_only, "api.example.com"),
+    ] {
+        let leaf = issue(ca, &host(name), now).unwrap();
+        let unbracketed = name.trim_matches(|c| c == '[' || c == ']');
+        let err = verify(ca, &leaf, unbracketed, now).expect_err(name);
+        assert!(
+            format!("{err:?}").contains("NameConstraintViolation"),
+            "{name}: {err:?}"
+        );
+    }
 }
 
 #[test]
@@ -191,13 +207,30 @@ fn a_leaf_never_outlives_its_ca() {
     );
 }
 
-#[tokio::test]
+#[test]
+fn a_leaf_being_issued_is_waited_for_not_issued_again() {
+    let cache = LeafCache::new(Some(ca_for(&["*.example.com"])));
+    let (h, now) = (host("api.example.com"), SystemTime::now());
+    let first = cache.slot(&h, now).unwrap();
+    assert!(first.leaf.get().is_none(), "not issued yet");
+    assert!(Arc::ptr_eq(&first, &cache.slot(&h, now).unwrap()), "joined");
+    assert!(!Arc::ptr_eq(
+        &first,
+        &cache.slot(&host("www.example.com"), now).unwrap()
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_leaf_per_host_shared_by_concurrent_handshakes() {
     let cache = Arc::new(LeafCache::new(Some(ca_for(&["*.example.com"]))));
+    let start = Arc::new(tokio::sync::Barrier::new(32));
     let tasks: Vec<_> = (0..32)
         .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.get(&host("api.example.com")).await.unwrap() })
+            let (cache, start) = (cache.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                cache.get(&host("api.example.com")).await.unwrap()
+            })
         })
         .collect();
     let mut leaves = Vec::new();
@@ -206,11 +239,12 @@ async fn one_leaf_per_host_shared_by_concurrent_handshakes() {
     }
     assert!(
         leaves.iter().all(|l| Arc::ptr_eq(l, &leaves[0])),
-        "one issuance"
+        "one leaf"
     );
+    assert_eq!(cache.issued(), 1, "one issuance");
     let other = cache.get(&host("www.example.com")).await.unwrap();
     assert!(!Arc::ptr_eq(&other, &leaves[0]));
-    assert_eq!(cache.len(), 2);
+    assert_eq!((cache.len(), cache.issued()), (2, 2));
 }
 
 #[tokio::test]
