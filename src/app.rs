@@ -103,6 +103,9 @@ impl Handle {
         };
         match loaded {
             Ok(config) => {
+                for w in crate::intercept::warnings(&config) {
+                    tracing::warn!("{}: {w}", config.source);
+                }
                 for w in crate::config::lint::check(&config) {
                     tracing::warn!("{}: {w}", config.source);
                 }
