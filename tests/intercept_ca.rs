@@ -546,6 +546,35 @@ async fn the_handshake_runs_inside_another_tls_connection() {
     );
 }
 
+/// The CONNECT path reads ahead: bytes of the ClientHello may already sit in its buffer when
+/// it calls `accept`. Joined in front of the read half, they are not lost.
+#[tokio::test]
+async fn a_client_hello_partly_read_ahead_is_replayed_in_front_of_the_socket() {
+    let ca = InterceptCaFiles::new(&[HOST]);
+    let shared = shared_for(&ca, &[HOST]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = shared.clone();
+    let server = tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let (mut rd, wr) = tcp.into_split();
+        let mut leftover = vec![0u8; 7];
+        rd.read_exact(&mut leftover).await.unwrap();
+        assert_eq!(leftover[0], 0x16, "a TLS handshake record");
+        let io = tokio::io::join(std::io::Cursor::new(leftover).chain(rd), wr);
+        let host = parse_host(HOST).unwrap();
+        let mut tls = state
+            .intercept
+            .accept(io, &host, "up", peer, WITHIN)
+            .await
+            .unwrap();
+        answer_one_request(&mut tls).await;
+    });
+    let response = rustls_get(addr, ca.client_config(), HOST).await.unwrap();
+    assert!(response.ends_with("ok"), "{response}");
+    tokio::time::timeout(WITHIN, server).await.unwrap().unwrap();
+}
+
 /// SIGHUP's reload reads the CA files again: after `ca init --force`, new leaves chain to
 /// the new CA; a reload whose key is world-readable is refused and the running CA stays.
 #[tokio::test]

@@ -9,7 +9,8 @@
 //! `http/1.1` only), all within `timeout`; counts `portcullis_intercepts_total{upstream,
 //! result}`; and logs one WARN a minute per client address when the client rejects the leaf.
 //! Other failures are only returned: the caller's access line reports them.
-//! `io` is any byte stream, so the client connection may itself be TLS.
+//! `io` is any byte stream, so the client connection may itself be TLS; bytes already read
+//! past the CONNECT head go in front: `tokio::io::join(Cursor::new(leftover).chain(rd), wr)`.
 
 mod rejections;
 
