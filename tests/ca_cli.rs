@@ -303,3 +303,25 @@ fn check_warns_when_an_intercept_host_is_outside_the_constraints() {
     );
     assert!(stderr.contains("portcullis ca init --force"), "{stderr}");
 }
+
+/// The printed paths go into a config, where a relative path is read from the config's folder:
+/// a relative `--out` is printed absolute.
+#[test]
+fn ca_init_prints_absolute_paths_for_a_relative_out() {
+    let s = Setup::new(&[("payments", &["api.example.com"], "intercept")]);
+    let out = Command::new(BIN)
+        .args(["ca", "init", "--out", "ca", "--config", "portcullis.toml"])
+        .current_dir(&s.dir)
+        .env_remove("PORTCULLIS_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    let cert = s.cert().canonicalize().unwrap();
+    assert!(
+        stdout.contains(&format!("intercept_ca_cert = \"{}\"", cert.display())),
+        "{stdout}"
+    );
+    assert_eq!(s.check().status.code(), Some(0));
+}

@@ -55,6 +55,9 @@ pub fn init(config: &Config, out: &Path, force: bool) -> Result<Created, InitErr
     }
     let constraints = Constraints::for_hosts(&hosts);
     let fail = |what: String| InitError::Failed(format!("portcullis ca init: {what}"));
+    std::fs::create_dir_all(out).map_err(|e| fail(format!("{}: {e}", out.display())))?;
+    // Absolute: the paths printed go into a config, where relative ones mean another folder.
+    let out = std::fs::canonicalize(out).map_err(|e| fail(format!("{}: {e}", out.display())))?;
     let cert_path = out.join(CERT_FILE);
     let key_path = out.join(KEY_FILE);
     if !force {
@@ -69,7 +72,6 @@ pub fn init(config: &Config, out: &Path, force: bool) -> Result<Created, InitErr
     }
     let (cert, key) =
         generate(&constraints, OffsetDateTime::now_utc()).map_err(|e| fail(e.to_string()))?;
-    std::fs::create_dir_all(out).map_err(|e| fail(format!("{}: {e}", out.display())))?;
     // The key first: a certificate without its key is of no use to anyone.
     write_file(&key_path, key.serialize_pem().as_bytes(), 0o600, force)
         .map_err(|e| fail(format!("{}: {e}", key_path.display())))?;
