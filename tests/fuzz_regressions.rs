@@ -81,11 +81,17 @@ fn saved_crashes_replay() {
         .filter_map(|p| p.file_name()?.to_str().map(String::from))
         .collect();
     folders.sort();
-    assert!(!folders.is_empty(), "no saved crash under {}", root.display());
+    assert!(
+        !folders.is_empty(),
+        "no saved crash under {}",
+        root.display()
+    );
     let mut failures = Vec::new();
     for target in &folders {
         if !checks::TARGETS.iter().any(|(name, _)| name == target) {
-            failures.push(format!("fuzz/regressions/{target}: no fuzz target of that name"));
+            failures.push(format!(
+                "fuzz/regressions/{target}: no fuzz target of that name"
+            ));
             continue;
         }
         match replay("regressions", target) {
