@@ -1,14 +1,16 @@
 //! How the client spelled its header names, kept so they can go upstream the same way.
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 /// The original spelling of every header name the client did not send in lower case, as
 /// spans of the head it came in (the head is kept alive by the header values anyway).
 #[derive(Debug, Clone, Default)]
 pub struct Spellings {
     head: Bytes,
-    /// (start, length) of each such name in `head`, in the order received.
-    spans: Vec<(u32, u16)>,
+    /// (start, length) of each such name in `head`, in the order received; inline for the
+    /// usual dozen, so recording and handing them on allocates nothing.
+    spans: SmallVec<[(u32, u16); 12]>,
 }
 
 impl Spellings {
@@ -16,7 +18,7 @@ impl Spellings {
     pub(super) fn new(head: Bytes) -> Self {
         Spellings {
             head,
-            spans: Vec::new(),
+            spans: SmallVec::new(),
         }
     }
 
@@ -44,9 +46,13 @@ impl Spellings {
 
     /// The index of the client's spelling of `name`, for [`Spellings::spelling`].
     pub fn find(&self, name: &[u8]) -> Option<usize> {
-        (0..self.spans.len()).find(|&i| {
-            self.spelling(i)
-                .is_some_and(|spelled| spelled.eq_ignore_ascii_case(name))
+        self.spans.iter().position(|&(start, len)| {
+            usize::from(len) == name.len() && {
+                let start = start as usize;
+                self.head
+                    .get(start..start + name.len())
+                    .is_some_and(|spelled| spelled.eq_ignore_ascii_case(name))
+            }
         })
     }
 

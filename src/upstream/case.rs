@@ -48,26 +48,18 @@ impl NextHead {
 pub struct Respell<T> {
     io: T,
     next: NextHead,
-    /// The head being written, if any.
-    head: Option<(Spellings, Scan)>,
-    /// The rewritten head bytes of one write call; kept to reuse the allocation.
+    /// The head being written, respelled whole at its first write: `scratch[..len]`, of
+    /// which `sent` bytes are out.
+    head: Option<Pending>,
+    /// Kept to reuse the allocation from head to head.
     scratch: Vec<u8>,
 }
 
-/// Where the writer is in a request head, byte by byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scan {
-    RequestLine,
-    LineStart,
-    /// Byte `at` of a header name; `spelling` indexes the client's spelling when it has one.
-    Name {
-        at: usize,
-        spelling: Option<usize>,
-    },
-    Value,
-    /// The CR of the empty line that ends the head.
-    EndCr,
-    Done,
+/// A respelled head not yet fully written.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    len: usize,
+    sent: usize,
 }
 
 impl<T> Respell<T> {
@@ -86,109 +78,65 @@ impl<T> Respell<T> {
     }
 }
 
-/// Copy the head bytes among the first `limit` of `buf` into `out`, respelled, starting from
-/// `scan`; stops where the head ends. Returns the scan state after the copied bytes. Names
-/// are looked up in all of `buf`, so a head written in parts is respelled the same way.
-fn respell(
-    spellings: &Spellings,
-    mut scan: Scan,
-    buf: &[u8],
-    limit: usize,
-    out: &mut Vec<u8>,
-) -> Scan {
-    for (i, &b) in buf.iter().enumerate().take(limit) {
-        if scan == Scan::Done {
-            break;
+/// Copy the request head at the start of `buf` into `out` with each header name the client
+/// spelled otherwise in its spelling; the head's length, or `None` when `buf` does not hold
+/// a whole head (then nothing is respelled: hyper writes a head from one buffer).
+fn respell(spellings: &Spellings, buf: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let len = memchr::memmem::find(buf, b"\r\n\r\n")? + 4;
+    out.clear();
+    out.extend_from_slice(&buf[..len]);
+    // Header lines start after the request line; the last line is the empty one.
+    let mut at = memchr::memchr(b'\n', &out[..len])? + 1;
+    while at < len - 2 {
+        let line_end = memchr::memchr(b'\n', &out[at..len]).map_or(len, |i| at + i + 1);
+        if let Some(colon) = memchr::memchr(b':', &out[at..line_end]) {
+            let name = at..at + colon;
+            if let Some(spelled) = spellings.of(&out[name.clone()]) {
+                out[name].copy_from_slice(spelled);
+            }
         }
-        let (byte, next) = step(spellings, scan, b, &buf[i..]);
-        out.push(byte);
-        scan = next;
+        at = line_end;
     }
-    scan
-}
-
-/// One byte of a head: the byte to write and the next state. `rest` starts at this byte; a
-/// name's spelling is looked up once, at its first byte (the head is one buffer in hyper).
-fn step(spellings: &Spellings, scan: Scan, b: u8, rest: &[u8]) -> (u8, Scan) {
-    match scan {
-        Scan::RequestLine | Scan::Value => {
-            let next = if b == b'\n' { Scan::LineStart } else { scan };
-            (b, next)
-        }
-        Scan::LineStart if b == b'\r' => (b, Scan::EndCr),
-        Scan::LineStart => {
-            let spelling = rest
-                .iter()
-                .position(|&c| c == b':')
-                .and_then(|end| spellings.find(&rest[..end]));
-            step(spellings, Scan::Name { at: 0, spelling }, b, rest)
-        }
-        Scan::Name { .. } if b == b':' => (b, Scan::Value),
-        Scan::Name { at, spelling } => {
-            // Same letters, the client's case; never anything but a case change.
-            let byte = spelling
-                .and_then(|i| spellings.spelling(i)?.get(at).copied())
-                .filter(|s| s.eq_ignore_ascii_case(&b))
-                .unwrap_or(b);
-            (
-                byte,
-                Scan::Name {
-                    at: at + 1,
-                    spelling,
-                },
-            )
-        }
-        Scan::EndCr => (b, Scan::Done),
-        Scan::Done => (b, Scan::Done),
-    }
+    Some(len)
 }
 
 impl<T: AsyncWrite + Unpin> Respell<T> {
     /// Write `bufs`, respelling the head at their start if one is being written. hyper puts a
-    /// whole head in its first buffer; what follows the head is written unchanged with it.
+    /// whole head in its first buffer; what follows the head is written with it, unchanged.
     fn poll_write_bufs(
         &mut self,
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let first: &[u8] = bufs.first().map_or(&[], |b| &**b);
         if self.head.is_none() {
             if let Some(spellings) = self.next.take() {
-                self.head = Some((spellings, Scan::RequestLine));
+                self.head = respell(&spellings, first, &mut self.scratch)
+                    .map(|len| Pending { len, sent: 0 });
             }
         }
-        let Some((spellings, scan)) = self.head.take() else {
+        let Some(pending) = self.head else {
             return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         };
-        let first: &[u8] = bufs.first().map_or(&[], |b| &**b);
-        self.scratch.clear();
-        let end = respell(&spellings, scan, first, first.len(), &mut self.scratch);
-        let head_len = self.scratch.len();
+        // `first` starts where the head's unsent part does; after it, hyper's own bytes.
+        let left = pending.len - pending.sent;
+        let after = first.get(left..).unwrap_or(&[]);
         let empty: &[u8] = &[];
         let more = |i: usize| bufs.get(i).map_or(empty, |b| &**b);
         let out = [
-            IoSlice::new(&self.scratch),
-            IoSlice::new(&first[head_len..]),
+            IoSlice::new(&self.scratch[pending.sent..pending.len]),
+            IoSlice::new(after),
             IoSlice::new(more(1)),
             IoSlice::new(more(2)),
         ];
-        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, &out);
-        let written = match polled {
+        let written = match Pin::new(&mut self.io).poll_write_vectored(cx, &out) {
             Poll::Ready(Ok(n)) => n,
-            other => {
-                self.head = Some((spellings, scan));
-                return other;
-            }
+            other => return other,
         };
-        let committed = if written >= head_len {
-            end
-        } else {
-            // Part of the head went out: the scan continues after exactly those bytes.
-            self.scratch.clear();
-            respell(&spellings, scan, first, written, &mut self.scratch)
-        };
-        if committed != Scan::Done {
-            self.head = Some((spellings, committed));
-        }
+        self.head = (written < left).then_some(Pending {
+            sent: pending.sent + written,
+            ..pending
+        });
         Poll::Ready(Ok(written))
     }
 }
