@@ -82,22 +82,24 @@ impl<T> Respell<T> {
 /// spelled otherwise in its spelling; the head's length, or `None` when `buf` does not hold
 /// a whole head (then nothing is respelled: hyper writes a head from one buffer).
 fn respell(spellings: &Spellings, buf: &[u8], out: &mut Vec<u8>) -> Option<usize> {
-    let len = memchr::memmem::find(buf, b"\r\n\r\n")? + 4;
     out.clear();
-    out.extend_from_slice(&buf[..len]);
-    // Header lines start after the request line; the last line is the empty one.
-    let mut at = memchr::memchr(b'\n', &out[..len])? + 1;
-    while at < len - 2 {
-        let line_end = memchr::memchr(b'\n', &out[at..len]).map_or(len, |i| at + i + 1);
-        if let Some(colon) = memchr::memchr(b':', &out[at..line_end]) {
-            let name = at..at + colon;
-            if let Some(spelled) = spellings.of(&out[name.clone()]) {
-                out[name].copy_from_slice(spelled);
+    // The request line, then header lines up to the empty one that ends the head.
+    let mut at = memchr::memchr(b'\n', buf)? + 1;
+    out.extend_from_slice(&buf[..at]);
+    loop {
+        let line_end = at + memchr::memchr(b'\n', &buf[at..])? + 1;
+        let line = &buf[at..line_end];
+        out.extend_from_slice(line);
+        if line == b"\r\n" {
+            return Some(line_end);
+        }
+        if let Some(colon) = memchr::memchr(b':', line) {
+            if let Some(spelled) = spellings.of(&line[..colon]) {
+                out[at..at + colon].copy_from_slice(spelled);
             }
         }
         at = line_end;
     }
-    Some(len)
 }
 
 impl<T: AsyncWrite + Unpin> Respell<T> {
