@@ -52,6 +52,9 @@ pub struct ProxySettings {
     pub max_client_connections: usize,
     pub client_idle_timeout: Duration,
     pub header_read_timeout: Duration,
+    /// A request body that stops arriving, or a response the client stops reading, for this
+    /// long ends the exchange (each wait, not the whole body).
+    pub client_stall_timeout: Duration,
     pub max_header_bytes: usize,
     pub shutdown_grace: Duration,
     /// Name servers to ask instead of the system's (`/etc/resolv.conf`); an extension to SPEC §3.
@@ -701,6 +704,11 @@ impl fmt::Display for Config {
         writeln!(f, "max_client_connections = {}", p.max_client_connections)?;
         writeln!(f, "client_idle_timeout = \"{}\"", d(p.client_idle_timeout))?;
         writeln!(f, "header_read_timeout = \"{}\"", d(p.header_read_timeout))?;
+        writeln!(
+            f,
+            "client_stall_timeout = \"{}\"",
+            d(p.client_stall_timeout)
+        )?;
         writeln!(f, "max_header_bytes = {}", p.max_header_bytes)?;
         writeln!(f, "shutdown_grace = \"{}\"", d(p.shutdown_grace))?;
         if !p.dns_servers.is_empty() {

@@ -86,6 +86,10 @@ pub enum ProxyError {
     /// The client hung up or its connection failed: nobody is left to answer.
     #[error("client went away: {detail}")]
     ClientGone { detail: String },
+    /// The request body stopped arriving for `client_stall_timeout`. Answered 408 when no
+    /// response has begun (a stalled client may still read).
+    #[error("the request body stopped arriving for {timeout_ms} ms (client_stall_timeout)")]
+    BodyStalled { timeout_ms: u128 },
 }
 
 impl ProxyError {
@@ -124,6 +128,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             ClientGone { .. } => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             BadRequest(_) => StatusCode::BAD_REQUEST,
             HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             AuthRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
@@ -143,7 +148,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             ClientGone { .. } => "client_closed",
-            BadRequest(_) | HeadTooLarge { .. } => "http_request_error",
+            BadRequest(_) | HeadTooLarge { .. } | BodyStalled { .. } => "http_request_error",
             AuthRequired | Denied { .. } | Misdirected { .. } => "http_request_denied",
             PrivateAddress { .. } => "destination_ip_prohibited",
             Dns { .. } => "dns_error",
@@ -164,9 +169,11 @@ impl ProxyError {
     pub fn culprit(&self) -> Culprit {
         use ProxyError::*;
         match self {
-            BadRequest(_) | HeadTooLarge { .. } | AuthRequired | ClientGone { .. } => {
-                Culprit::Client
-            }
+            BadRequest(_)
+            | HeadTooLarge { .. }
+            | AuthRequired
+            | ClientGone { .. }
+            | BodyStalled { .. } => Culprit::Client,
             Denied { .. } | PrivateAddress { .. } | Misdirected { .. } => Culprit::Policy,
             ShuttingDown | PoolTimeout { .. } => Culprit::Proxy,
             _ => Culprit::Upstream,
@@ -191,6 +198,7 @@ impl ProxyError {
             ProxyError::BadRequest(_)
                 | ProxyError::HeadTooLarge { .. }
                 | ProxyError::ClientGone { .. }
+                | ProxyError::BodyStalled { .. }
         )
     }
 
@@ -348,6 +356,11 @@ mod tests {
                 },
                 421,
                 "http_request_denied",
+            ),
+            (
+                ProxyError::BodyStalled { timeout_ms: 30_000 },
+                408,
+                "http_request_error",
             ),
         ];
         for (e, status, token) in cases {

@@ -77,6 +77,7 @@ fn empty_defaults_are_the_spec_values() {
         assert_eq!(p.max_client_connections, 10_000);
         assert_eq!(p.client_idle_timeout, Duration::from_secs(60));
         assert_eq!(p.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(p.client_stall_timeout, Duration::from_secs(30));
         assert_eq!(p.max_header_bytes, 65_536);
         assert_eq!(p.shutdown_grace, Duration::from_secs(30));
         assert!(p.dns_servers.is_empty());
@@ -525,4 +526,23 @@ fn builtin_config_parses_and_is_valid() {
     let shown = config.to_string();
     let again = Config::from_toml(&shown, BUILTIN_NAME).unwrap_or_else(|e| panic!("{e}\n{shown}"));
     assert_eq!(again.to_string(), shown);
+}
+
+#[test]
+fn client_stall_timeout_is_a_positive_duration() {
+    let config = parse(&format!(
+        "[proxy]\nclient_stall_timeout = \"1500ms\"\n{ONE}"
+    ));
+    assert_eq!(
+        config.proxy.client_stall_timeout,
+        Duration::from_millis(1500)
+    );
+    assert!(config
+        .to_string()
+        .contains("client_stall_timeout = \"1500ms\""));
+    let got = problems(&format!("[proxy]\nclient_stall_timeout = \"0s\"\n{ONE}"));
+    assert_eq!(got, ["proxy: client_stall_timeout must be above 0"]);
+    let got = problems(&format!("[proxy]\nclient_stall_timeout = \"30\"\n{ONE}"));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].starts_with("proxy: client_stall_timeout: \"30\" needs a unit"));
 }

@@ -163,7 +163,8 @@ where
             .await
             .map_err(ProxyError::client_write)?;
     }
-    let body = body::read(reader, head.framing, settings.max_replay_body).await?;
+    let stall = ctx.config.proxy.client_stall_timeout;
+    let body = body::read(reader, head.framing, settings.max_replay_body, stall).await?;
     p.body_done = matches!(body, ClientBody::Full(_));
     if let ClientBody::Full(b) = &body {
         p.outcome.bytes_in = b.len() as u64;
@@ -231,7 +232,7 @@ where
             Some((prefix, state, tx)) => {
                 Box::pin(body::with_pump(
                     exchange,
-                    body::pump(reader, prefix, state, tx),
+                    body::pump(reader, prefix, state, tx, stall),
                 ))
                 .await
             }

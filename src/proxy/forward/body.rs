@@ -2,6 +2,7 @@
 //! upstream while the exchange runs.
 
 use std::io;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::AsyncRead;
@@ -22,10 +23,12 @@ pub enum ClientBody {
 }
 
 /// Read the body whole when it fits `limit`; otherwise keep what was read and stream the rest.
+/// Each wait for the next piece is bounded by `stall` (`client_stall_timeout`).
 pub async fn read<R: AsyncRead + Unpin>(
     reader: &mut ClientReader<R>,
     framing: BodyFraming,
     limit: usize,
+    stall: Duration,
 ) -> Result<ClientBody, ProxyError> {
     let length = match framing {
         BodyFraming::Empty => return Ok(ClientBody::Full(Bytes::new())),
@@ -47,22 +50,38 @@ pub async fn read<R: AsyncRead + Unpin>(
     let mut buf = Vec::with_capacity(length.map_or(8 * 1024, |n| {
         usize::try_from(n).map_or(MAX_BODY_CHUNK, |n| n.min(MAX_BODY_CHUNK))
     }));
-    loop {
-        match reader.read_body_chunk(&mut state).await {
-            Ok(Some(chunk)) => {
-                make_room(&mut buf, chunk.len(), length);
-                buf.extend_from_slice(&chunk);
-                if buf.len() > limit {
-                    return Ok(ClientBody::Streaming {
-                        prefix: Bytes::from(buf),
-                        state,
-                        length,
-                    });
-                }
-            }
-            Ok(None) => return Ok(ClientBody::Full(Bytes::from(buf))),
-            Err(e) => return Err(ProxyError::request_body(e)),
+    while let Some(chunk) = next_piece(reader, &mut state, stall).await? {
+        make_room(&mut buf, chunk.len(), length);
+        buf.extend_from_slice(&chunk);
+        if buf.len() > limit {
+            return Ok(ClientBody::Streaming {
+                prefix: Bytes::from(buf),
+                state,
+                length,
+            });
         }
+    }
+    Ok(ClientBody::Full(Bytes::from(buf)))
+}
+
+/// The next piece of the request body, `None` at its end; a client that sends nothing for
+/// `stall` has stalled.
+///
+/// One wait is one `read_body_chunk`: data returns as soon as any arrives, so a slow upload
+/// that keeps moving is never cut, while a chunk-size line or the trailers (at most a few
+/// KiB) must arrive within `stall` as a whole, not byte by byte for ever.
+async fn next_piece<R: AsyncRead + Unpin>(
+    reader: &mut ClientReader<R>,
+    state: &mut BodyState,
+    stall: Duration,
+) -> Result<Option<Bytes>, ProxyError> {
+    // `read_body_chunk` is cancel-safe: a timeout loses no byte.
+    match tokio::time::timeout(stall, reader.read_body_chunk(state)).await {
+        Ok(Ok(piece)) => Ok(piece),
+        Ok(Err(e)) => Err(ProxyError::request_body(e)),
+        Err(_) => Err(ProxyError::BodyStalled {
+            timeout_ms: stall.as_millis(),
+        }),
     }
 }
 
@@ -98,19 +117,21 @@ where
     }
 }
 
-/// Copy the rest of a large request body from the client into the upstream request.
+/// Copy the rest of a large request body from the client into the upstream request; each
+/// wait for the client is bounded by `stall`.
 pub async fn pump<R: AsyncRead + Unpin>(
     reader: &mut ClientReader<R>,
     prefix: Bytes,
     mut state: BodyState,
     tx: mpsc::Sender<io::Result<Bytes>>,
+    stall: Duration,
 ) -> Result<u64, ProxyError> {
     let mut total = prefix.len() as u64;
     if !prefix.is_empty() && tx.send(Ok(prefix)).await.is_err() {
         return Ok(total);
     }
     loop {
-        match reader.read_body_chunk(&mut state).await {
+        match next_piece(reader, &mut state, stall).await {
             Ok(Some(chunk)) => {
                 total += chunk.len() as u64;
                 if tx.send(Ok(chunk)).await.is_err() {
@@ -118,8 +139,7 @@ pub async fn pump<R: AsyncRead + Unpin>(
                 }
             }
             Ok(None) => return Ok(total),
-            Err(e) => {
-                let err = ProxyError::request_body(e);
+            Err(err) => {
                 // The upstream request fails too: it must not see a truncated body as whole.
                 let _ = tx.send(Err(io::Error::other(err.to_string()))).await;
                 return Err(err);
