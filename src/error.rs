@@ -90,6 +90,10 @@ pub enum ProxyError {
     /// response has begun (a stalled client may still read).
     #[error("the request body stopped arriving for {timeout_ms} ms (client_stall_timeout)")]
     BodyStalled { timeout_ms: u128 },
+    /// The client stopped reading our response for `client_stall_timeout`: like a client
+    /// gone, nothing more can be sent; both sides are closed.
+    #[error("client stalled: {detail}")]
+    ClientStalled { detail: String },
 }
 
 impl ProxyError {
@@ -108,8 +112,13 @@ impl ProxyError {
         }
     }
 
-    /// Writing to the client failed.
+    /// Writing to the client failed; `TimedOut` is a write that waited `client_stall_timeout`.
     pub fn client_write(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            return ProxyError::ClientStalled {
+                detail: e.to_string(),
+            };
+        }
         ProxyError::ClientGone {
             detail: format!("writing to the client failed: {e}"),
         }
@@ -127,7 +136,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         use ProxyError::*;
         match self {
-            ClientGone { .. } => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            ClientGone { .. } | ClientStalled { .. } => {
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             BadRequest(_) => StatusCode::BAD_REQUEST,
             HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -142,12 +153,13 @@ impl ProxyError {
         }
     }
 
-    /// The RFC 9209 error token for `Proxy-Status`; `client_closed` is never sent (there is
-    /// nobody to send it to) and only names the outcome in the access log.
+    /// The RFC 9209 error token for `Proxy-Status`; `client_closed` and `client_stalled` are
+    /// never sent (there is nobody to send them to) and only name the outcome in the access log.
     pub fn token(&self) -> &'static str {
         use ProxyError::*;
         match self {
             ClientGone { .. } => "client_closed",
+            ClientStalled { .. } => "client_stalled",
             BadRequest(_) | HeadTooLarge { .. } | BodyStalled { .. } => "http_request_error",
             AuthRequired | Denied { .. } | Misdirected { .. } => "http_request_denied",
             PrivateAddress { .. } => "destination_ip_prohibited",
@@ -173,7 +185,8 @@ impl ProxyError {
             | HeadTooLarge { .. }
             | AuthRequired
             | ClientGone { .. }
-            | BodyStalled { .. } => Culprit::Client,
+            | BodyStalled { .. }
+            | ClientStalled { .. } => Culprit::Client,
             Denied { .. } | PrivateAddress { .. } | Misdirected { .. } => Culprit::Policy,
             ShuttingDown | PoolTimeout { .. } => Culprit::Proxy,
             _ => Culprit::Upstream,
@@ -199,6 +212,7 @@ impl ProxyError {
                 | ProxyError::HeadTooLarge { .. }
                 | ProxyError::ClientGone { .. }
                 | ProxyError::BodyStalled { .. }
+                | ProxyError::ClientStalled { .. }
         )
     }
 

@@ -8,6 +8,7 @@ pub mod intercept;
 pub mod limit;
 pub mod outcome;
 pub mod respond;
+pub mod stall;
 pub mod tunnel;
 
 use std::net::SocketAddr;
@@ -196,7 +197,7 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                     HeadError::Closed | HeadError::Io(_) => return,
                 };
                 refuse_head(&ctx, &mut wr, Mode::Forward, &err).await;
-                linger(reader, wr).await;
+                linger(reader, wr, ctx.config.proxy.client_stall_timeout).await;
                 return;
             }
             Ok(Ok(head)) => head,
@@ -221,7 +222,7 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             return;
         }
         if Box::pin(forward::serve(&ctx, head, &mut reader, &mut wr)).await == Flow::Close {
-            linger(reader, wr).await;
+            linger(reader, wr, ctx.config.proxy.client_stall_timeout).await;
             return;
         }
     }
@@ -229,13 +230,22 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
 
 /// Close after our last response without destroying it: send FIN, then read and discard what
 /// the client still sends (bounded), since closing with unread bytes makes the kernel send an
-/// RST that can overtake the response.
+/// RST that can overtake the response. Every wait is bounded: the FIN by `stall`
+/// (`client_stall_timeout`), the drain by two seconds.
 async fn linger(
     reader: ClientReader<tokio::net::tcp::OwnedReadHalf>,
     mut wr: tokio::net::tcp::OwnedWriteHalf,
+    stall: Duration,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = wr.shutdown().await;
+    if stall::StallWriter::new(&mut wr, stall)
+        .shutdown()
+        .await
+        .is_err()
+    {
+        // Not even our FIN could be queued: the client reads nothing; drop (close) at once.
+        return;
+    }
     let (mut rd, _) = reader.into_parts();
     let drain = async {
         // On the heap: an array here would size every connection's task, idle ones included.

@@ -6,15 +6,29 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 use support::*;
 
 const WITHIN: Duration = Duration::from_secs(15);
+
+/// Read until the peer closes (FIN or RST); true if that happened within `within`.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
 
 /// Everything the peer sends until it closes (bounded by `within`).
 async fn read_to_close(s: &mut TcpStream, within: Duration) -> Vec<u8> {
@@ -187,4 +201,94 @@ async fn a_slow_but_moving_upload_is_served() {
         assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
         assert!(answer.ends_with(&(piece * 12).to_string()), "{answer:?}");
     }
+}
+
+// ------------------------------------------------------------ 2. clients that do not read
+
+/// A client connected with a tiny receive buffer, so that not reading stalls the proxy soon.
+async fn connect_small_window(addr: SocketAddr) -> TcpStream {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    tokio::time::timeout(WITHIN, sock.connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+/// With `max_connections = 1`, a client that asks for a large response and stops reading
+/// once held the one upstream connection for as long as it liked: everyone else got 503.
+/// Now the write stalls for `client_stall_timeout`, both sides are closed, and the next
+/// client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_frees_the_upstream_connection() {
+    let big = Arc::new(vec![b'b'; 16 << 20]);
+    let o = origin()
+        .handler(move |r| {
+            if r.target == "/big" {
+                Reply::ok(big.as_slice())
+            } else {
+                Reply::ok("small")
+            }
+        })
+        .spawn()
+        .await;
+    let p = spawn_proxy_with(
+        "client_stall_timeout = \"2s\"",
+        &local_upstream(
+            "local",
+            o.port(),
+            "max_connections = 1\nmax_idle = 1\nacquire_timeout = \"200ms\"",
+        ),
+    )
+    .await;
+    let mut sleeper = connect_small_window(p.addr).await;
+    sleeper
+        .write_all(&absolute_get(&o.url("/big")))
+        .await
+        .unwrap();
+    // It reads a little (the head arrives), then nothing.
+    let mut first = [0u8; 1024];
+    let n = tokio::time::timeout(WITHIN, sleeper.read(&mut first))
+        .await
+        .expect("the response begins")
+        .expect("read");
+    assert!(first[..n].starts_with(b"HTTP/1.1 200 "));
+    let stalled_at = Instant::now();
+
+    // Meanwhile the one connection is busy: refused after acquire_timeout.
+    let busy = proxy_get(p.addr, &o.url("/small")).await;
+    assert_eq!(busy.status, 503, "{busy:?}");
+
+    // Once the stall is noticed, the next client is served (bounded retries).
+    let mut served = None;
+    while stalled_at.elapsed() < WITHIN {
+        let r = proxy_get(p.addr, &o.url("/small")).await;
+        if r.status == 200 {
+            served = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        served.is_some(),
+        "still 503 {:?} after the stall",
+        stalled_at.elapsed()
+    );
+    // The busy connection did not outlive the stall: it was closed, not pooled.
+    assert!(
+        eventually(WITHIN, || o.connections_accepted() == 2).await,
+        "the next request needed a new connection"
+    );
+    let closed = p
+        .metric(
+            "portcullis_upstream_connections_closed_total",
+            "upstream=\"local\",reason=\"error\"",
+        )
+        .await;
+    assert_eq!(closed, 1.0);
+    // And the client's connection was closed too.
+    assert!(
+        closed_within(&mut sleeper, WITHIN).await,
+        "client side closed"
+    );
 }

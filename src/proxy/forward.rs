@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::access::Lineage;
 use super::outcome::{Mode, Outcome};
+use super::stall::StallWriter;
 use super::{respond, Ctx, Flow};
 use crate::config::Upstream;
 use crate::error::ProxyError;
@@ -79,6 +80,9 @@ where
     W: AsyncWrite + Unpin + Send,
     F: FnOnce(&Ctx, &RequestHead, &mut Outcome<'_>) -> Result<Route, ProxyError>,
 {
+    // Every write to the client, error answers included, waits at most client_stall_timeout.
+    let mut writer = StallWriter::new(writer, ctx.config.proxy.client_stall_timeout);
+    let writer = &mut writer;
     let mut p = Progress {
         outcome: Outcome::new(mode, Instant::now(), Some(&head.method), &head.target),
         responded: None,

@@ -4,6 +4,7 @@ use bytes::BytesMut;
 use http::Version;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::stall::StallWriter;
 use super::Ctx;
 use crate::error::{Culprit, ProxyError};
 
@@ -31,7 +32,10 @@ pub async fn error<W: AsyncWrite + Unpin>(
             tracing::debug!(client = %ctx.peer, error = %err, token = err.token(), "request refused")
         }
     }
-    if matches!(err, ProxyError::ClientGone { .. }) {
+    if matches!(
+        err,
+        ProxyError::ClientGone { .. } | ProxyError::ClientStalled { .. }
+    ) {
         return 0;
     }
     let headers = err.headers();
@@ -39,6 +43,8 @@ pub async fn error<W: AsyncWrite + Unpin>(
     let body = err.body();
     let mut out = BytesMut::with_capacity(256);
     crate::http1::encode_simple_response(&mut out, version, err.status(), &extra, &body, close);
+    // A client that does not read its answer holds nothing past `client_stall_timeout`.
+    let mut writer = StallWriter::new(writer, ctx.config.proxy.client_stall_timeout);
     if writer.write_all(&out).await.is_err() {
         return 0;
     }
