@@ -292,3 +292,55 @@ async fn a_client_that_stops_reading_frees_the_upstream_connection() {
         "client side closed"
     );
 }
+
+// ------------------------------------------------------------ 3. stalled upstream bodies
+
+/// An upstream that sends half its body and goes silent: after `response_timeout` of silence
+/// the client connection is cut (its head is out), the upstream connection closed, and the
+/// outcome recorded as `http_response_timeout`. Before, the exchange hung for ever.
+#[tokio::test]
+async fn an_upstream_silent_mid_body_is_cut_after_response_timeout() {
+    let o = origin()
+        .handler(|r| {
+            let reply = Reply::ok(vec![b'h'; 64 * 1024]).stall_mid_body();
+            if r.target == "/chunked" {
+                reply.chunked()
+            } else {
+                reply
+            }
+        })
+        .spawn()
+        .await;
+    let p = spawn_proxy(&local_upstream(
+        "local",
+        o.port(),
+        "response_timeout = \"700ms\"",
+    ))
+    .await;
+    for path in ["/length", "/chunked"] {
+        let mut s = connect(p.addr).await;
+        s.write_all(&absolute_get(&o.url(path))).await.unwrap();
+        let started = Instant::now();
+        let got = read_to_close(&mut s, WITHIN).await;
+        assert!(
+            started.elapsed() < WITHIN,
+            "{path}: the client was left waiting"
+        );
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200 "), "{path}: {text:?}");
+        // Cut, not completed: half the body at most, and no last-chunk.
+        assert!(got.len() < 64 * 1024, "{path}: {} bytes", got.len());
+        assert!(!text.ends_with("0\r\n\r\n"), "{path}");
+    }
+    assert!(
+        o.wait_for_open_connections(0, WITHIN).await,
+        "upstream side closed"
+    );
+    let cut = p
+        .metric(
+            "portcullis_upstream_connections_closed_total",
+            "upstream=\"local\",reason=\"error\"",
+        )
+        .await;
+    assert_eq!(cut, 2.0);
+}

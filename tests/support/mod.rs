@@ -10,7 +10,7 @@
 //!   `.count_open_at_accept()` → `max_open_at_accept()`, `open_now()`: open connections as
 //!   the kernel sees them, not as the origin's tasks notice.
 //!   [`Reply`]: `ok`, `status`, `.header`, `.chunked`, `.delay`, `.close`, `.trickle`,
-//!   `.close_mid_body`; faults `close_without_answer`, `reset_without_answer`, `hang`,
+//!   `.close_mid_body`, `.stall_mid_body`; faults `close_without_answer`, `reset_without_answer`, `hang`,
 //!   `endless_header`, `garbage`.
 //! - [`TestCa::new`] → `issue(&["localhost", "127.0.0.1"])` → [`IssuedCert`] (`acceptor()`);
 //!   `expired_cert`, `TestCa::self_signed`, `pem`, `write_pem(dir)`, `client_config()`.

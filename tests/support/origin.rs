@@ -372,6 +372,16 @@ async fn serve_http<S: Wire>(stream: S, conn_id: usize, state: &State, config: &
             After::KeepAlive => {}
             After::Close => return lingering_close(reader).await,
             After::Drop => return,
+            After::Hang => {
+                // Keep reading so that the client leaving still closes the connection.
+                while let Ok(n) = reader.fill().await {
+                    if n == 0 {
+                        break;
+                    }
+                    reader.buf.clear();
+                }
+                return;
+            }
         }
     }
 }

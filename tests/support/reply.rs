@@ -19,6 +19,7 @@ pub struct Reply {
     close: bool,
     trickle: Option<(usize, Duration)>,
     close_mid_body: bool,
+    stall_mid_body: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +39,8 @@ pub(super) enum After {
     Close,
     /// Just drop: already reset, or the peer is gone.
     Drop,
+    /// Send nothing more; keep the connection until the peer leaves.
+    Hang,
 }
 
 impl Reply {
@@ -57,6 +60,7 @@ impl Reply {
             close: false,
             trickle: None,
             close_mid_body: false,
+            stall_mid_body: false,
         }
     }
 
@@ -114,6 +118,13 @@ impl Reply {
         self
     }
 
+    /// Announces the whole body (Content-Length N, or chunked), sends the first half, then
+    /// goes silent with the connection open until the peer leaves (an upstream stalled mid-body).
+    pub fn stall_mid_body(mut self) -> Reply {
+        self.stall_mid_body = true;
+        self
+    }
+
     /// Sends a status line, then header lines forever (until the peer leaves or the origin is dropped).
     pub fn endless_header() -> Reply {
         Reply::fault(Kind::EndlessHeader)
@@ -166,16 +177,7 @@ pub(super) async fn respond<S: Wire>(
             reset_on_drop(reader.stream.tcp());
             After::Drop
         }
-        Kind::Hang => {
-            // Keep reading so that the client leaving still closes the connection.
-            while let Ok(n) = reader.fill().await {
-                if n == 0 {
-                    break;
-                }
-                reader.buf.clear();
-            }
-            After::Drop
-        }
+        Kind::Hang => After::Hang,
         Kind::EndlessHeader => {
             let _ = endless_header(&mut reader.stream).await;
             After::Drop
@@ -226,7 +228,7 @@ async fn send_reply<S: Wire>(
     let skip_body =
         req.method.eq_ignore_ascii_case("HEAD") || bodiless_status || reply.status == 304;
     if !skip_body {
-        let body = if reply.close_mid_body {
+        let body = if reply.close_mid_body || reply.stall_mid_body {
             &reply.body[..reply.body.len() / 2]
         } else {
             &reply.body[..]
@@ -244,6 +246,9 @@ async fn send_reply<S: Wire>(
             } else {
                 write_flush(stream, piece).await?;
             }
+        }
+        if reply.stall_mid_body {
+            return Ok(After::Hang);
         }
         if reply.chunked && !reply.close_mid_body {
             write_flush(stream, b"0\r\n\r\n").await?;

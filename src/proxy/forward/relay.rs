@@ -7,6 +7,7 @@ use http::{Method, Response, StatusCode, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
 
 use super::Progress;
 use crate::config::Settings;
@@ -84,18 +85,28 @@ pub async fn response<W: AsyncWrite + Unpin>(
     let mut pending_head = true;
     if !bodiless {
         loop {
-            let frame = match pooled.conn().frame(&mut body).await {
-                None => break,
-                Some(Ok(f)) => f,
-                Some(Err(e)) => {
-                    // The upstream died mid-body: the client must see a cut, not a short success.
+            // Each wait for body bytes is bounded like the wait for the head (SPEC §3).
+            let next = timeout(settings.response_timeout, pooled.conn().frame(&mut body)).await;
+            let frame = match next {
+                Ok(None) => break,
+                Ok(Some(Ok(f))) => f,
+                failed => {
+                    // The upstream died or went silent mid-body: the client must see a cut,
+                    // not a short success.
                     if pending_head {
                         writer.write_all(&out).await.ok();
                     }
                     pooled.discard(CloseReason::Error);
-                    return Err(ProxyError::ConnectionTerminated {
-                        upstream: p.outcome.upstream_name().to_string(),
-                        detail: e.to_string(),
+                    let upstream = p.outcome.upstream_name().to_string();
+                    return Err(match failed {
+                        Ok(Some(Err(e))) => ProxyError::ConnectionTerminated {
+                            upstream,
+                            detail: e.to_string(),
+                        },
+                        _ => ProxyError::ResponseTimeout {
+                            upstream,
+                            timeout_ms: settings.response_timeout.as_millis(),
+                        },
                     });
                 }
             };
