@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 use tokio::time::timeout;
 
-pub use body::{ReqBody, Sent};
+pub use body::{Piece, ReqBody, Sent};
 use case::{NextHead, Respell};
 
 use crate::connect::UpstreamIo;

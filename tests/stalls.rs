@@ -6,11 +6,11 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 use support::*;
@@ -343,4 +343,158 @@ async fn an_upstream_silent_mid_body_is_cut_after_response_timeout() {
         )
         .await;
     assert_eq!(cut, 2.0);
+}
+
+// ------------------------------------------------------------ 4. truncated streamed bodies
+
+/// What the hand-made origin below saw on one connection.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    /// Requests whose head arrived on this connection.
+    requests: usize,
+    /// The terminating chunk (`0\r\n\r\n`) of the first request's body arrived.
+    last_chunk: bool,
+}
+
+/// An origin that reads a chunked request body piece by piece and answers as soon as
+/// `answer_after` body bytes are in (before the body ends), then keeps reading the
+/// connection: whether the body's last-chunk, or another request, arrives on it.
+async fn early_answering_origin(answer_after: usize) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let idx = {
+                let mut all = record.lock().unwrap();
+                all.push(Seen::default());
+                all.len() - 1
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut answered = false;
+                let mut piece = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match tokio::time::timeout(WITHIN, s.read(&mut piece)).await {
+                        Ok(Ok(n)) if n > 0 => n,
+                        _ => return,
+                    };
+                    buf.extend_from_slice(&piece[..n]);
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    let heads = text.matches(" HTTP/1.1\r\n").count();
+                    {
+                        let mut all = record.lock().unwrap();
+                        all[idx].requests = heads;
+                        all[idx].last_chunk |= text.contains("\r\n0\r\n\r\n");
+                    }
+                    let first_is_post = text.starts_with("POST ");
+                    let body_in = text
+                        .split_once("\r\n\r\n")
+                        .map_or(0, |(_, rest)| rest.len());
+                    if first_is_post && !answered && body_in >= answer_after {
+                        answered = true;
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+                            .await;
+                    }
+                    if !first_is_post || heads > 1 {
+                        // A GET (first or next on this connection): answer it.
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+                            .await;
+                        buf.clear();
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// The upstream answers while a streamed chunked body is still arriving, and the client then
+/// goes away (or would stall, or send a broken chunk: the proxy stops reading it either way).
+/// The upstream must not receive the body's last-chunk — that would make a truncated body
+/// whole — and the connection must not be pooled: the next request goes out on a new one.
+/// Before, the proxy ended the body with a last-chunk at once and pooled the connection.
+#[tokio::test]
+async fn an_early_answer_to_a_streamed_body_never_completes_it_upstream() {
+    let (origin_addr, seen) = early_answering_origin(2048).await;
+    let p = spawn_proxy_with(
+        "client_stall_timeout = \"5s\"",
+        &local_upstream("local", origin_addr.port(), "max_replay_body = 1024"),
+    )
+    .await;
+    let url = format!("http://{origin_addr}/upload");
+    let mut s = connect(p.addr).await;
+    let head = format!(
+        "POST {url} HTTP/1.1\r\nHost: {origin_addr}\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&[b'c'; 4096]).await.unwrap();
+    s.write_all(b"\r\n").await.unwrap();
+    // The early answer reaches the client; the body has not ended.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).ends_with("early") {
+        let n = tokio::time::timeout(WITHIN, s.read(&mut buf))
+            .await
+            .expect("the early answer arrives")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text:?}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text:?}"
+    );
+    // The client goes away mid-body.
+    drop(s);
+
+    let next = proxy_get(p.addr, &format!("http://{origin_addr}/next")).await;
+    assert_eq!(next.status, 200, "{next:?}");
+    assert_eq!(next.body_text(), "next");
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        !seen[0].last_chunk,
+        "the upstream was sent a last-chunk: {seen:?}"
+    );
+    assert_eq!(seen[0].requests, 1, "the connection was reused: {seen:?}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+/// The streamed body breaks (a bad chunk-size line) before any answer: the upstream
+/// connection is aborted without a last-chunk, and the client is answered 400.
+#[tokio::test]
+async fn a_broken_chunk_in_a_streamed_body_aborts_the_upstream() {
+    let (origin_addr, seen) = early_answering_origin(usize::MAX).await;
+    let p = spawn_proxy(&local_upstream(
+        "local",
+        origin_addr.port(),
+        "max_replay_body = 1024",
+    ))
+    .await;
+    let url = format!("http://{origin_addr}/upload");
+    let mut s = connect(p.addr).await;
+    let head = format!(
+        "POST {url} HTTP/1.1\r\nHost: {origin_addr}\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&[b'c'; 4096]).await.unwrap();
+    assert!(
+        eventually(WITHIN, || !seen.lock().unwrap().is_empty()).await,
+        "streamed upstream"
+    );
+    s.write_all(b"\r\nzz\r\n").await.unwrap();
+    let answer = String::from_utf8_lossy(&read_to_close(&mut s, WITHIN).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen[0].last_chunk, "{seen:?}");
 }

@@ -229,16 +229,18 @@ where
             pooled
                 .conn()
                 .exchange(request, &head.spellings, &sent, settings.response_timeout);
+        // A pump still running when the response head arrives is kept, unpolled, until the
+        // response has been relayed: its sender stays open, so hyper neither ends the body
+        // (a chunked one would get its last-chunk: a truncated body taken as whole) nor fails
+        // the connection under the response being read. The connection is then closed.
+        let mut pumping = None;
         let (outcome, pumped) = match pump {
             None => (exchange.await, None),
             // Boxed: streamed bodies are the rare path, and inline this state (3 KiB) would
             // size every request in flight.
             Some((prefix, state, tx)) => {
-                Box::pin(body::with_pump(
-                    exchange,
-                    body::pump(reader, prefix, state, tx, stall),
-                ))
-                .await
+                let pump = pumping.insert(Box::pin(body::pump(reader, prefix, state, tx, stall)));
+                Box::pin(body::with_pump(exchange, pump.as_mut())).await
             }
         };
         match pumped {
@@ -254,7 +256,10 @@ where
         }
         let failure = match outcome {
             Ok(response) => {
-                return relay::response(ctx, head, settings, response, pooled, writer, p).await
+                let relayed = relay::response(ctx, head, settings, response, pooled, writer, p);
+                let flow = relayed.await;
+                drop(pumping);
+                return flow;
             }
             Err(failure) => failure,
         };

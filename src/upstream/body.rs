@@ -23,13 +23,25 @@ impl Sent {
     }
 }
 
+/// What the client side hands a streamed request body.
+#[derive(Debug)]
+pub enum Piece {
+    Data(Bytes),
+    /// The client's body was read to its end: the upstream body may end (a chunked one with
+    /// its last-chunk).
+    End,
+    /// The client's body failed (gone, broken framing, stalled): the upstream request fails.
+    Failed(io::Error),
+}
+
 /// The body of a request sent upstream.
 pub enum ReqBody {
     /// Held whole (no body, or within `max_replay_body`): can be sent again.
     Full { data: Option<Bytes>, sent: Sent },
-    /// Streamed from the client as it arrives: cannot be replayed.
+    /// Streamed from the client as it arrives: cannot be replayed. It ends only on
+    /// [`Piece::End`]; a sender gone without one is an error, never an end.
     Stream {
-        rx: mpsc::Receiver<io::Result<Bytes>>,
+        rx: mpsc::Receiver<Piece>,
         sent: Sent,
         remaining: Option<u64>,
     },
@@ -54,7 +66,7 @@ impl ReqBody {
         )
     }
 
-    pub fn stream(rx: mpsc::Receiver<io::Result<Bytes>>, length: Option<u64>) -> (ReqBody, Sent) {
+    pub fn stream(rx: mpsc::Receiver<Piece>, length: Option<u64>) -> (ReqBody, Sent) {
         let sent = Sent::default();
         (
             ReqBody::Stream {
@@ -86,7 +98,7 @@ impl Body for ReqBody {
                 sent,
                 remaining,
             } => match rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(d))) => {
+                Poll::Ready(Some(Piece::Data(d))) => {
                     if let Some(r) = remaining {
                         *r = r.saturating_sub(d.len() as u64);
                         if *r == 0 {
@@ -95,11 +107,16 @@ impl Body for ReqBody {
                     }
                     Poll::Ready(Some(Ok(Frame::data(d))))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => {
+                Poll::Ready(Some(Piece::End)) => {
                     sent.mark();
                     Poll::Ready(None)
                 }
+                Poll::Ready(Some(Piece::Failed(e))) => Poll::Ready(Some(Err(e))),
+                // hyper ends a body that returns `None` (a chunked one with its last-chunk),
+                // and only an error makes it abort the connection instead.
+                Poll::Ready(None) => Poll::Ready(Some(Err(io::Error::other(
+                    "the client's request body ended before it was complete",
+                )))),
                 Poll::Pending => Poll::Pending,
             },
         }
@@ -123,6 +140,47 @@ impl Body for ReqBody {
             ReqBody::Stream {
                 remaining: None, ..
             } => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// Only `Piece::End` ends a streamed body: a sender dropped without it (the pump stopped
+    /// half-way) is an error, which makes hyper abort the connection instead of writing a
+    /// chunked body's last-chunk.
+    #[tokio::test]
+    async fn a_streamed_body_ends_only_when_told() {
+        for (pieces, ends) in [
+            (
+                vec![Piece::Data(Bytes::from_static(b"ab")), Piece::End],
+                true,
+            ),
+            (vec![Piece::Data(Bytes::from_static(b"ab"))], false),
+            (
+                vec![
+                    Piece::Data(Bytes::from_static(b"ab")),
+                    Piece::Failed(io::Error::other("client gone")),
+                ],
+                false,
+            ),
+        ] {
+            let (tx, rx) = mpsc::channel(4);
+            let (mut body, sent) = ReqBody::stream(rx, None);
+            for p in pieces {
+                tx.send(p).await.expect("room");
+            }
+            drop(tx);
+            let first = body.frame().await.expect("a frame").expect("data");
+            assert_eq!(first.into_data().ok(), Some(Bytes::from_static(b"ab")));
+            match body.frame().await {
+                None => assert!(ends && sent.all()),
+                Some(Err(_)) => assert!(!ends && !sent.all()),
+                Some(Ok(f)) => panic!("unexpected frame {f:?}"),
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::error::ProxyError;
 use crate::http1::{BodyFraming, BodyState, ClientReader, MAX_BODY_CHUNK};
+use crate::upstream::Piece;
 
 /// The client's request body: held whole (replayable) or streamed.
 pub enum ClientBody {
@@ -119,29 +120,38 @@ where
 
 /// Copy the rest of a large request body from the client into the upstream request; each
 /// wait for the client is bounded by `stall`.
+///
+/// Only a body read to its end is ended upstream ([`Piece::End`]); a failure, a stall, or the
+/// pump dropped half-way fails the upstream request instead, so hyper aborts the connection
+/// and never writes a chunked body's last-chunk.
 pub async fn pump<R: AsyncRead + Unpin>(
     reader: &mut ClientReader<R>,
     prefix: Bytes,
     mut state: BodyState,
-    tx: mpsc::Sender<io::Result<Bytes>>,
+    tx: mpsc::Sender<Piece>,
     stall: Duration,
 ) -> Result<u64, ProxyError> {
     let mut total = prefix.len() as u64;
-    if !prefix.is_empty() && tx.send(Ok(prefix)).await.is_err() {
+    if !prefix.is_empty() && tx.send(Piece::Data(prefix)).await.is_err() {
         return Ok(total);
     }
     loop {
         match next_piece(reader, &mut state, stall).await {
             Ok(Some(chunk)) => {
                 total += chunk.len() as u64;
-                if tx.send(Ok(chunk)).await.is_err() {
+                if tx.send(Piece::Data(chunk)).await.is_err() {
                     return Ok(total);
                 }
             }
-            Ok(None) => return Ok(total),
+            Ok(None) => {
+                let _ = tx.send(Piece::End).await;
+                return Ok(total);
+            }
             Err(err) => {
                 // The upstream request fails too: it must not see a truncated body as whole.
-                let _ = tx.send(Err(io::Error::other(err.to_string()))).await;
+                let _ = tx
+                    .send(Piece::Failed(io::Error::other(err.to_string())))
+                    .await;
                 return Err(err);
             }
         }

@@ -148,6 +148,10 @@ pub async fn response<W: AsyncWrite + Unpin>(
     // The upstream side is complete: the connection goes back before the last bytes reach the client.
     if upstream_close {
         pooled.discard(CloseReason::RemoteClosed);
+    } else if !p.body_done {
+        // An early answer to a request whose body was not all read from the client: the
+        // upstream's side of that body is unfinished, and the connection is closed mid-message.
+        pooled.discard(CloseReason::Error);
     } else {
         pooled.release();
     }
