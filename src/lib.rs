@@ -4,6 +4,7 @@
 pub mod addr_text;
 pub mod admin;
 pub mod app;
+pub mod budget;
 pub mod config;
 pub mod connect;
 pub mod error;

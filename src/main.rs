@@ -79,7 +79,8 @@ fn main() -> ExitCode {
     if let Some(Command::Check) = cli.command {
         use std::io::Write;
         // A closed stdout (`check | head`) is not a config error.
-        let _ = write!(std::io::stdout(), "{config}");
+        let budget = portcullis::budget::Budget::of(&config);
+        let _ = write!(std::io::stdout(), "{config}\n{budget}");
         // Warnings leave the exit status at 0: the config is valid, only partly dead.
         for w in &warnings {
             eprintln!("{}: warning: {w}", config.source);

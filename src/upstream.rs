@@ -29,6 +29,11 @@ use crate::http1::Spellings;
 use crate::pool::Poolable;
 use crate::retry::Stage;
 
+/// hyper's read and write buffer limits of an upstream connection. The read buffer grows to
+/// it on large responses and keeps that size while the connection idles in the pool, so it is
+/// most of what an upstream connection costs (the memory budget counts it twice).
+pub const MAX_BUF_SIZE: usize = 256 * 1024;
+
 /// How long a pooled connection may take to become ready for its next request.
 const READY_WAIT: Duration = Duration::from_secs(2);
 
@@ -106,7 +111,7 @@ impl UpstreamConn {
         let next_head = NextHead::default();
         let io = Respell::new(io, next_head.clone());
         let (sender, conn) = http1::Builder::new()
-            .max_buf_size(256 * 1024)
+            .max_buf_size(MAX_BUF_SIZE)
             .handshake(TokioIo::new(io))
             .await?;
         let signal = Arc::new(IdleSignal::default());
