@@ -23,7 +23,11 @@
   lock file and the stub script, and that script makes a manifest cargo
   accepts.
 
-Usage: check-ops.py OUT_DIR      (run from the repository root)
+With a portcullis binary as second argument, also: each portcullis
+container's memory limit holds the worst-case memory that
+`portcullis check` prints for the config it mounts.
+
+Usage: check-ops.py OUT_DIR [PORTCULLIS_BIN]   (run from the repository root)
 """
 
 import ipaddress
@@ -66,8 +70,8 @@ for _name, _kind in METRICS.items():
 
 # SPEC section 3.
 PROXY_KEYS = {"listen", "admin_listen", "max_client_connections", "client_idle_timeout",
-              "header_read_timeout", "max_header_bytes", "shutdown_grace",
-              "intercept_ca_cert", "intercept_ca_key"}
+              "header_read_timeout", "client_stall_timeout", "max_header_bytes",
+              "shutdown_grace", "intercept_ca_cert", "intercept_ca_key"}
 DEFAULT_KEYS = {"connect_timeout", "response_timeout", "max_connections", "max_idle",
                 "idle_timeout", "max_lifetime", "acquire_timeout", "tcp_keepalive",
                 "retry_on_reset", "retry_non_idempotent", "unsafe_reuse_max_idle",
@@ -264,6 +268,40 @@ def pod_templates(docs):
             yield f"Deployment {doc['metadata']['name']}", doc["spec"]["template"]
 
 
+# (where, config file written, memory limit) of each portcullis container.
+MEMORY_LIMITS = []
+
+QUANTITY = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40,
+            "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "": 1}
+
+
+def quantity_bytes(text):
+    m = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(text).strip())
+    if not m or m.group(2) not in QUANTITY:
+        return None
+    return int(float(m.group(1)) * QUANTITY[m.group(2)])
+
+
+def check_memory_limits(binary):
+    """Each container's memory limit holds the worst case `portcullis check` prints."""
+    for where, config, limit in MEMORY_LIMITS:
+        out = subprocess.run([binary, "check", "--config", config],
+                             capture_output=True, text=True)
+        line = next((l for l in out.stdout.splitlines()
+                     if l.startswith("# worst-case memory:")), None)
+        m = re.search(r"\((\d+) bytes\)", line or "")
+        if out.returncode != 0 or not m:
+            fail(where, f"portcullis check printed no worst-case memory: {out.stderr.strip()}")
+            continue
+        budget = int(m.group(1))
+        have = quantity_bytes(limit)
+        if have is None:
+            fail(where, f"memory limit {limit!r} is not a Kubernetes quantity")
+        elif have < budget:
+            fail(where, f"memory limit {limit} ({have} bytes) is below the worst case "
+                        f"portcullis check prints for its config: {line[2:]}")
+
+
 def check_k8s(folder, out_dir):
     docs, configs = load_kustomization(folder, out_dir)
     for doc in docs:
@@ -299,6 +337,10 @@ def check_k8s(folder, out_dir):
             for m in c.get("volumeMounts", []):
                 if m["name"] in mounted and mounted[m["name"]] in configs:
                     conf = configs[mounted[m["name"]]]
+                    base = os.path.basename(folder.rstrip("/"))
+                    written = os.path.join(out_dir, f"{base}-{mounted[m['name']]}.toml")
+                    limit = c.get("resources", {}).get("limits", {}).get("memory")
+                    MEMORY_LIMITS.append((cwhere, written, limit))
             if conf is None:
                 fail(cwhere, "mounts no generated ConfigMap with a portcullis.toml")
                 continue
@@ -532,6 +574,8 @@ def main():
             named = metric_names("README.md", f.read())
         for name in sorted(set(METRICS) - named):
             fail("README.md", f"the metrics table lacks {name}")
+    if len(sys.argv) > 2:
+        check_memory_limits(sys.argv[2])
     for line in errors:
         print(line, file=sys.stderr)
     if errors:
