@@ -95,7 +95,11 @@ where
             break;
         }
     }
-    let _ = writer.shutdown().await;
+    // Bounded like every write to the client (a TLS close_notify has to be taken).
+    let stall = ctx.config.proxy.client_stall_timeout;
+    let _ = super::stall::StallWriter::new(&mut writer, stall)
+        .shutdown()
+        .await;
 }
 
 /// The tunnel idle limit of the CONNECT's upstream under the current config.
