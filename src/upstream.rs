@@ -141,10 +141,10 @@ impl UpstreamConn {
         }
         // Ready: the previous exchange is over, so the next head written is this request's.
         self.next_head.set(spellings);
-        match timeout(response_timeout, self.send(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Err(_) => Err(ExchangeError::NoResponse(response_timeout)),
-            Ok(Err(mut e)) => {
+        match until_quiet(self.send(request), sent, response_timeout).await {
+            Some(Ok(response)) => Ok(response),
+            None => Err(ExchangeError::NoResponse(response_timeout)),
+            Some(Err(mut e)) => {
                 let unsent = e.take_message().is_some();
                 Err(ExchangeError::classify(
                     &e.into_error(),
@@ -192,6 +192,31 @@ impl UpstreamConn {
     /// Poll the connection once with the idle waker, outside any request.
     fn poll_idle(&mut self) {
         poll_end(&mut self.conn, &mut Context::from_waker(&self.idle_waker));
+    }
+}
+
+/// `send` until it is done, or until `limit` has passed since the request was fully handed
+/// over (the last piece of its body taken): `response_timeout` counts from there. While a
+/// streamed body is still being sent, `limit` bounds each wait of the upstream's (hyper not
+/// taking the next piece), not the client's (hyper waiting for a piece the client has not
+/// sent: bounded by `client_stall_timeout`), so a slow upload that keeps moving is not cut.
+async fn until_quiet<F: Future>(send: F, sent: &Sent, limit: Duration) -> Option<F::Output> {
+    tokio::pin!(send);
+    // The latest of: the exchange began, and the last time the client was found the one
+    // keeping the body waiting.
+    let mut from = tokio::time::Instant::now();
+    loop {
+        let deadline = sent.last_progress().max(from) + limit;
+        if let Ok(out) = tokio::time::timeout_at(deadline, &mut send).await {
+            return Some(out);
+        }
+        let now = tokio::time::Instant::now();
+        if sent.starved() {
+            // The client's wait, bounded by the pump: look again in `limit`.
+            from = now;
+        } else if sent.last_progress().max(from) + limit <= now {
+            return None;
+        }
     }
 }
 
@@ -305,5 +330,53 @@ fn describe(err: &hyper::Error) -> String {
     match std::error::Error::source(err) {
         Some(src) => format!("{err}: {src}"),
         None => err.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::time::Instant;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    /// The response timeout runs from the last piece of body hyper took, and not while hyper
+    /// waits for a piece the client has not sent yet.
+    #[tokio::test(start_paused = true)]
+    async fn the_response_timeout_counts_from_the_body_handed_over() {
+        // A whole body, taken at once: the timeout is `LIMIT` after that.
+        let (mut body, sent) = ReqBody::full(Bytes::from_static(b"x"));
+        let _ = body.frame().await;
+        let t0 = Instant::now();
+        assert!(until_quiet(std::future::pending::<()>(), &sent, LIMIT)
+            .await
+            .is_none());
+        assert_eq!(t0.elapsed(), LIMIT);
+
+        // A streamed body whose client is slow: no timeout while hyper waits for it.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (mut body, sent) = ReqBody::stream(rx, None);
+        let t0 = Instant::now();
+        let taker = tokio::spawn(async move { while let Some(Ok(_)) = body.frame().await {} });
+        let waited = tokio::time::timeout(
+            LIMIT * 5,
+            until_quiet(std::future::pending::<()>(), &sent, LIMIT),
+        )
+        .await;
+        assert!(waited.is_err(), "timed out while the client was awaited");
+        // The client sends its last piece and the end: the timeout runs from there.
+        tx.send(Piece::Data(Bytes::from_static(b"y")))
+            .await
+            .unwrap();
+        tx.send(Piece::End).await.unwrap();
+        let handed = Instant::now();
+        assert!(until_quiet(std::future::pending::<()>(), &sent, LIMIT)
+            .await
+            .is_none());
+        assert!(sent.all());
+        assert_eq!(handed.elapsed(), LIMIT);
+        assert!(t0.elapsed() >= LIMIT * 6);
+        taker.abort();
     }
 }

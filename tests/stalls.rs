@@ -170,8 +170,10 @@ async fn a_stalled_streamed_body_aborts_the_upstream_connection() {
     }
 }
 
-/// A slow upload that keeps moving is not a stall: 12 pieces, one every 150 ms, with
-/// `client_stall_timeout = 400ms` (the whole body takes four times the timeout).
+/// A slow upload that keeps moving is not a stall: 12 pieces, one every 200 ms, with
+/// `client_stall_timeout = 1s` and `response_timeout = 1s`: the whole body takes more than
+/// twice either. Streamed (over `max_replay_body`), it was answered 504 after
+/// `response_timeout`, which counted from the first byte sent instead of the last.
 #[tokio::test]
 async fn a_slow_but_moving_upload_is_served() {
     let o = origin()
@@ -179,12 +181,16 @@ async fn a_slow_but_moving_upload_is_served() {
         .spawn()
         .await;
     let p = spawn_proxy_with(
-        "client_stall_timeout = \"400ms\"",
-        &local_upstream("local", o.port(), "max_replay_body = 4096"),
+        "client_stall_timeout = \"1s\"",
+        &local_upstream(
+            "local",
+            o.port(),
+            "max_replay_body = 4096\nresponse_timeout = \"1s\"",
+        ),
     )
     .await;
-    for replay_limit_exceeded in [false, true] {
-        let piece = if replay_limit_exceeded { 1000 } else { 100 };
+    for streamed in [false, true] {
+        let piece = if streamed { 1000 } else { 100 };
         let url = o.url("/slow");
         let mut s = connect(p.addr).await;
         let head = format!(
@@ -194,13 +200,96 @@ async fn a_slow_but_moving_upload_is_served() {
         );
         s.write_all(head.as_bytes()).await.unwrap();
         for _ in 0..12 {
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
             s.write_all(&vec![b'z'; piece]).await.unwrap();
         }
         let answer = String::from_utf8_lossy(&read_to_close(&mut s, WITHIN).await).into_owned();
-        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+        assert!(
+            answer.starts_with("HTTP/1.1 200 "),
+            "streamed={streamed}: {answer:?}"
+        );
         assert!(answer.ends_with(&(piece * 12).to_string()), "{answer:?}");
     }
+}
+
+/// With both timeouts equal (as by default), a stalled streamed body is the client's stall
+/// (408), not the upstream's (504): the upstream is waiting for a body that does not come.
+#[tokio::test]
+async fn a_stalled_streamed_body_is_the_clients_stall_whatever_response_timeout_is() {
+    let o = origin().spawn().await;
+    let p = spawn_proxy_with(
+        "client_stall_timeout = \"700ms\"",
+        &local_upstream(
+            "local",
+            o.port(),
+            "max_replay_body = 1024\nresponse_timeout = \"700ms\"",
+        ),
+    )
+    .await;
+    let url = o.url("/stream");
+    let mut s = connect(p.addr).await;
+    let head = format!(
+        "POST {url} HTTP/1.1\r\nHost: {}\r\nContent-Length: 8192\r\n\r\n",
+        authority(&url)
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&[b'y'; 4096]).await.unwrap();
+    let answer = String::from_utf8_lossy(&read_to_close(&mut s, WITHIN).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    assert!(o.wait_for_open_connections(0, WITHIN).await);
+    assert!(o.requests().is_empty());
+}
+
+/// An upstream that stops taking a streamed request body (it reads nothing) ends the exchange
+/// after `response_timeout` without progress: 504, and the upstream connection is closed.
+#[tokio::test]
+async fn an_upstream_that_stops_reading_a_streamed_body_is_cut() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts, shrinks nothing, reads nothing: its window fills and the body stops moving.
+    let held = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1];
+        let mut s = s;
+        // Wait for the proxy to give up (EOF or reset), reading nothing before.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let _ = s.read(&mut buf).await;
+    });
+    let p = spawn_proxy_with(
+        "client_stall_timeout = \"30s\"",
+        &local_upstream(
+            "local",
+            port,
+            "max_replay_body = 1024\nresponse_timeout = \"1s\"",
+        ),
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{port}/sink");
+    let mut s = connect(p.addr).await;
+    let head = format!(
+        "POST {url} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 268435456\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    // Keep sending (the client never stalls) until the proxy answers.
+    let feeder = tokio::spawn(async move {
+        let piece = vec![b'k'; 64 * 1024];
+        while wr.write_all(&piece).await.is_ok() {}
+    });
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let started = Instant::now();
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") && started.elapsed() < WITHIN {
+        match tokio::time::timeout(WITHIN, rd.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    feeder.abort();
+    held.abort();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 504 "), "{text:?}");
+    assert!(text.contains("error=http_response_timeout"), "{text:?}");
 }
 
 // ------------------------------------------------------------ 2. clients that do not read

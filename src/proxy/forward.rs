@@ -239,20 +239,26 @@ where
             // Boxed: streamed bodies are the rare path, and inline this state (3 KiB) would
             // size every request in flight.
             Some((prefix, state, tx)) => {
-                let pump = pumping.insert(Box::pin(body::pump(reader, prefix, state, tx, stall)));
-                Box::pin(body::with_pump(exchange, pump.as_mut())).await
+                let limits = body::PumpLimits {
+                    stall,
+                    upstream_wait: settings.response_timeout,
+                    upstream: &upstream.name,
+                };
+                let pump = pumping.insert(Box::pin(body::pump(reader, prefix, state, tx, limits)));
+                match Box::pin(body::with_pump(exchange, pump.as_mut())).await {
+                    Ok(done) => done,
+                    Err(e) => {
+                        // The body failed (client gone, broken, stalled; or the upstream
+                        // stopped taking it): the exchange is abandoned mid-request.
+                        pooled.discard(CloseReason::Error);
+                        return Err(e);
+                    }
+                }
             }
         };
-        match pumped {
-            Some(Ok(n)) => {
-                p.outcome.bytes_in = n;
-                p.body_done = true;
-            }
-            Some(Err(e)) => {
-                pooled.discard(CloseReason::Error);
-                return Err(e);
-            }
-            None => {}
+        if let Some(n) = pumped {
+            p.outcome.bytes_in = n;
+            p.body_done = true;
         }
         let failure = match outcome {
             Ok(response) => {

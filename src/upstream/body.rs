@@ -2,24 +2,65 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-/// Marks when hyper has taken the whole request body (the request is fully handed over).
-#[derive(Clone, Default)]
-pub struct Sent(Arc<AtomicBool>);
+/// How far hyper has taken the request body: all of it (the request is fully handed over),
+/// and when it last took a piece (the response timeout counts from there).
+#[derive(Clone)]
+pub struct Sent(Arc<SentState>);
+
+struct SentState {
+    all: AtomicBool,
+    /// hyper asked for the next piece of a streamed body and none was there: the wait is
+    /// the client's, not the upstream's.
+    starved: AtomicBool,
+    made: Instant,
+    /// Nanoseconds after `made` when hyper last took a piece of the body.
+    took: AtomicU64,
+}
+
+impl Default for Sent {
+    fn default() -> Self {
+        Sent(Arc::new(SentState {
+            all: AtomicBool::new(false),
+            starved: AtomicBool::new(false),
+            made: Instant::now(),
+            took: AtomicU64::new(0),
+        }))
+    }
+}
 
 impl Sent {
     pub fn all(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.all.load(Ordering::Acquire)
     }
+
+    /// When hyper last took a piece of the body (or the request was made, if none yet).
+    pub fn last_progress(&self) -> Instant {
+        self.0.made + std::time::Duration::from_nanos(self.0.took.load(Ordering::Acquire))
+    }
+
+    /// hyper is waiting for the client's next piece (see [`SentState::starved`]).
+    pub fn starved(&self) -> bool {
+        self.0.starved.load(Ordering::Acquire)
+    }
+
+    fn took(&self) {
+        self.0.starved.store(false, Ordering::Release);
+        let nanos = u64::try_from(self.0.made.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.0.took.store(nanos, Ordering::Release);
+    }
+
     fn mark(&self) {
-        self.0.store(true, Ordering::Release);
+        self.took();
+        self.0.all.store(true, Ordering::Release);
     }
 }
 
@@ -99,6 +140,7 @@ impl Body for ReqBody {
                 remaining,
             } => match rx.poll_recv(cx) {
                 Poll::Ready(Some(Piece::Data(d))) => {
+                    sent.took();
                     if let Some(r) = remaining {
                         *r = r.saturating_sub(d.len() as u64);
                         if *r == 0 {
@@ -117,7 +159,10 @@ impl Body for ReqBody {
                 Poll::Ready(None) => Poll::Ready(Some(Err(io::Error::other(
                     "the client's request body ended before it was complete",
                 )))),
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    sent.0.starved.store(true, Ordering::Release);
+                    Poll::Pending
+                }
             },
         }
     }

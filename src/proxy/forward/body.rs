@@ -101,8 +101,10 @@ fn make_room(buf: &mut Vec<u8>, more: usize, declared: Option<u64>) {
     buf.reserve_exact(want - buf.len());
 }
 
-/// Run `exchange` while feeding the streamed request body; stop pumping once the response head is in.
-pub async fn with_pump<F, P>(exchange: F, pump: P) -> (F::Output, Option<Result<u64, ProxyError>>)
+/// Run `exchange` while feeding the streamed request body; stop pumping once the response head
+/// is in. A failed body ends it at once with the body's error (the exchange is abandoned: the
+/// upstream may be blocked on a body it will never get whole).
+pub async fn with_pump<F, P>(exchange: F, pump: P) -> Result<(F::Output, Option<u64>), ProxyError>
 where
     F: std::future::Future,
     P: std::future::Future<Output = Result<u64, ProxyError>>,
@@ -112,14 +114,25 @@ where
     let mut pumped = None;
     loop {
         tokio::select! {
-            out = &mut exchange => return (out, pumped),
-            r = &mut pump, if pumped.is_none() => pumped = Some(r),
+            out = &mut exchange => return Ok((out, pumped)),
+            r = &mut pump, if pumped.is_none() => pumped = Some(r?),
         }
     }
 }
 
-/// Copy the rest of a large request body from the client into the upstream request; each
-/// wait for the client is bounded by `stall`.
+/// The bounds of a streamed body's waits.
+pub struct PumpLimits<'a> {
+    /// For the next piece from the client (`client_stall_timeout`).
+    pub stall: Duration,
+    /// For the upstream to take a piece (`response_timeout`).
+    pub upstream_wait: Duration,
+    /// The upstream's name, for the error when it does not.
+    pub upstream: &'a str,
+}
+
+/// Copy the rest of a large request body from the client into the upstream request. Every
+/// wait is bounded: for the client by `client_stall_timeout`, for the upstream to take the
+/// next piece by `response_timeout`.
 ///
 /// Only a body read to its end is ended upstream ([`Piece::End`]); a failure, a stall, or the
 /// pump dropped half-way fails the upstream request instead, so hyper aborts the connection
@@ -129,19 +142,29 @@ pub async fn pump<R: AsyncRead + Unpin>(
     prefix: Bytes,
     mut state: BodyState,
     tx: mpsc::Sender<Piece>,
-    stall: Duration,
+    limits: PumpLimits<'_>,
 ) -> Result<u64, ProxyError> {
     let mut total = prefix.len() as u64;
-    if !prefix.is_empty() && tx.send(Piece::Data(prefix)).await.is_err() {
-        return Ok(total);
-    }
+    let mut next = (!prefix.is_empty()).then_some(prefix);
     loop {
-        match next_piece(reader, &mut state, stall).await {
+        if let Some(piece) = next.take() {
+            match tokio::time::timeout(limits.upstream_wait, tx.send(Piece::Data(piece))).await {
+                Ok(Ok(())) => {}
+                // hyper dropped the body: the exchange is over (answered or failed).
+                Ok(Err(_)) => return Ok(total),
+                // Dropping `tx` without `Piece::End` aborts the upstream request.
+                Err(_) => {
+                    return Err(ProxyError::ResponseTimeout {
+                        upstream: limits.upstream.to_string(),
+                        timeout_ms: limits.upstream_wait.as_millis(),
+                    })
+                }
+            }
+        }
+        match next_piece(reader, &mut state, limits.stall).await {
             Ok(Some(chunk)) => {
                 total += chunk.len() as u64;
-                if tx.send(Piece::Data(chunk)).await.is_err() {
-                    return Ok(total);
-                }
+                next = Some(chunk);
             }
             Ok(None) => {
                 let _ = tx.send(Piece::End).await;
@@ -149,9 +172,7 @@ pub async fn pump<R: AsyncRead + Unpin>(
             }
             Err(err) => {
                 // The upstream request fails too: it must not see a truncated body as whole.
-                let _ = tx
-                    .send(Piece::Failed(io::Error::other(err.to_string())))
-                    .await;
+                let _ = tx.try_send(Piece::Failed(io::Error::other(err.to_string())));
                 return Err(err);
             }
         }
