@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-use crate::config::Config;
+use crate::config::{Config, ConnectMode};
 use crate::http1::{HEAD_READ, MAX_BODY_CHUNK};
 use crate::policy::host::HostPattern;
 use crate::upstream::MAX_BUF_SIZE;
@@ -39,6 +39,16 @@ pub const TUNNEL: u64 = 16 * KIB;
 /// What an upstream connection holds beyond hyper's two buffers: TLS state and its slot in
 /// the pool. Measured 24 KiB each with 200 idle TLS connections after a small response.
 pub const UPSTREAM_FIXED: u64 = 32 * KIB;
+
+/// A client connection whose CONNECT is intercepted (`connect = "intercept"`): rustls's
+/// server side, with its record buffer (one 16 KiB record), its plaintext and its outgoing
+/// TLS buffers (rustls's default limit, 64 KiB). From the code, not measured: interception
+/// landed after these measurements.
+pub const INTERCEPT_TLS: u64 = 96 * KIB;
+
+/// The intercept leaf cache: at most `leaf::CAPACITY` leaves, each a certificate and key of
+/// well under 4 KiB. From the code, not measured.
+pub const LEAF_CACHE: u64 = crate::intercept::leaf::CAPACITY as u64 * 4 * KIB;
 
 /// Destinations a wildcard host (`*.example.com`) is counted as, for idle connections: any
 /// number of names may match, the budget has to assume some.
@@ -77,6 +87,8 @@ pub struct Budget {
     pub upstream_connection: u64,
     pub idle_connections: u64,
     pub destinations: u64,
+    /// Some upstream intercepts: client connections may carry TLS, and leaves are cached.
+    pub intercepts: bool,
 }
 
 impl Budget {
@@ -112,17 +124,43 @@ impl Budget {
             upstream_connection: upstream_connection(),
             idle_connections,
             destinations,
+            intercepts: config
+                .upstreams
+                .iter()
+                .any(|u| u.connect == ConnectMode::Intercept),
+        }
+    }
+
+    /// What interception adds to each client connection.
+    fn client_tls(&self) -> u64 {
+        if self.intercepts {
+            INTERCEPT_TLS
+        } else {
+            0
+        }
+    }
+
+    fn base(&self) -> u64 {
+        if self.intercepts {
+            BASE + LEAF_CACHE
+        } else {
+            BASE
         }
     }
 
     /// What one client connection may hold: connection, head, and a forwarded request (its
     /// body and busy upstream connection) or a tunnel, whichever is larger.
     pub fn per_client(&self) -> u64 {
-        CLIENT_CONNECTION + self.head + (self.body + self.upstream_connection).max(TUNNEL)
+        CLIENT_CONNECTION
+            + self.client_tls()
+            + self.head
+            + (self.body + self.upstream_connection).max(TUNNEL)
     }
 
     pub fn total(&self) -> u64 {
-        BASE + self.clients * self.per_client() + self.idle_connections * self.upstream_connection
+        self.base()
+            + self.clients * self.per_client()
+            + self.idle_connections * self.upstream_connection
     }
 }
 
@@ -150,7 +188,7 @@ impl fmt::Display for Budget {
             f,
             "# worst-case memory: {} ({total} bytes) = {} base + {} client connections × {} + {} idle upstream connections × {}",
             size(total),
-            size(BASE),
+            size(self.base()),
             self.clients,
             size(self.per_client()),
             self.idle_connections,
@@ -171,7 +209,16 @@ impl fmt::Display for Budget {
             f,
             "#   idle upstream connections: max_idle for each of {} destinations (a wildcard host counted as {WILDCARD_DESTINATIONS}); kernel socket buffers not included",
             self.destinations,
-        )
+        )?;
+        if self.intercepts {
+            writeln!(
+                f,
+                "#   interception: {} TLS per client connection, {} leaf cache in the base",
+                size(INTERCEPT_TLS),
+                size(LEAF_CACHE),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -215,5 +262,12 @@ mod tests {
             ..b.clone()
         };
         assert!(more.total() > b.total() && more.total() < 2 * b.total());
+        // Interception adds client-side TLS to every connection and the leaf cache.
+        let tls = Budget {
+            intercepts: true,
+            ..b.clone()
+        };
+        assert_eq!(tls.total(), b.total() + 200 * INTERCEPT_TLS + LEAF_CACHE);
+        assert!(tls.to_string().contains("interception:"));
     }
 }
