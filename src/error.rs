@@ -83,6 +83,13 @@ pub enum ProxyError {
     UpstreamProtocol { upstream: String, detail: String },
     #[error("portcullis is shutting down")]
     ShuttingDown,
+    /// The client's TLS handshake inside an intercepted CONNECT failed (after the 200): the
+    /// client hears a TLS alert, the access line this kind's `result` label.
+    #[error("intercepted TLS handshake failed: {detail}")]
+    InterceptHandshake {
+        result: &'static str,
+        detail: String,
+    },
     /// The client hung up or its connection failed: nobody is left to answer.
     #[error("client went away: {detail}")]
     ClientGone { detail: String },
@@ -140,6 +147,8 @@ impl ProxyError {
                 StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
             }
             BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
+            // Never sent: the CONNECT was answered 200 before the handshake.
+            InterceptHandshake { .. } => StatusCode::OK,
             BadRequest(_) => StatusCode::BAD_REQUEST,
             HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             AuthRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
@@ -160,6 +169,7 @@ impl ProxyError {
         match self {
             ClientGone { .. } => "client_closed",
             ClientStalled { .. } => "client_stalled",
+            InterceptHandshake { result, .. } => result,
             BadRequest(_) | HeadTooLarge { .. } | BodyStalled { .. } => "http_request_error",
             AuthRequired | Denied { .. } | Misdirected { .. } => "http_request_denied",
             PrivateAddress { .. } => "destination_ip_prohibited",
@@ -186,7 +196,8 @@ impl ProxyError {
             | AuthRequired
             | ClientGone { .. }
             | BodyStalled { .. }
-            | ClientStalled { .. } => Culprit::Client,
+            | ClientStalled { .. }
+            | InterceptHandshake { .. } => Culprit::Client,
             Denied { .. } | PrivateAddress { .. } | Misdirected { .. } => Culprit::Policy,
             ShuttingDown | PoolTimeout { .. } => Culprit::Proxy,
             _ => Culprit::Upstream,

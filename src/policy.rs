@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 
-use crate::config::{Client, Config, TlsMode, Upstream};
+use crate::config::{Client, Config, ConnectMode, TlsMode, Upstream};
 use crate::error::{DenyReason, ProxyError};
 use crate::target::{Host, Scheme, Target};
 
@@ -118,6 +118,9 @@ pub enum ConnectPlan {
     /// Answer the CONNECT without dialing: only plain HTTP may follow, served as origination
     /// to `port` (a client tunnelling `http://host/` asks for port 80; origination dials 443).
     Originate { port: u16 },
+    /// Answer the CONNECT, complete the client's TLS as the host with a leaf of the intercept
+    /// CA, and send the requests inside through the pool with TLS to the CONNECT port.
+    Intercept,
 }
 
 /// The plan for a CONNECT to `port` under `upstream`, or `None` when no port it may dial
@@ -125,6 +128,9 @@ pub enum ConnectPlan {
 /// scheme's default port 80 the URI has no port, so origination dials 443.
 pub fn connect_plan(upstream: &Upstream, port: u16) -> Option<ConnectPlan> {
     let allowed = |p: u16| upstream.ports.contains(&p);
+    if upstream.connect == ConnectMode::Intercept {
+        return allowed(port).then_some(ConnectPlan::Intercept);
+    }
     if upstream.tls != TlsMode::Originate {
         return allowed(port).then_some(ConnectPlan::Tunnel { or_originate: None });
     }

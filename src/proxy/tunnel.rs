@@ -66,6 +66,9 @@ enum Opened {
     },
     /// Answered by portcullis: the requests inside go through the pools.
     Inside(Destination),
+    /// Answered by portcullis, which then completes the client's TLS as the destination
+    /// (SPEC §9); the requests inside go through the pools.
+    Intercept(Destination),
 }
 
 /// Serve a CONNECT request; the client connection is consumed either way.
@@ -89,12 +92,37 @@ where
         }
     };
     let m = &ctx.shared.metrics;
-    let name = outcome.upstream_name();
+    let upstream = outcome.upstream.clone();
+    let name = upstream.as_deref().map_or("none", |u| u.name.as_str());
     let active = m.tunnels_active.with_label_values(&[name]);
     active.inc();
+    let mut error = None;
     if writer.write_all(ESTABLISHED).await.is_ok() {
         let max_head = ctx.config.proxy.max_header_bytes;
         match opened {
+            Opened::Intercept(dest) => {
+                outcome.mode = dest.mode;
+                let io = tokio::io::join(std::io::Cursor::new(leftover).chain(reader), writer);
+                let timeout = ctx.config.proxy.header_read_timeout;
+                let accepted = ctx
+                    .shared
+                    .intercept
+                    .accept(io, &dest.host, name, ctx.peer, timeout)
+                    .await;
+                match accepted {
+                    Ok(tls) => {
+                        let (rd, wr) = tokio::io::split(tls);
+                        let reader = ClientReader::new(rd, max_head);
+                        Box::pin(inside::serve(ctx, dest, reader, wr)).await;
+                    }
+                    Err(e) => {
+                        error = Some(ProxyError::InterceptHandshake {
+                            result: e.result().label(),
+                            detail: e.to_string(),
+                        });
+                    }
+                }
+            }
             Opened::Inside(dest) => {
                 outcome.mode = dest.mode;
                 let reader = ClientReader::with_buffered(reader, leftover, max_head);
@@ -125,7 +153,7 @@ where
         }
     }
     active.dec();
-    outcome.record(ctx, StatusCode::OK, None);
+    outcome.record(ctx, StatusCode::OK, error.as_ref());
 }
 
 /// Whether the client's first bytes in the tunnel are a plain-text HTTP request (a method
@@ -176,17 +204,25 @@ async fn open(
         port,
         auth: auth.cloned(),
     };
+    // Answered without dialing now: the destination is checked as a dial would check it.
+    let check = |dialed: u16, outcome: &mut Outcome<'_>| {
+        outcome.port = dialed;
+        let settings = &upstream.settings;
+        let deadline = Instant::now() + settings.connect_timeout;
+        ctx.shared.connector.resolve(&host, settings, deadline)
+    };
     match plan {
         ConnectPlan::Originate { port: dialed } => {
-            // Nothing is dialed now, but the destination is checked as a dial would check it.
-            outcome.port = dialed;
-            let settings = &upstream.settings;
-            let deadline = Instant::now() + settings.connect_timeout;
-            ctx.shared
-                .connector
-                .resolve(&host, settings, deadline)
-                .await?;
+            check(dialed, outcome).await?;
             Ok(Opened::Inside(inside()))
+        }
+        ConnectPlan::Intercept => {
+            check(port, outcome).await?;
+            Ok(Opened::Intercept(Destination {
+                mode: Mode::Intercept,
+                scheme: Scheme::Https,
+                ..inside()
+            }))
         }
         ConnectPlan::Tunnel { or_originate } => {
             outcome.attempts = 1;

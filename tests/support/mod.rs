@@ -29,6 +29,7 @@
 // Each test file uses only part of this module.
 #![allow(dead_code)]
 
+mod apps;
 mod census;
 mod client;
 mod dns;
@@ -43,6 +44,8 @@ mod requests;
 mod tls;
 mod wire;
 
+#[allow(unused_imports)]
+pub use apps::{java_http_client, java_trust_store, python_requests, AppRequest, AppResponse};
 #[allow(unused_imports)]
 pub use client::{
     absolute_get, curl, exchange_on, proxy_get, raw_exchange, CurlResult, ProxyConn, RawResponse,
