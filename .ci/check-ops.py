@@ -75,7 +75,7 @@ PROXY_KEYS = {"listen", "admin_listen", "max_client_connections", "client_idle_t
 DEFAULT_KEYS = {"connect_timeout", "response_timeout", "max_connections", "max_idle",
                 "idle_timeout", "max_lifetime", "acquire_timeout", "tcp_keepalive",
                 "retry_on_reset", "retry_non_idempotent", "unsafe_reuse_max_idle",
-                "max_replay_body", "tunnel_idle_timeout", "allow_private"}
+                "max_replay_body", "tunnel_idle_timeout", "allow_private", "learn_idle_limit"}
 UPSTREAM_KEYS = DEFAULT_KEYS | {"name", "hosts", "ports", "tls", "connect", "ca_file",
                                 "remote_idle_limit"}
 CLIENT_KEYS = {"name", "cidrs", "username", "password_env", "upstreams"}

@@ -81,6 +81,8 @@ pub struct Settings {
     pub max_replay_body: usize,
     pub tunnel_idle_timeout: Duration,
     pub allow_private: bool,
+    /// Lower idle timeouts below the remote idle limits that stale reuses reveal (SPEC §11).
+    pub learn_idle_limit: bool,
 }
 
 /// How an upstream gets TLS.
@@ -575,6 +577,7 @@ impl Settings {
             max_replay_body: 1024 * 1024,
             tunnel_idle_timeout: Duration::from_secs(60),
             allow_private: false,
+            learn_idle_limit: true,
         }
     }
 
@@ -674,6 +677,9 @@ impl Settings {
         if let Some(b) = raw.allow_private {
             s.allow_private = b;
         }
+        if let Some(b) = raw.learn_idle_limit {
+            s.learn_idle_limit = b;
+        }
         if s.max_idle > s.max_connections {
             // Reported where it arises: the layer that wrote max_idle, or lowered the cap under one.
             if raw.max_idle.is_some()
@@ -765,6 +771,7 @@ impl fmt::Display for Config {
             writeln!(f, "max_replay_body = {}", s.max_replay_body)?;
             writeln!(f, "tunnel_idle_timeout = \"{}\"", d(s.tunnel_idle_timeout))?;
             writeln!(f, "allow_private = {}", s.allow_private)?;
+            writeln!(f, "learn_idle_limit = {}", s.learn_idle_limit)?;
         }
         for c in &self.clients {
             writeln!(f, "\n[[client]]")?;

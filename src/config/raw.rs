@@ -56,6 +56,7 @@ pub struct RawSettings {
     pub max_replay_body: Option<usize>,
     pub tunnel_idle_timeout: Option<String>,
     pub allow_private: Option<bool>,
+    pub learn_idle_limit: Option<bool>,
 }
 
 /// The keys only an `[[upstream]]` has.

@@ -52,6 +52,7 @@ fn spec_settings() -> Settings {
         max_replay_body: 1_048_576,
         tunnel_idle_timeout: Duration::from_secs(60),
         allow_private: false,
+        learn_idle_limit: true,
     }
 }
 
@@ -94,6 +95,7 @@ fn upstream_key_overrides_defaults_and_the_rest_inherit() {
         max_connections = 64
         tcp_keepalive = "off"
         retry_non_idempotent = true
+        learn_idle_limit = false
 
         [[upstream]]
         name = "custom"
@@ -101,6 +103,7 @@ fn upstream_key_overrides_defaults_and_the_rest_inherit() {
         max_lifetime = "30s"
         tcp_keepalive = "10s"
         allow_private = true
+        learn_idle_limit = true
 
         [[upstream]]
         name = "plain"
@@ -113,6 +116,7 @@ fn upstream_key_overrides_defaults_and_the_rest_inherit() {
     assert_eq!(custom.max_lifetime, Duration::from_secs(30));
     assert_eq!(custom.tcp_keepalive, Some(Duration::from_secs(10)));
     assert!(custom.allow_private);
+    assert!(custom.learn_idle_limit);
     assert_eq!(custom.idle_timeout, Duration::from_secs(20));
     assert_eq!(custom.max_connections, 64);
     assert!(custom.retry_non_idempotent);
@@ -126,6 +130,7 @@ fn upstream_key_overrides_defaults_and_the_rest_inherit() {
         max_connections: 64,
         tcp_keepalive: None,
         retry_non_idempotent: true,
+        learn_idle_limit: false,
         ..spec_settings()
     };
     assert_eq!(*plain, want_plain);
