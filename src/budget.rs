@@ -50,6 +50,11 @@ pub const INTERCEPT_TLS: u64 = 96 * KIB;
 /// well under 4 KiB. From the code, not measured.
 pub const LEAF_CACHE: u64 = crate::intercept::leaf::CAPACITY as u64 * 4 * KIB;
 
+/// The learned idle limits (SPEC §11): at most `MAX_DESTINATIONS` entries, each a host name
+/// of up to 253 bytes, an upstream name and a few numbers in a hash map: 512 bytes each is
+/// generous. From the code, not measured: learning landed after these measurements.
+pub const LEARNED_LIMITS: u64 = crate::learn::table::MAX_DESTINATIONS as u64 * 512;
+
 /// Destinations a wildcard host (`*.example.com`) is counted as, for idle connections: any
 /// number of names may match, the budget has to assume some.
 pub const WILDCARD_DESTINATIONS: u64 = 16;
@@ -142,9 +147,9 @@ impl Budget {
 
     fn base(&self) -> u64 {
         if self.intercepts {
-            BASE + LEAF_CACHE
+            BASE + LEARNED_LIMITS + LEAF_CACHE
         } else {
-            BASE
+            BASE + LEARNED_LIMITS
         }
     }
 
@@ -249,7 +254,8 @@ mod tests {
         assert_eq!(b.idle_connections, b.destinations * 4);
         assert_eq!(
             b.total(),
-            BASE + 200 * (CLIENT_CONNECTION + 40 * KIB + 448 * KIB + upstream_connection())
+            BASE + LEARNED_LIMITS
+                + 200 * (CLIENT_CONNECTION + 40 * KIB + 448 * KIB + upstream_connection())
                 + b.idle_connections * upstream_connection()
         );
         let text = b.to_string();

@@ -10,6 +10,7 @@ pub mod connect;
 pub mod error;
 pub mod http1;
 pub mod intercept;
+pub mod learn;
 pub mod log_writer;
 pub mod metrics;
 pub mod policy;

@@ -173,6 +173,8 @@ pub struct AcquireTimeout {
 /// A point-in-time view of a pool, for `/pools`.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// The pool's idle timeout in force: configured, lowered by a learned limit.
+    pub idle_timeout: Duration,
     pub idle: usize,
     pub busy: usize,
     pub waiting: usize,
@@ -220,6 +222,7 @@ impl<C: Poolable> Pool<C> {
             let queue_empty = !st.waiters.iter().any(|w| !w.is_closed());
             if queue_empty && !st.closing {
                 let max_lifetime = st.limits.max_lifetime;
+                let idle_timeout = st.limits.idle_timeout;
                 let mut doomed = Vec::new();
                 while let Some(mut entry) = if reuse == Reuse::Never {
                     None
@@ -227,7 +230,7 @@ impl<C: Poolable> Pool<C> {
                     st.idle.pop()
                 } {
                     match reuse::verdict(
-                        &entry.meta.life,
+                        &entry.meta.life.under(idle_timeout),
                         now,
                         max_lifetime,
                         entry.conn.is_open(),
@@ -317,6 +320,20 @@ impl<C: Poolable> Pool<C> {
         self.inner.wake_reaper.notify_one();
     }
 
+    /// A lower idle timeout from now on (the destination taught a lower remote limit, SPEC
+    /// §11): idle connections already parked are closed at the new deadline, and checkout
+    /// hands out none idle past it. A higher one is ignored: only a reload raises it again.
+    pub fn lower_idle_timeout(&self, idle_timeout: Duration) {
+        let mut st = self.inner.lock();
+        if idle_timeout >= st.limits.idle_timeout {
+            return;
+        }
+        st.limits.idle_timeout = idle_timeout;
+        drop(st);
+        // Its deadlines moved earlier: the reaper sleeps until a later one.
+        self.inner.wake_reaper.notify_one();
+    }
+
     /// Close every idle connection now and every busy one when it finishes.
     pub fn drain(&self, reason: CloseReason) {
         let doomed: Vec<Idle<C>> = {
@@ -339,6 +356,7 @@ impl<C: Poolable> Pool<C> {
             st.conns.iter().map(|(id, c)| (*id, *c)).collect();
         connections.sort_by_key(|(id, _)| *id);
         Snapshot {
+            idle_timeout: st.limits.idle_timeout,
             idle: st.idle.len(),
             busy,
             waiting: st.waiters.iter().filter(|w| !w.is_closed()).count(),
@@ -454,7 +472,7 @@ impl<C: Poolable> Inner<C> {
         let verdict = disposition
             .and_then(|()| {
                 reuse::reusable_after_response(
-                    &meta.life,
+                    &meta.life.under(st.limits.idle_timeout),
                     now,
                     st.limits.max_lifetime,
                     conn.is_open(),
@@ -534,7 +552,10 @@ impl<C: Poolable> Inner<C> {
             self.count_idle_close(CloseReason::PoolFull);
             evicted = Some(oldest.conn);
         }
-        let deadline = reuse::deadline(&meta.life, st.limits.max_lifetime);
+        let deadline = reuse::deadline(
+            &meta.life.under(st.limits.idle_timeout),
+            st.limits.max_lifetime,
+        );
         let wake = st.reaper_at.is_none_or(|at| deadline < at);
         if wake {
             st.reaper_at = Some(deadline);

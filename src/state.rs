@@ -55,7 +55,10 @@ impl Shared {
     }
 
     /// Take a new config for new requests; pools pick up new limits, removed upstreams drain.
+    /// Learned idle limits (SPEC §11) survive, except those of upstreams whose idle settings
+    /// changed: forgotten first, so the pools' new limits no longer include them.
     pub fn replace_config(&self, config: Config) {
+        self.pools.learned.reload(&self.config(), &config);
         self.pools.reconfigure(&config);
         self.connector.reload();
         self.intercept.reload(&config);

@@ -30,12 +30,13 @@ pub(super) async fn run<C: Poolable>(pool: Weak<Inner<C>>, wake: Arc<Notify>) {
 fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> Option<Instant> {
     let mut st = inner.lock();
     let max_lifetime = st.limits.max_lifetime;
+    let idle_timeout = st.limits.idle_timeout;
     let mut doomed = Vec::new();
     let mut i = 0;
     while i < st.idle.len() {
         let entry = &mut st.idle[i];
         let reason = if entry.conn.is_open() {
-            reuse::expired(&entry.meta.life, now, max_lifetime)
+            reuse::expired(&entry.meta.life.under(idle_timeout), now, max_lifetime)
         } else {
             Some(crate::metrics::CloseReason::RemoteClosed)
         };
@@ -53,7 +54,7 @@ fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> Option<Instant> {
     let next = st
         .idle
         .iter()
-        .map(|e| reuse::deadline(&e.meta.life, max_lifetime))
+        .map(|e| reuse::deadline(&e.meta.life.under(idle_timeout), max_lifetime))
         .min();
     st.reaper_at = next;
     drop(st);

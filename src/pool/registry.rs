@@ -2,10 +2,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use crate::config::{Config, Upstream};
+use crate::learn;
 use crate::metrics::{CloseReason, Metrics, PoolMetrics};
-use crate::target::Target;
+use crate::target::{Host, Target};
 
 use super::{Limits, Pool, Poolable, Snapshot};
 
@@ -29,6 +31,11 @@ pub struct Pools<C: Poolable> {
     /// Pre-labelled metric handles per upstream name, shared by its pools.
     per_upstream: RwLock<HashMap<Arc<str>, PoolMetrics>>,
     metrics: Metrics,
+    /// What each destination taught about its remote idle limit (SPEC §11). Its own table,
+    /// with its own lock: it outlives the pools, and tunnels read it too. Lock order: a pool
+    /// is made (under `map`'s write lock) with the limit read from here, and a lesson is
+    /// written here *before* it is pushed into the pools, so neither misses the other.
+    pub learned: learn::table::Table,
 }
 
 impl<C: Poolable> Pools<C> {
@@ -37,6 +44,7 @@ impl<C: Poolable> Pools<C> {
             map: RwLock::new(HashMap::new()),
             per_upstream: RwLock::new(HashMap::new()),
             metrics,
+            learned: learn::table::Table::default(),
         }
     }
 
@@ -58,7 +66,7 @@ impl<C: Poolable> Pools<C> {
             e.pool.drain(CloseReason::Shutdown);
         }
         let pool = Pool::new(
-            Limits::from_settings(&upstream.settings),
+            self.limits(upstream, target),
             self.metrics_for(&upstream.name),
         );
         map.insert(
@@ -69,6 +77,39 @@ impl<C: Poolable> Pools<C> {
             },
         );
         pool
+    }
+
+    /// The upstream's limits for this destination, its idle timeout lowered by what the
+    /// destination taught (SPEC §11).
+    fn limits(&self, upstream: &Upstream, target: &Target) -> Limits {
+        let mut limits = Limits::from_settings(&upstream.settings);
+        let learned = self
+            .learned
+            .limit(&upstream.name, &target.host, target.port);
+        limits.idle_timeout = learn::effective(limits.idle_timeout, None, learned);
+        limits
+    }
+
+    /// `host:port` taught a lower remote idle limit under `upstream`: its pools (plain and
+    /// TLS) take `idle_timeout` from now on, parked connections included.
+    pub fn lower_idle_timeout(
+        &self,
+        upstream: &str,
+        host: &Host,
+        port: u16,
+        idle_timeout: Duration,
+    ) {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        for tls in [false, true] {
+            let target = Target {
+                host: host.clone(),
+                port,
+                tls,
+            };
+            if let Some(e) = map.get(&target).filter(|e| *e.upstream == *upstream) {
+                e.pool.lower_idle_timeout(idle_timeout);
+            }
+        }
     }
 
     fn metrics_for(&self, upstream: &str) -> PoolMetrics {
@@ -91,9 +132,9 @@ impl<C: Poolable> Pools<C> {
     /// After a reload: new limits for kept upstreams; pools of removed upstreams drained and dropped.
     pub fn reconfigure(&self, config: &Config) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, e| match config.upstream(&e.upstream) {
+        map.retain(|target, e| match config.upstream(&e.upstream) {
             Some(u) => {
-                e.pool.set_limits(Limits::from_settings(&u.settings));
+                e.pool.set_limits(self.limits(u, target));
                 true
             }
             None => {

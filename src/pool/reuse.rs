@@ -17,6 +17,23 @@ pub struct Life {
     pub idle_reason: CloseReason,
 }
 
+impl Life {
+    /// This connection's limits under its pool's idle timeout now in force, which a learned
+    /// remote limit may have lowered (SPEC §11) after the connection's own was set: the
+    /// smaller wins.
+    pub fn under(&self, pool_idle_timeout: Duration) -> Life {
+        if pool_idle_timeout < self.idle_timeout {
+            Life {
+                idle_timeout: pool_idle_timeout,
+                idle_reason: CloseReason::IdleTimeout,
+                ..*self
+            }
+        } else {
+            *self
+        }
+    }
+}
+
 /// What to do with an idle connection at checkout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -209,6 +226,37 @@ mod tests {
         };
         assert_eq!(deadline(&l, S(60)), now + S(60));
         assert_eq!(deadline(&l, S(100)), now + S(80));
+    }
+
+    #[test]
+    fn a_lowered_pool_idle_timeout_caps_each_connection() {
+        let now = Instant::now() + S(1000);
+        let mut ka = life(now, 10, 5, 4);
+        ka.idle_reason = CloseReason::KeepAliveTimeout;
+        // (connection's own timeout and reason, pool's timeout) -> timeout and reason in force
+        let cases = [
+            (life(now, 10, 5, 30), S(30), S(30), CloseReason::IdleTimeout),
+            (life(now, 10, 5, 30), S(2), S(2), CloseReason::IdleTimeout),
+            (ka, S(30), S(4), CloseReason::KeepAliveTimeout),
+            (ka, S(3), S(3), CloseReason::IdleTimeout),
+        ];
+        for (l, pool, want, reason) in cases {
+            let capped = l.under(pool);
+            assert_eq!(
+                (capped.idle_timeout, capped.idle_reason),
+                (want, reason),
+                "{l:?} under {pool:?}"
+            );
+            assert_eq!(capped.idle_since, l.idle_since);
+        }
+        // Idle 5 s: within its own 30 s, past a lowered 2 s.
+        let l = life(now, 10, 5, 30);
+        assert_eq!(expired(&l, now, S(60)), None);
+        assert_eq!(
+            expired(&l.under(S(2)), now, S(60)),
+            Some(CloseReason::IdleTimeout)
+        );
+        assert_eq!(deadline(&l.under(S(2)), S(60)), l.idle_since + S(2));
     }
 
     #[test]

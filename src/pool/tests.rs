@@ -237,6 +237,52 @@ async fn a_later_return_with_an_earlier_deadline_is_reaped_on_time() {
     assert_eq!(closed(&m, "idle_timeout"), 1);
 }
 
+/// A learned remote limit lowers the pool's idle timeout (SPEC §11): connections already
+/// parked are closed at the new deadline (SPEC §5: as soon as their idle time runs out), not
+/// at the one they were parked with, and checkout hands out none idle past it.
+#[tokio::test(start_paused = true)]
+async fn a_lowered_idle_timeout_reaches_parked_connections_and_checkout() {
+    let ms = Duration::from_millis;
+    let (p, m) = pool(limits(4));
+    let a = dial(&p, 1).await;
+    let b = dial(&p, 2).await;
+    a.release();
+    tokio::time::sleep(S(3)).await;
+    b.release();
+    tokio::task::yield_now().await; // the reaper sleeps until a's deadline, 27 s away
+    p.lower_idle_timeout(S(2));
+    assert_eq!(p.snapshot().idle_timeout, S(2));
+    tokio::time::sleep(ms(1)).await;
+    assert_eq!(p.snapshot().idle, 1, "a, idle 3 s, closed at once");
+    assert_eq!(closed(&m, "idle_timeout"), 1);
+    tokio::time::sleep(ms(1900)).await;
+    assert_eq!(p.snapshot().idle, 1, "b is within the lowered timeout");
+    tokio::time::sleep(ms(200)).await;
+    assert_eq!(
+        p.snapshot().idle,
+        0,
+        "b closed 2 s after its return, not 30 s"
+    );
+    assert_eq!(closed(&m, "idle_timeout"), 2);
+
+    // Raising is a reload's business, not a lesson's.
+    p.lower_idle_timeout(S(10));
+    assert_eq!(p.snapshot().idle_timeout, S(2));
+
+    // Checkout, before the reaper had its turn: one idle past the lowered timeout is closed.
+    let mut c = dial(&p, 3).await;
+    c.set_idle_timeout(S(30), CloseReason::IdleTimeout);
+    c.release();
+    tokio::time::advance(S(1)).await;
+    p.lower_idle_timeout(ms(500));
+    assert!(reuse(&p, None).await.is_none(), "a dial, not the stale one");
+    assert_eq!(closed(&m, "idle_timeout"), 3);
+
+    // A reload's limits raise it again.
+    p.set_limits(limits(4));
+    assert_eq!(p.snapshot().idle_timeout, S(30));
+}
+
 #[tokio::test(start_paused = true)]
 async fn returns_with_later_deadlines_do_not_wake_the_reaper() {
     let (p, _) = pool(limits(4));
