@@ -157,7 +157,19 @@ fn metrics(shared: &Shared) -> String {
             .iter()
             .map(|(key, snap)| (&*key.upstream, snap.busy, snap.max_connections)),
     );
-    shared.metrics.render_with_pool_utilization(&utilization)
+    let learned: Vec<(Arc<str>, f64)> = shared
+        .pools
+        .learned
+        .smallest_by_upstream()
+        .into_iter()
+        .filter(|(u, _)| config.upstream(u).is_some())
+        .map(|(u, limit)| (u, limit.as_secs_f64()))
+        .collect();
+    let learned: Vec<(&str, f64)> = learned.iter().map(|(u, l)| (&**u, *l)).collect();
+    shared.metrics.render_with(&crate::metrics::Scraped {
+        utilization: &utilization,
+        learned_idle_limit: &learned,
+    })
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -185,6 +197,13 @@ struct PoolDoc {
     busy: usize,
     waiting: usize,
     max_connections: usize,
+    /// The configured idle timeout lowered by a learned limit (SPEC §11); per-connection
+    /// Keep-Alive timeouts are not in it.
+    idle_timeout_seconds: f64,
+    /// `null` until the destination (host, port) taught one.
+    learned_idle_limit_seconds: Option<f64>,
+    /// The destination's stale reuses (host, port: shared with its other pool and tunnels).
+    stale_reuses: u64,
     connections: Vec<ConnDoc>,
 }
 
@@ -207,7 +226,15 @@ fn pools(shared: &Shared) -> PoolsDoc {
         .pools
         .snapshot()
         .into_iter()
-        .map(|(key, snap)| PoolDoc {
+        .map(|(key, snap)| {
+            let learned =
+                shared
+                    .pools
+                    .learned
+                    .get(&key.upstream, &key.target.host, key.target.port);
+            (key, snap, learned)
+        })
+        .map(|(key, snap, learned)| PoolDoc {
             upstream: key.upstream.to_string(),
             host: match &key.target.host {
                 crate::target::Host::Name(n) => n.clone(),
@@ -219,6 +246,9 @@ fn pools(shared: &Shared) -> PoolsDoc {
             busy: snap.busy,
             waiting: snap.waiting,
             max_connections: snap.max_connections,
+            idle_timeout_seconds: snap.idle_timeout.as_secs_f64(),
+            learned_idle_limit_seconds: learned.limit.map(|l| l.as_secs_f64()),
+            stale_reuses: learned.stale_reuses,
             connections: snap
                 .connections
                 .into_iter()

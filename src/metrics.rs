@@ -63,6 +63,7 @@ pub struct Metrics {
     pub client_connections: IntGauge,
     pub config_reloads: IntCounterVec,
     pub intercepts: IntCounterVec,
+    pub stale_reuses: IntCounterVec,
 }
 
 /// Handles for one upstream's pool, resolved once so checkout and return never hash label sets.
@@ -204,6 +205,11 @@ impl Metrics {
                 "TLS handshakes portcullis completed (or failed) as the CONNECT host of an intercept upstream, by result.",
                 &["upstream", "result"],
             ),
+            stale_reuses: counter(
+                "portcullis_upstream_stale_reuses_total",
+                "Reused connections (and tunnels after an idle spell) the remote side had already dropped (SPEC section 11).",
+                &["upstream"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -224,6 +230,7 @@ impl Metrics {
             Box::new(m.client_connections.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.intercepts.clone()),
+            Box::new(m.stale_reuses.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -263,20 +270,47 @@ impl Metrics {
         }
     }
 
-    /// The text exposition of the registered collectors.
-    pub fn render(&self) -> String {
-        self.render_with_pool_utilization(&[])
+    /// Per-upstream series that must exist from the start, at zero, so that a rate or an
+    /// `increase()` sees the first event: those no pool creates (an upstream used only for
+    /// tunnels has no pool).
+    pub fn upstream_series<'a>(&self, upstreams: impl IntoIterator<Item = &'a str>) {
+        for upstream in upstreams {
+            self.stale_reuses.with_label_values(&[upstream]);
+        }
     }
 
-    /// The text exposition for `/metrics`, with `portcullis_pool_utilization` from values
-    /// computed at scrape time (see [`pool_utilization`]): the hot path never updates it.
+    /// The text exposition of the registered collectors.
+    pub fn render(&self) -> String {
+        self.render_with(&Scraped::default())
+    }
+
+    /// [`Metrics::render_with`] with only `portcullis_pool_utilization`.
     pub fn render_with_pool_utilization(&self, utilization: &[(&str, f64)]) -> String {
+        self.render_with(&Scraped {
+            utilization,
+            ..Scraped::default()
+        })
+    }
+
+    /// The text exposition for `/metrics`, with the gauges whose values are computed at
+    /// scrape time from the pools and the learned limits: the hot path never updates them.
+    pub fn render_with(&self, scraped: &Scraped<'_>) -> String {
         let mut families = self.registry.gather();
-        if !utilization.is_empty() {
-            if let Some(family) = utilization_family(utilization) {
-                let at = families.partition_point(|f| f.name() < family.name());
-                families.insert(at, family);
-            }
+        let extra = [
+            one_off_family(
+                POOL_UTILIZATION,
+                "Busy connections / max_connections of the upstream's fullest destination pool (0-1).",
+                scraped.utilization,
+            ),
+            one_off_family(
+                LEARNED_IDLE_LIMIT,
+                "Smallest idle limit learned from stale reuses among the upstream's destinations (SPEC section 11).",
+                scraped.learned_idle_limit,
+            ),
+        ];
+        for family in extra.into_iter().flatten() {
+            let at = families.partition_point(|f| f.name() < family.name());
+            families.insert(at, family);
         }
         let mut buf = Vec::with_capacity(16 * 1024);
         let encoder = TextEncoder::new();
@@ -288,19 +322,31 @@ impl Metrics {
 }
 
 const POOL_UTILIZATION: &str = "portcullis_pool_utilization";
+const LEARNED_IDLE_LIMIT: &str = "portcullis_upstream_learned_idle_limit_seconds";
 
-/// A one-off gauge family, so an upstream gone in a reload leaves no stale series behind.
-fn utilization_family(utilization: &[(&str, f64)]) -> Option<prometheus::proto::MetricFamily> {
+/// Values computed at scrape time, one per upstream.
+#[derive(Debug, Default)]
+pub struct Scraped<'a> {
+    /// `portcullis_pool_utilization` (see [`pool_utilization`]).
+    pub utilization: &'a [(&'a str, f64)],
+    /// `portcullis_upstream_learned_idle_limit_seconds`: only upstreams that learned one, so
+    /// that the series is absent until then (SPEC §7).
+    pub learned_idle_limit: &'a [(&'a str, f64)],
+}
+
+/// A one-off gauge family, so an upstream gone in a reload leaves no stale series behind;
+/// `None` when there are no values.
+fn one_off_family(
+    name: &str,
+    help: &str,
+    values: &[(&str, f64)],
+) -> Option<prometheus::proto::MetricFamily> {
     use prometheus::core::Collector;
-    let gauge = GaugeVec::new(
-        Opts::new(
-            POOL_UTILIZATION,
-            "Busy connections / max_connections of the upstream's fullest destination pool (0-1).",
-        ),
-        &["upstream"],
-    )
-    .ok()?;
-    for (upstream, value) in utilization {
+    if values.is_empty() {
+        return None;
+    }
+    let gauge = GaugeVec::new(Opts::new(name, help), &["upstream"]).ok()?;
+    for (upstream, value) in values {
         gauge.with_label_values(&[upstream]).set(*value);
     }
     gauge.collect().into_iter().next()
@@ -401,5 +447,38 @@ mod tests {
         sorted.sort();
         assert_eq!(names, sorted);
         assert!(!m.render().contains(POOL_UTILIZATION));
+    }
+
+    #[test]
+    fn learned_idle_limit_is_absent_until_learned_and_stale_reuses_start_at_zero() {
+        let m = Metrics::new();
+        m.upstream_series(["a", "b"]);
+        let text = m.render();
+        assert!(!text.contains(LEARNED_IDLE_LIMIT), "{text}");
+        assert!(
+            text.contains("portcullis_upstream_stale_reuses_total{upstream=\"b\"} 0\n"),
+            "{text}"
+        );
+        let text = m.render_with(&Scraped {
+            utilization: &[("a", 0.0)],
+            learned_idle_limit: &[("a", 2.4)],
+        });
+        assert!(
+            text.contains(&format!("# TYPE {LEARNED_IDLE_LIMIT} gauge\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{LEARNED_IDLE_LIMIT}{{upstream=\"a\"}} 2.4\n")),
+            "{text}"
+        );
+        assert!(!text.contains(&format!("{LEARNED_IDLE_LIMIT}{{upstream=\"b\"")));
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
     }
 }

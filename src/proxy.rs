@@ -8,6 +8,7 @@ pub mod intercept;
 pub mod limit;
 pub mod outcome;
 pub mod respond;
+pub mod stale;
 pub mod stall;
 pub mod tunnel;
 

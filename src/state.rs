@@ -37,6 +37,7 @@ impl Shared {
     pub fn new(config: Config, metrics: Metrics) -> Arc<Shared> {
         let connector = Connector::new(&config.proxy);
         let intercept = Interceptor::new(&config, &metrics);
+        metrics.upstream_series(config.upstreams.iter().map(|u| u.name.as_str()));
         Arc::new(Shared {
             config: RwLock::new(Arc::new(config)),
             pools: Pools::new(metrics.clone()),
@@ -60,6 +61,8 @@ impl Shared {
     pub fn replace_config(&self, config: Config) {
         self.pools.learned.reload(&self.config(), &config);
         self.pools.reconfigure(&config);
+        self.metrics
+            .upstream_series(config.upstreams.iter().map(|u| u.name.as_str()));
         self.connector.reload();
         self.intercept.reload(&config);
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);

@@ -158,6 +158,10 @@ async fn sequential_keep_alive_requests_share_one_connection_in_metrics_and_pool
     assert_eq!(pool["busy"], 0, "{pool:#}");
     assert_eq!(pool["waiting"], 0, "{pool:#}");
     assert_eq!(pool["max_connections"], 7, "{pool:#}");
+    // SPEC §11: the configured idle timeout while nothing was learned.
+    assert_eq!(pool["idle_timeout_seconds"], 30.0, "{pool:#}");
+    assert!(pool["learned_idle_limit_seconds"].is_null(), "{pool:#}");
+    assert_eq!(pool["stale_reuses"], 0, "{pool:#}");
     let c = &pool["connections"];
     assert_eq!(c.as_array().map(Vec::len), Some(1), "{pool:#}");
     let c = &c[0];
@@ -787,6 +791,7 @@ async fn promtool_finds_no_problem_in_the_exposition() {
         "portcullis_client_connections",
         "portcullis_config_reloads_total",
         "portcullis_pool_utilization",
+        "portcullis_upstream_stale_reuses_total",
     ] {
         assert!(
             text.contains(&format!("# TYPE {family} ")),

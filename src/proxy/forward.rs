@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::access::Lineage;
 use super::outcome::{Mode, Outcome};
+use super::stale::{self, Via};
 use super::stall::StallWriter;
 use super::{respond, Ctx, Flow};
 use crate::config::Upstream;
@@ -276,7 +277,18 @@ where
             repeatable,
             sends: p.outcome.attempts,
         };
+        let idle = pooled.idle_at_checkout();
         pooled.discard(CloseReason::Error);
+        if facts.reused && failure.stage().connection_dropped() {
+            // A stale reuse (SPEC §11), whatever becomes of the request.
+            stale::record(
+                &ctx.shared,
+                upstream,
+                &route.allowed.target,
+                idle,
+                Via::Connection,
+            );
+        }
         match retry::decide(&facts, failure.stage()) {
             Some(reason) => {
                 tracing::debug!(error = %failure, reason = reason.label(), "retrying on a new connection");

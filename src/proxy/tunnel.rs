@@ -12,12 +12,14 @@ use tokio::time::Instant;
 
 use super::inside::{self, Destination};
 use super::outcome::{Mode, Outcome};
+use super::stale::Via;
 use super::{respond, Ctx};
 use crate::connect::UpstreamIo;
 use crate::error::{DenyReason, ProxyError};
 use crate::http1::{ClientReader, RequestHead};
+use crate::learn;
 use crate::policy::{self, ConnectPlan, Want};
-use crate::target::{self, Scheme, TargetError};
+use crate::target::{self, Scheme, Target, TargetError};
 
 #[cfg(target_os = "linux")]
 mod splice;
@@ -63,6 +65,8 @@ enum Opened {
         io: UpstreamIo,
         idle: Duration,
         inside: Option<Destination>,
+        /// What was dialed: a stale reuse of the tunnel teaches this destination (SPEC §11).
+        target: Target,
     },
     /// Answered by portcullis: the requests inside go through the pools.
     Inside(Destination),
@@ -128,7 +132,12 @@ where
                 let reader = ClientReader::with_buffered(reader, leftover, max_head);
                 Box::pin(inside::serve(ctx, dest, reader, writer)).await;
             }
-            Opened::Relay { io, idle, inside } => {
+            Opened::Relay {
+                io,
+                idle,
+                inside,
+                target,
+            } => {
                 let mut reader = ClientReader::with_buffered(reader, leftover, max_head);
                 let plain_http = match inside {
                     Some(_) => sends_plain_http(&mut reader, idle).await,
@@ -144,7 +153,16 @@ where
                         let (reader, leftover) = reader.into_parts();
                         let up = Moved::new(m.tunnel_bytes.with_label_values(&[name, "upstream"]));
                         let down = Moved::new(m.tunnel_bytes.with_label_values(&[name, "client"]));
-                        relay(reader, leftover, writer, io, idle, &up, &down).await;
+                        let on_stale = |d| {
+                            if let Some(u) = &upstream {
+                                super::stale::record(&ctx.shared, u, &target, d, Via::Tunnel);
+                            }
+                        };
+                        let watch = Watch {
+                            idle,
+                            on_stale: &on_stale,
+                        };
+                        relay(reader, leftover, writer, io, watch, &up, &down).await;
                         outcome.bytes_in = up.total();
                         outcome.bytes_out = down.total();
                     }
@@ -227,24 +245,43 @@ async fn open(
         ConnectPlan::Tunnel { or_originate } => {
             outcome.attempts = 1;
             let dialed = ctx.shared.connector.dial(&allowed.target, upstream).await?;
+            // Below what this destination taught about its remote idle limit (SPEC §11).
+            let target = &allowed.target;
+            let learned = ctx
+                .shared
+                .pools
+                .learned
+                .limit(&upstream.name, &target.host, target.port);
             Ok(Opened::Relay {
                 io: dialed.io,
-                idle: upstream.settings.tunnel_idle_timeout,
+                idle: learn::effective(upstream.settings.tunnel_idle_timeout, None, learned),
                 inside: or_originate.map(|_| inside()),
+                target: allowed.target.clone(),
             })
         }
     }
 }
 
+/// How a relay watches its tunnel.
+#[derive(Clone, Copy)]
+struct Watch<'a> {
+    /// No byte either way for this long ends the tunnel.
+    idle: Duration,
+    /// Told, as soon as it happens, how long the tunnel had been idle when the upstream reset
+    /// it as a stale reuse: the first bytes after a quiet spell were answered with a reset
+    /// (SPEC §11).
+    on_stale: &'a (dyn Fn(Duration) + Sync),
+}
+
 /// Copy both ways. A side's EOF is passed on as a half-close; the tunnel ends when both
-/// directions are done, or when no byte has moved either way for `idle`.
+/// directions are done, or when no byte has moved either way for `watch.idle`.
 /// Bytes moved client→upstream are added to `up_count`, upstream→client to `down_count`.
 async fn relay<R, W>(
     client_rd: R,
     leftover: BytesMut,
     client_wr: W,
     upstream: UpstreamIo,
-    idle: Duration,
+    watch: Watch<'_>,
     up_count: &Moved,
     down_count: &Moved,
 ) where
@@ -253,15 +290,17 @@ async fn relay<R, W>(
 {
     let (client, counts) = ((client_rd, leftover, client_wr), (up_count, down_count));
     match upstream {
-        UpstreamIo::Plain(tcp) => relay_halves(client, tcp.into_split(), idle, counts).await,
-        tls @ UpstreamIo::Tls(_) => relay_halves(client, tokio::io::split(tls), idle, counts).await,
+        UpstreamIo::Plain(tcp) => relay_halves(client, tcp.into_split(), watch, counts).await,
+        tls @ UpstreamIo::Tls(_) => {
+            relay_halves(client, tokio::io::split(tls), watch, counts).await
+        }
     }
 }
 
 async fn relay_halves<R, W, UR, UW>(
     (mut client_rd, leftover, mut client_wr): (R, BytesMut, W),
     (mut up_rd, mut up_wr): (UR, UW),
-    idle: Duration,
+    Watch { idle, on_stale }: Watch<'_>,
     (up_count, down_count): (&Moved, &Moved),
 ) where
     R: AsyncRead + AsTcp + Unpin + Send,
@@ -270,9 +309,14 @@ async fn relay_halves<R, W, UR, UW>(
     UW: AsyncWrite + AsTcp + Unpin + Send,
 {
     let epoch = Instant::now();
+    // Milliseconds since `epoch`: the last byte either way, and the quiet spell it ended.
     let last = AtomicU64::new(0);
-    let touch =
-        |last: &AtomicU64| last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let quiet_before_last = AtomicU64::new(0);
+    let touch = |last: &AtomicU64| {
+        let now = epoch.elapsed().as_millis() as u64;
+        let before = last.swap(now, Ordering::Relaxed);
+        quiet_before_last.store(now.saturating_sub(before), Ordering::Relaxed);
+    };
     // The two directions are built inside the join, not bound first: futures captured by an
     // async block keep their own slot beside the join's copy, doubling every idle tunnel.
     let both = async {
@@ -287,7 +331,21 @@ async fn relay_halves<R, W, UR, UW>(
                 drop(leftover);
                 pump(&mut client_rd, &mut up_wr, up_count, || touch(&last)).await;
             },
-            pump(&mut up_rd, &mut client_wr, down_count, || touch(&last)),
+            async {
+                let reset = pump(&mut up_rd, &mut client_wr, down_count, || touch(&last)).await;
+                // Judged now, not when the other direction is done too.
+                let now = epoch.elapsed().as_millis() as u64;
+                let quiet_now = now.saturating_sub(last.load(Ordering::Relaxed));
+                let before = quiet_before_last.load(Ordering::Relaxed);
+                let stale = learn::tunnel_stale_idle(
+                    Duration::from_millis(before),
+                    Duration::from_millis(quiet_now),
+                );
+                if let Some(d) = stale.filter(|_| reset) {
+                    // Now: the client may keep its side open long after.
+                    on_stale(d);
+                }
+            },
         )
     };
     let watchdog = async {
@@ -333,19 +391,26 @@ impl Moved {
     }
 }
 
-/// Copy one direction until EOF or an error, then pass the EOF on as a half-close.
-async fn pump<R, W>(rd: &mut R, wr: &mut W, moved: &Moved, touch: impl Fn())
+/// Copy one direction until EOF or an error, then pass the EOF on as a half-close. Returns
+/// whether the source was reset while this direction waited quietly for it (a stale reuse,
+/// when the other direction's bytes were what the reset answered).
+async fn pump<R, W>(rd: &mut R, wr: &mut W, moved: &Moved, touch: impl Fn()) -> bool
 where
     R: AsyncRead + AsTcp + Unpin,
     W: AsyncWrite + AsTcp + Unpin,
 {
     let mut probe = [0u8; PROBE];
     let mut buf = BytesMut::new();
+    let mut reset = false;
     loop {
         if buf.capacity() == 0 {
             // Quiet: wait for bytes holding only the probe.
             let n = match rd.read(&mut probe).await {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
+                Err(e) => {
+                    reset = e.kind() == std::io::ErrorKind::ConnectionReset;
+                    break;
+                }
                 Ok(n) => n,
             };
             touch();
@@ -408,6 +473,7 @@ where
         }
     }
     let _ = wr.shutdown().await;
+    reset
 }
 
 /// Poll `f` once: its output if it is ready now, `None` if it would have to wait.
@@ -428,6 +494,16 @@ mod tests {
     use tokio::io::{duplex, DuplexStream};
 
     impl AsTcp for DuplexStream {}
+
+    impl Watch<'static> {
+        /// Ends at `idle`; stale reuses go unheard.
+        fn quiet(idle: Duration) -> Self {
+            Watch {
+                idle,
+                on_stale: &|_| {},
+            }
+        }
+    }
 
     /// A byte counter on a metric that no registry exports.
     fn detached() -> Moved {
@@ -492,7 +568,7 @@ mod tests {
             BytesMut::new(),
             wr,
             UpstreamIo::Plain(upstream),
-            idle,
+            Watch::quiet(idle),
             &up,
             &down,
         );
@@ -535,7 +611,7 @@ mod tests {
                 BytesMut::new(),
                 wr,
                 UpstreamIo::Plain(upstream),
-                Duration::from_secs(30),
+                Watch::quiet(Duration::from_secs(30)),
                 &up,
                 &down,
             )
@@ -589,7 +665,7 @@ mod tests {
                 early,
                 proxy_wr,
                 UpstreamIo::Plain(upstream),
-                idle,
+                Watch::quiet(idle),
                 &up,
                 &down,
             )
@@ -625,7 +701,7 @@ mod tests {
             BytesMut::new(),
             wr,
             UpstreamIo::Plain(upstream),
-            idle,
+            Watch::quiet(idle),
             &up,
             &down,
         )
