@@ -61,11 +61,16 @@ struct Provider {
 
 impl Provider {
     async fn spawn(settings: &str) -> Provider {
+        Provider::behind(FIREWALL_LIMIT, settings).await
+    }
+
+    /// The same behind a firewall that forgets flows idle `limit`.
+    async fn behind(limit: Duration, settings: &str) -> Provider {
         let origin = origin()
             .handler(|r| Reply::ok(format!("{} {} {}", r.method, r.target, r.body_text())))
             .spawn()
             .await;
-        let firewall = Firewall::spawn(origin.addr, FIREWALL_LIMIT).await;
+        let firewall = Firewall::spawn(origin.addr, limit).await;
         let proxy = spawn_proxy(&local_upstream("provider", firewall.addr.port(), settings)).await;
         Provider {
             origin,
@@ -103,9 +108,13 @@ fn schedule() -> Vec<(Duration, Kind)> {
 /// Runs the schedule through one keep-alive client connection (reopened only if the proxy
 /// closes it); returns each request's status.
 async fn run_schedule(p: &Provider) -> Vec<u16> {
+    run_schedule_of(p, schedule()).await
+}
+
+async fn run_schedule_of(p: &Provider, schedule: Vec<(Duration, Kind)>) -> Vec<u16> {
     let mut conn = ProxyConn::connect(p.proxy.addr).await;
     let mut statuses = Vec::new();
-    for (i, (gap, kind)) in schedule().into_iter().enumerate() {
+    for (i, (gap, kind)) in schedule.into_iter().enumerate() {
         tokio::time::sleep(gap).await;
         let path = format!("/step/{i}");
         let url = p.url(&path);
@@ -313,6 +322,115 @@ async fn without_retries_a_get_on_a_forgotten_flow_fails() {
     assert_eq!(p.firewall.resets_sent(), 1);
     assert!(seen(&p.origin, "/get").is_empty());
     p.proxy.stop().await;
+}
+
+// ------------------------------- 1b. the same incident with nothing tuned (SPEC §11)
+
+/// A firewall limit portcullis can learn: a stale reuse below 1 s teaches nothing (SPEC §11),
+/// so the 400 ms firewall above never could be. 2 s is also the SPEC's default
+/// `unsafe_reuse_max_idle`: a plain POST after a longer gap goes out on a new connection.
+const LEARNABLE_LIMIT: Duration = Duration::from_secs(2);
+/// The gap bands of the learning schedule: well below the limit, or well past it (and past
+/// 80 % of any idle time learned from a gap in the same band, up to 3.5 s).
+const SHORT_GAPS: std::ops::RangeInclusive<u64> = 0..=1200;
+const LONG_GAPS: std::ops::RangeInclusive<u64> = 2800..=3600;
+
+/// The incident-1 schedule at the scale of a learnable limit: 24 requests (GET, keyed POST,
+/// plain POST in turn), each after a gap drawn (the same LCG) from the short or long band.
+fn learning_schedule() -> Vec<(Duration, Kind)> {
+    let mut x: u64 = 0x5eed_cafe;
+    let kinds = [Kind::Get, Kind::KeyedPost, Kind::PlainPost];
+    (0..24)
+        .map(|i| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let r = x >> 33;
+            let band = if r & 1 == 1 { LONG_GAPS } else { SHORT_GAPS };
+            let span = band.end() - band.start() + 1;
+            let gap = band.start() + (r >> 1) % span;
+            (Duration::from_millis(gap), kinds[i % 3])
+        })
+        .collect()
+}
+
+/// Retriable requests after a long gap: each meets a forgotten flow unless a limit was learned.
+fn long_retriable_gaps() -> usize {
+    learning_schedule()
+        .iter()
+        .filter(|(gap, kind)| {
+            gap.as_millis() as u64 >= *LONG_GAPS.start() && *kind != Kind::PlainPost
+        })
+        .count()
+}
+
+#[test]
+fn the_learning_schedule_stays_clear_of_the_limit() {
+    let s = learning_schedule();
+    for (gap, _) in &s {
+        let ms = gap.as_millis() as u64;
+        assert!(
+            SHORT_GAPS.contains(&ms) || LONG_GAPS.contains(&ms),
+            "{gap:?}"
+        );
+    }
+    assert!(long_retriable_gaps() >= 6, "{s:?}");
+    assert!(
+        s.iter().filter(|(g, _)| *g < LEARNABLE_LIMIT).count() >= 6,
+        "{s:?}"
+    );
+}
+
+/// What one run of the learning schedule came to.
+#[derive(Debug)]
+struct Run {
+    resets: usize,
+    failed: usize,
+    /// Requests the origin saw more than once (a payment sent twice).
+    duplicates: usize,
+}
+
+async fn reproduce(settings: &str) -> Run {
+    let p = Provider::behind(LEARNABLE_LIMIT, settings).await;
+    let statuses = run_schedule_of(&p, learning_schedule()).await;
+    let mut targets: Vec<String> = p.origin.requests().into_iter().map(|r| r.target).collect();
+    let seen = targets.len();
+    targets.sort();
+    targets.dedup();
+    let run = Run {
+        resets: p.firewall.resets_sent(),
+        failed: statuses.iter().filter(|s| **s != 200).count(),
+        duplicates: seen - targets.len(),
+    };
+    assert_eq!(
+        targets.len(),
+        learning_schedule().len(),
+        "a request never arrived: {run:?}"
+    );
+    p.proxy.stop().await;
+    run
+}
+
+/// Incident 1 with SPEC defaults and no `remote_idle_limit`: today's behaviour
+/// (`learn_idle_limit = false`) meets one reset per retriable request after a gap past the
+/// firewall's limit, absorbed by retries; with the default, the first stale reuse teaches the
+/// limit and the resets stop. Both runs at once; the figures are printed:
+/// `cargo test --test incidents learned -- --nocapture`.
+#[tokio::test]
+async fn with_nothing_tuned_the_firewall_limit_is_learned_and_resets_stop() {
+    let (before, after) = tokio::join!(reproduce("learn_idle_limit = false"), reproduce(""));
+    eprintln!(
+        "incident 1, SPEC defaults, {} requests, firewall limit {LEARNABLE_LIMIT:?}, {} retriable \
+         after a gap past it: learn_idle_limit = false {before:?}; learn_idle_limit = true {after:?}",
+        learning_schedule().len(),
+        long_retriable_gaps(),
+    );
+    assert_eq!(before.resets, long_retriable_gaps(), "{before:?}");
+    assert!(after.resets <= 3, "{after:?}");
+    assert!(after.resets >= 1, "the firewall never bit: {after:?}");
+    for run in [&before, &after] {
+        assert_eq!((run.failed, run.duplicates), (0, 0), "{run:?}");
+    }
 }
 
 // ------------------------------------------------------- 2. connection leak

@@ -255,6 +255,41 @@ async fn origin_keep_alive_timeout_announces_and_closes_idle_connections() {
 }
 
 #[tokio::test]
+async fn origin_drops_a_request_after_its_unannounced_idle_limit() {
+    let origin = origin()
+        .drop_requests_after_idle(Duration::from_millis(600))
+        .spawn()
+        .await;
+    let mut conn = ProxyConn::connect(origin.addr).await;
+    let resp = conn.send(&get("/1")).await;
+    assert_eq!(
+        resp.header("keep-alive"),
+        None,
+        "the limit is not announced"
+    );
+    // Well within the limit: served on the same connection.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(conn.send(&get("/2")).await.status, 200);
+    // Idle past it, the connection is still open as far as the client can tell...
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(
+        !conn.is_closed().await,
+        "closed only when the next request comes"
+    );
+    // ...and the next request is closed on, unanswered and unrecorded.
+    let resp = conn.send(&get("/3")).await;
+    assert_eq!(resp.status, 0, "{resp:?}");
+    assert!(resp.closed, "{resp:?}");
+    assert_eq!(targets(&origin), ["/1", "/2"]);
+    // A fresh connection is served.
+    assert_eq!(
+        raw_exchange(origin.addr, &get("/4"), WITHIN).await.status,
+        200
+    );
+    assert_eq!(origin.connections_accepted(), 2);
+}
+
+#[tokio::test]
 async fn dropping_an_origin_stops_listener_and_connections() {
     let origin = origin().handler(|_| Reply::hang()).spawn().await;
     let addr = origin.addr;

@@ -5,7 +5,7 @@
 //! aborted), and bounds every wait with a timeout.
 //!
 //! - [`origin()`] → [`OriginBuilder`] (`.handler(|req| Reply::…)`, `.keep_alive_timeout(d)`,
-//!   `.tls(&cert)`) → `.spawn().await` → [`Origin`]: `addr`, `requests()`,
+//!   `.drop_requests_after_idle(d)`, `.tls(&cert)`) → `.spawn().await` → [`Origin`]: `addr`, `requests()`,
 //!   `connections_accepted()`, `open_connections()`, `wait_for_requests(n, within)`;
 //!   `.count_open_at_accept()` → `max_open_at_accept()`, `open_now()`: open connections as
 //!   the kernel sees them, not as the origin's tasks notice.

@@ -29,6 +29,7 @@ pub fn origin() -> OriginBuilder {
     OriginBuilder {
         handler: Arc::new(|_| Reply::ok("ok")),
         keep_alive_timeout: None,
+        drop_after_idle: None,
         tls: None,
         record: true,
         bind: None,
@@ -39,6 +40,7 @@ pub fn origin() -> OriginBuilder {
 pub struct OriginBuilder {
     handler: Handler,
     keep_alive_timeout: Option<Duration>,
+    drop_after_idle: Option<Duration>,
     tls: Option<TlsAcceptor>,
     record: bool,
     bind: Option<SocketAddr>,
@@ -84,6 +86,7 @@ struct State {
 struct Config {
     handler: Handler,
     keep_alive_timeout: Option<Duration>,
+    drop_after_idle: Option<Duration>,
     tls: Option<TlsAcceptor>,
     /// Keep every request for `requests()`; off for long soaks, whose memory is measured.
     record: bool,
@@ -119,6 +122,16 @@ impl OriginBuilder {
         self
     }
 
+    /// Keep-alive connections last `d` idle, unannounced (no `Keep-Alive` header), and the
+    /// close is only seen by the next request: one that arrives on a connection idle at least
+    /// `d` is read, not answered, not recorded, and the connection closed (FIN). This is the
+    /// keep-alive race (the origin's close crossing our request) made deterministic, as a
+    /// client meets it: closed before a response byte arrived.
+    pub fn drop_requests_after_idle(mut self, d: Duration) -> Self {
+        self.drop_after_idle = Some(d);
+        self
+    }
+
     /// Serves TLS with this certificate (ALPN `http/1.1`).
     pub fn tls(mut self, cert: &IssuedCert) -> Self {
         self.tls = Some(cert.acceptor());
@@ -146,6 +159,7 @@ impl OriginBuilder {
         let config = Arc::new(Config {
             handler: self.handler,
             keep_alive_timeout: self.keep_alive_timeout,
+            drop_after_idle: self.drop_after_idle,
             tls: self.tls,
             record: self.record,
             census: self.census,
@@ -313,6 +327,8 @@ async fn serve(stream: Tracked, conn_id: usize, state: Arc<State>, config: Arc<C
 
 async fn serve_http<S: Wire>(stream: S, conn_id: usize, state: &State, config: &Config) {
     let mut reader = WireReader::new(stream);
+    // When the last response went out (`None` before the first request).
+    let mut idle_since: Option<Instant> = None;
     for conn_request_index in 0.. {
         if reader.buf.is_empty() {
             if let Some(idle) = config.keep_alive_timeout {
@@ -327,6 +343,12 @@ async fn serve_http<S: Wire>(stream: S, conn_id: usize, state: &State, config: &
             Ok(Some(head)) => head,
             Ok(None) | Err(_) => return,
         };
+        let idle = idle_since.map(|t| t.elapsed());
+        if let (Some(limit), Some(idle)) = (config.drop_after_idle, idle) {
+            if idle >= limit {
+                return lingering_close(reader).await;
+            }
+        }
         let Ok(framing) = wire::body_framing(&head.headers, Framing::None) else {
             return;
         };
@@ -369,7 +391,7 @@ async fn serve_http<S: Wire>(stream: S, conn_id: usize, state: &State, config: &
         )
         .await
         {
-            After::KeepAlive => {}
+            After::KeepAlive => idle_since = Some(Instant::now()),
             After::Close => return lingering_close(reader).await,
             After::Drop => return,
             After::Hang => {
