@@ -62,6 +62,8 @@ METRICS = {
     "portcullis_config_reloads_total": "counter",
     "portcullis_tunnel_duration_seconds": "histogram",
     "portcullis_pool_utilization": "gauge",
+    "portcullis_upstream_stale_reuses_total": "counter",
+    "portcullis_upstream_learned_idle_limit_seconds": "gauge",
 }
 SERIES = set(METRICS)
 for _name, _kind in METRICS.items():
