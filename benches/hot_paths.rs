@@ -47,7 +47,7 @@ fn policy_decide(c: &mut Criterion) {
         b.iter(|| {
             policy::decide(
                 black_box(&config),
-                peer,
+                peer.into(),
                 None,
                 black_box(&host),
                 Want::Tunnel { port: 443 },

@@ -17,6 +17,8 @@ use ipnet::IpNet;
 
 use crate::intercept::ca::InterceptCa;
 use crate::policy::host::HostPattern;
+use crate::policy::identity::CertNamePattern;
+use crate::server_tls::ServerTls;
 use raw::{RawClient, RawConfig, RawProxy, RawSettings, RawUpstream};
 
 /// The keepalive intervals Linux accepts for an upstream socket (`MAX_TCP_KEEPIDLE`).
@@ -61,6 +63,21 @@ pub struct ProxySettings {
     pub dns_servers: Vec<SocketAddr>,
     /// `intercept_ca_cert` and `intercept_ca_key`, read and checked (SPEC §9); `None` when unset.
     pub intercept_ca: Option<Arc<InterceptCa>>,
+    /// `tls_listen` and its files (SPEC §10); `None` without a TLS listener.
+    pub tls: Option<TlsListen>,
+}
+
+/// The TLS proxy listener: its address, its files, and the rustls config built from them.
+#[derive(Debug, Clone)]
+pub struct TlsListen {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Client certificates are required and verified against this CA when set.
+    pub client_ca: Option<PathBuf>,
+    /// Built as the config was loaded: new connections use the material of the config
+    /// they are accepted under, so a reload rotates it and a broken file is refused whole.
+    pub server: ServerTls,
 }
 
 /// Every `[defaults]` key, resolved for one upstream.
@@ -127,6 +144,8 @@ pub struct Client {
     pub password: Option<Secret>,
     /// The variable the password came from (its name is no secret; `check` prints it).
     pub password_env: Option<String>,
+    /// Client certificate identities (SPEC §10); empty: not a criterion.
+    pub cert_names: Vec<CertNamePattern>,
     pub upstreams: Vec<String>,
 }
 
@@ -246,6 +265,8 @@ impl Config {
 
 fn resolve(raw: RawConfig, source: &str, intercept_ca: bool, problems: &mut Vec<String>) -> Config {
     let mut proxy = raw.proxy.resolve(problems);
+    proxy.tls = resolve_tls(&raw.proxy, &proxy, source, problems);
+    let has_client_ca = raw.proxy.client_ca.is_some();
     let defaults = Settings::defaults().overlay(&raw.defaults, "defaults", false, problems);
     let max_idle_in_defaults = raw.defaults.max_idle.is_some();
     // Names as written, so a client naming an upstream that failed validation gets no second error.
@@ -270,7 +291,7 @@ fn resolve(raw: RawConfig, source: &str, intercept_ca: bool, problems: &mut Vec<
         .client
         .into_iter()
         .enumerate()
-        .filter_map(|(i, c)| resolve_client(c, i, &names, problems))
+        .filter_map(|(i, c)| resolve_client(c, i, &names, has_client_ca, problems))
         .collect();
     check_unique(clients.iter().map(|c| c.name.as_str()), "client", problems);
     let usernames = clients.iter().filter_map(|c| c.username.as_deref());
@@ -483,10 +504,76 @@ fn relative_to(source: &str, p: &Path) -> PathBuf {
     }
 }
 
+/// `tls_listen` and its files: each is needed by, and only useful with, the others.
+fn resolve_tls(
+    raw: &raw::RawProxy,
+    proxy: &ProxySettings,
+    source: &str,
+    problems: &mut Vec<String>,
+) -> Option<TlsListen> {
+    let Some(text) = &raw.tls_listen else {
+        if raw.tls_cert.is_some() || raw.tls_key.is_some() || raw.client_ca.is_some() {
+            problems.push(
+                "proxy: tls_cert, tls_key and client_ca serve only the TLS listener; \
+                 set tls_listen (e.g. \"0.0.0.0:3129\") or remove them"
+                    .into(),
+            );
+        }
+        return None;
+    };
+    let listen = match text.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            problems.push(format!(
+                "proxy: tls_listen = \"{text}\" is not an address like 0.0.0.0:3129"
+            ));
+            None
+        }
+    };
+    if let Some(a) = listen.filter(|a| a.port() != 0) {
+        if a == proxy.listen || a == proxy.admin_listen {
+            problems.push(format!(
+                "proxy: tls_listen ({a}) must differ from listen and admin_listen"
+            ));
+        }
+    }
+    let (Some(cert), Some(key)) = (&raw.tls_cert, &raw.tls_key) else {
+        problems.push(
+            "proxy: tls_listen needs tls_cert and tls_key (the listener's PEM certificate chain \
+             and its private key)"
+                .into(),
+        );
+        return None;
+    };
+    let cert = relative_to(source, cert);
+    let key = relative_to(source, key);
+    let client_ca = raw.client_ca.as_deref().map(|p| relative_to(source, p));
+    let files = crate::server_tls::Files {
+        cert: &cert,
+        key: &key,
+        client_ca: client_ca.as_deref(),
+    };
+    let server = match crate::server_tls::load(&files) {
+        Ok(s) => s,
+        Err(e) => {
+            problems.extend(e.into_iter().map(|p| format!("proxy: {p}")));
+            return None;
+        }
+    };
+    Some(TlsListen {
+        listen: listen?,
+        cert,
+        key,
+        client_ca,
+        server,
+    })
+}
+
 fn resolve_client(
     raw: RawClient,
     index: usize,
     upstreams: &[String],
+    has_client_ca: bool,
     problems: &mut Vec<String>,
 ) -> Option<Client> {
     let label = format!("client {:?}", raw.name);
@@ -539,6 +626,24 @@ fn resolve_client(
             ));
         }
     }
+    let mut cert_names = Vec::new();
+    for n in raw.cert_names.iter().flatten() {
+        match CertNamePattern::parse(n) {
+            Ok(p) => cert_names.push(p),
+            Err(e) => problems.push(format!("{label}: {e}")),
+        }
+    }
+    if raw.cert_names.as_ref().is_some_and(Vec::is_empty) {
+        problems.push(format!(
+            "{label}: cert_names is empty; list the certificate identities or remove the key"
+        ));
+    }
+    if !cert_names.is_empty() && !has_client_ca {
+        problems.push(format!(
+            "{label}: cert_names needs [proxy] client_ca (the CA that issues client certificates) \
+             and tls_listen; without them no connection has a verified certificate"
+        ));
+    }
     for name in &raw.upstreams {
         if !upstreams.contains(name) {
             problems.push(format!(
@@ -555,6 +660,7 @@ fn resolve_client(
         username: raw.username,
         password,
         password_env: raw.password_env,
+        cert_names,
         upstreams: raw.upstreams,
     })
 }
@@ -726,6 +832,15 @@ impl fmt::Display for Config {
             writeln!(f, "intercept_ca_cert = {}", path(ca.cert_path()))?;
             writeln!(f, "intercept_ca_key = {}", path(ca.key_path()))?;
         }
+        if let Some(t) = &p.tls {
+            let path = |p: &Path| toml_str(&p.display().to_string());
+            writeln!(f, "tls_listen = \"{}\"", t.listen)?;
+            writeln!(f, "tls_cert = {}", path(&t.cert))?;
+            writeln!(f, "tls_key = {}", path(&t.key))?;
+            if let Some(ca) = &t.client_ca {
+                writeln!(f, "client_ca = {}", path(ca))?;
+            }
+        }
         for u in &self.upstreams {
             let s = &u.settings;
             writeln!(f, "\n[[upstream]]")?;
@@ -779,6 +894,14 @@ impl fmt::Display for Config {
             if !c.cidrs.is_empty() {
                 let cidrs: Vec<String> = c.cidrs.iter().map(|n| format!("\"{n}\"")).collect();
                 writeln!(f, "cidrs = [{}]", cidrs.join(", "))?;
+            }
+            if !c.cert_names.is_empty() {
+                let names: Vec<String> = c
+                    .cert_names
+                    .iter()
+                    .map(|n| toml_str(&n.to_string()))
+                    .collect();
+                writeln!(f, "cert_names = [{}]", names.join(", "))?;
             }
             if let Some(u) = &c.username {
                 writeln!(f, "username = {}", toml_str(u))?;

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod pool;
 pub mod proxy;
 pub mod retry;
+pub mod server_tls;
 pub mod state;
 pub mod target;
 pub mod upstream;

@@ -1,8 +1,9 @@
 //! Who may reach what: client identity × host × port, and which addresses are private.
 //!
-//! Policy never sees the pool: it turns (client address, credentials, requested host and
-//! port) into an allowed upstream and dial target, or a denial.
+//! Policy never sees the pool: it turns (client address, certificate identity, credentials,
+//! requested host and port) into an allowed upstream and dial target, or a denial.
 pub mod host;
+pub mod identity;
 pub mod ip;
 
 use std::net::IpAddr;
@@ -13,6 +14,7 @@ use base64::Engine;
 use crate::config::{Client, Config, ConnectMode, TlsMode, Upstream};
 use crate::error::{DenyReason, ProxyError};
 use crate::target::{Host, Scheme, Target};
+use identity::PeerIdentity;
 
 /// What the client asked for, before an upstream decides the port.
 #[derive(Debug, Clone, Copy)]
@@ -34,12 +36,12 @@ pub struct Allowed {
 /// Decide a request: identity first (407/403), then host, then port (SPEC §4 order).
 pub fn decide(
     config: &Config,
-    peer: IpAddr,
+    caller: Caller<'_>,
     proxy_authorization: Option<&[u8]>,
     host: &Host,
     want: Want,
 ) -> Result<Allowed, ProxyError> {
-    let client = identify(&config.clients, peer, proxy_authorization)?;
+    let client = identify(&config.clients, caller, proxy_authorization)?;
     let upstream = config
         .upstreams
         .iter()
@@ -144,21 +146,44 @@ pub fn connect_plan(upstream: &Upstream, port: u16) -> Option<ConnectPlan> {
     }
 }
 
+/// Who is connecting: the source address and, on the TLS listener with `client_ca`, the
+/// identities of the client's verified certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub ip: IpAddr,
+    /// `None` without a verified certificate (plain listener, or no `client_ca`).
+    pub cert: Option<&'a PeerIdentity>,
+}
+
+impl From<IpAddr> for Caller<'_> {
+    /// A caller known by its address only.
+    fn from(ip: IpAddr) -> Self {
+        Caller { ip, cert: None }
+    }
+}
+
 /// Which `[[client]]` is asking. With no clients configured, everyone is anonymous and allowed.
 ///
-/// Credentials, when sent, must match a client whose CIDRs (if any) contain the peer;
-/// without credentials the first password-less client whose CIDRs contain the peer is chosen;
-/// failing that, 407 when some client could log in, else 403.
+/// An entry's criteria are its CIDRs (source address), its `cert_names` (one identity of the
+/// verified client certificate) and its username (Basic credentials); each holds when the
+/// entry does not name it. Credentials, when sent, must be a client's, and that client's other
+/// criteria must hold; without credentials the first password-less client whose criteria hold
+/// is chosen; failing that, 407 when some client could log in, else 403.
 pub fn identify<'c>(
     clients: &'c [Client],
-    peer: IpAddr,
+    caller: Caller<'_>,
     proxy_authorization: Option<&[u8]>,
 ) -> Result<Option<&'c Client>, ProxyError> {
     if clients.is_empty() {
         return Ok(None);
     }
-    let peer = canonical(peer);
+    let peer = canonical(caller.ip);
     let in_cidrs = |c: &Client| c.cidrs.is_empty() || c.cidrs.iter().any(|n| n.contains(&peer));
+    // A connection without a certificate never matches an entry that names cert_names.
+    let has_cert = |c: &Client| {
+        c.cert_names.is_empty() || caller.cert.is_some_and(|id| id.matches_any(&c.cert_names))
+    };
+    let holds = |c: &Client| in_cidrs(c) && has_cert(c);
     if let Some(header) = proxy_authorization {
         let (user, pass) = parse_basic(header).ok_or(ProxyError::AuthRequired)?;
         let client = clients
@@ -176,18 +201,49 @@ pub fn identify<'c>(
                 format!("client \"{}\" may not connect from {peer}", client.name),
             ));
         }
+        if !has_cert(client) {
+            return Err(ProxyError::denied(
+                DenyReason::Client,
+                format!(
+                    "client \"{}\" must present a client certificate naming one of its cert_names; {}",
+                    client.name,
+                    presented(caller.cert)
+                ),
+            ));
+        }
         return Ok(Some(client));
     }
-    if let Some(c) = clients.iter().find(|c| c.username.is_none() && in_cidrs(c)) {
+    if let Some(c) = clients.iter().find(|c| c.username.is_none() && holds(c)) {
         return Ok(Some(c));
     }
-    if clients.iter().any(|c| c.username.is_some() && in_cidrs(c)) {
+    if clients.iter().any(|c| c.username.is_some() && holds(c)) {
         return Err(ProxyError::AuthRequired);
     }
-    Err(ProxyError::denied(
-        DenyReason::Client,
-        format!("no client identity is allowed from {peer}"),
-    ))
+    let detail = if clients.iter().any(|c| !c.cert_names.is_empty()) {
+        format!(
+            "no client identity is allowed from {peer}; {}",
+            presented(caller.cert)
+        )
+    } else {
+        format!("no client identity is allowed from {peer}")
+    };
+    Err(ProxyError::denied(DenyReason::Client, detail))
+}
+
+/// What certificate a denied caller showed, for its 403 (at most three identities).
+fn presented(cert: Option<&PeerIdentity>) -> String {
+    match cert {
+        None => "no client certificate was presented (they are asked for on the TLS listener with client_ca)".into(),
+        Some(id) if id.names.is_empty() => {
+            "the client certificate names no URI, DNS name or common name".into()
+        }
+        Some(id) => {
+            let shown: Vec<String> = id.names.iter().take(3).map(|n| n.to_string()).collect();
+            let more = id.names.len().saturating_sub(3);
+            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            format!("the client certificate names {}{more}", shown.join(", "))
+        }
+    }
 }
 
 /// An IPv4-mapped IPv6 peer (dual-stack listener) is matched as the IPv4 address it is.

@@ -62,7 +62,7 @@ impl Ctx {
     ) -> Result<Allowed, ProxyError> {
         let auth = auth.map(http::HeaderValue::as_bytes);
         out.port = policy::dial_port(&self.config, host, want);
-        let allowed = policy::decide(&self.config, self.peer.ip(), auth, host, want)?;
+        let allowed = policy::decide(&self.config, self.peer.ip().into(), auth, host, want)?;
         out.upstream = Some(allowed.upstream.clone());
         out.client_name.clone_from(&allowed.client);
         out.port = allowed.target.port;

@@ -36,6 +36,10 @@ pub struct RawProxy {
     pub dns_servers: Option<Vec<String>>,
     pub intercept_ca_cert: Option<std::path::PathBuf>,
     pub intercept_ca_key: Option<std::path::PathBuf>,
+    pub tls_listen: Option<String>,
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 /// Every key that `[defaults]` and `[[upstream]]` share.
@@ -139,6 +143,7 @@ pub struct RawClient {
     pub cidrs: Option<Vec<String>>,
     pub username: Option<String>,
     pub password_env: Option<String>,
+    pub cert_names: Option<Vec<String>>,
     #[serde(default)]
     pub upstreams: Vec<String>,
 }
@@ -244,6 +249,8 @@ impl RawProxy {
             dns_servers,
             // Read by `config::resolve_intercept_ca`, which needs the file's folder.
             intercept_ca: None,
+            // Needs the config file's folder for its paths: `config::resolve_tls`.
+            tls: None,
         }
     }
 }

@@ -87,7 +87,7 @@ fn run(config: &Config, cases: &[Case]) {
     for (peer, auth, host, want, expect) in cases {
         let peer: IpAddr = peer.parse().unwrap_or_else(|e| panic!("{peer}: {e}"));
         let host_parsed = parse_host(host).unwrap_or_else(|e| panic!("{host}: {e}"));
-        let got = decide(config, peer, auth.as_deref(), &host_parsed, *want);
+        let got = decide(config, peer.into(), auth.as_deref(), &host_parsed, *want);
         let ok = match (&got, expect) {
             (
                 Ok(a),
@@ -341,8 +341,11 @@ fn outside_every_cidr_without_a_password_client_is_denied() {
 #[test]
 fn identify_without_clients_is_anonymous() {
     let peer: IpAddr = "198.51.100.1".parse().unwrap();
-    assert!(matches!(identify(&[], peer, None), Ok(None)));
-    assert!(matches!(identify(&[], peer, Some(b"junk")), Ok(None)));
+    assert!(matches!(identify(&[], peer.into(), None), Ok(None)));
+    assert!(matches!(
+        identify(&[], peer.into(), Some(b"junk")),
+        Ok(None)
+    ));
 }
 
 #[test]
@@ -350,14 +353,14 @@ fn denials_explain_themselves() {
     let c = config(CLIENTS);
     let peer: IpAddr = "10.1.2.3".parse().unwrap();
     let host = parse_host("secure.worldpay.com").unwrap();
-    let err = decide(&c, peer, None, &host, tunnel(443)).unwrap_err();
+    let err = decide(&c, peer.into(), None, &host, tunnel(443)).unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("checkout") && text.contains("worldpay"),
         "{text}"
     );
     let host = parse_host("api.stripe.com").unwrap();
-    let text = decide(&c, peer, None, &host, tunnel(22))
+    let text = decide(&c, peer.into(), None, &host, tunnel(22))
         .unwrap_err()
         .to_string();
     assert!(
@@ -421,9 +424,9 @@ tls = "originate"
     }
     // decide() allows exactly the CONNECTs that have a plan.
     let host = parse_host("orig.example.com").expect("host");
-    let peer = "10.0.0.1".parse().expect("ip");
-    assert!(decide(&c, peer, None, &host, Want::Tunnel { port: 80 }).is_ok());
-    let denied = decide(&c, peer, None, &host, Want::Tunnel { port: 8080 });
+    let peer: IpAddr = "10.0.0.1".parse().expect("ip");
+    assert!(decide(&c, peer.into(), None, &host, Want::Tunnel { port: 80 }).is_ok());
+    let denied = decide(&c, peer.into(), None, &host, Want::Tunnel { port: 8080 });
     assert!(
         matches!(
             denied,
@@ -433,5 +436,180 @@ tls = "originate"
             })
         ),
         "{denied:?}"
+    );
+}
+
+/// (peer, certificate identities, Proxy-Authorization, the client chosen or "407" / "403")
+type CertCase<'a> = (
+    &'a str,
+    Option<PeerIdentity>,
+    Option<Vec<u8>>,
+    Result<&'a str, &'a str>,
+);
+
+/// A `[[client]]` built by hand: entries with `cert_names` need `client_ca` files to load.
+fn client(name: &str, cidrs: &[&str], user: Option<&str>, cert_names: &[&str]) -> Client {
+    Client {
+        name: name.to_string(),
+        cidrs: cidrs.iter().map(|c| c.parse().expect("cidr")).collect(),
+        username: user.map(String::from),
+        password: user.map(|_| crate::config::Secret::new(PASSWORD.to_string())),
+        password_env: user.map(|_| PASSWORD_VAR.to_string()),
+        cert_names: cert_names
+            .iter()
+            .map(|n| identity::CertNamePattern::parse(n).expect("pattern"))
+            .collect(),
+        upstreams: vec![],
+    }
+}
+
+#[test]
+fn certificate_identity_is_one_criterion_among_others() {
+    use identity::CertName::{CommonName, Dns, Uri};
+    let spiffe = "spiffe://prod/ns/payments/sa/connector";
+    let clients = vec![
+        client("connector", &[], None, &[spiffe]),
+        client("web", &["10.0.0.0/8"], None, &["*.web.internal"]),
+        client("batch", &[], Some("batch"), &["batch.internal"]),
+        client("office", &["192.168.0.0/16"], None, &[]),
+    ];
+    let id = |names: Vec<identity::CertName>| Some(PeerIdentity { names });
+    let s = |t: &str| t.to_string();
+    let creds = Some(basic("batch", PASSWORD));
+    let cases: Vec<CertCase> = vec![
+        ("10.1.1.1", id(vec![Uri(s(spiffe))]), None, Ok("connector")),
+        // A SPIFFE ID compares exactly; a CN equal to the text is no URI.
+        (
+            "10.1.1.1",
+            id(vec![Uri(s("spiffe://prod/ns/payments/sa/other"))]),
+            None,
+            Err("403"),
+        ),
+        (
+            "10.1.1.1",
+            id(vec![CommonName(s(spiffe))]),
+            None,
+            Err("403"),
+        ),
+        // The first entry whose criteria all hold decides, in file order.
+        (
+            "192.168.1.1",
+            id(vec![Uri(s(spiffe))]),
+            None,
+            Ok("connector"),
+        ),
+        ("192.168.1.1", None, None, Ok("office")),
+        (
+            "192.168.1.1",
+            id(vec![Dns(s("x.example.com"))]),
+            None,
+            Ok("office"),
+        ),
+        // Wildcards as in host matching, together with the entry's CIDRs.
+        (
+            "10.1.1.1",
+            id(vec![Dns(s("a.WEB.internal"))]),
+            None,
+            Ok("web"),
+        ),
+        (
+            "10.1.1.1",
+            id(vec![Dns(s("web.internal"))]),
+            None,
+            Err("403"),
+        ),
+        (
+            "172.16.0.1",
+            id(vec![Dns(s("a.web.internal"))]),
+            None,
+            Err("403"),
+        ),
+        // No certificate never matches an entry that names cert_names.
+        ("10.1.1.1", None, None, Err("403")),
+        // Certificate and password together: 407 until the password comes, 403 without the
+        // certificate, whatever the password.
+        (
+            "10.1.1.1",
+            id(vec![Dns(s("batch.internal"))]),
+            None,
+            Err("407"),
+        ),
+        (
+            "10.1.1.1",
+            id(vec![CommonName(s("Batch.Internal"))]),
+            creds.clone(),
+            Ok("batch"),
+        ),
+        ("10.1.1.1", None, creds.clone(), Err("403")),
+        (
+            "10.1.1.1",
+            id(vec![Dns(s("other.internal"))]),
+            creds.clone(),
+            Err("403"),
+        ),
+        (
+            "10.1.1.1",
+            id(vec![Dns(s("batch.internal"))]),
+            Some(basic("batch", "wrong")),
+            Err("407"),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (peer, cert, auth, want) in &cases {
+        let caller = Caller {
+            ip: peer.parse().expect("ip"),
+            cert: cert.as_ref(),
+        };
+        let got = match identify(&clients, caller, auth.as_deref()) {
+            Ok(Some(c)) => Ok(c.name.as_str()),
+            Ok(None) => Ok("anonymous"),
+            Err(ProxyError::AuthRequired) => Err("407"),
+            Err(ProxyError::Denied {
+                reason: DenyReason::Client,
+                ..
+            }) => Err("403"),
+            Err(other) => panic!("{other:?}"),
+        };
+        if got != *want {
+            failures.push(format!(
+                "{peer} {cert:?} auth {}: want {want:?}, got {got:?}",
+                auth.is_some()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn certificate_refusals_say_what_was_presented() {
+    let clients = vec![client("connector", &[], None, &["spiffe://prod/a"])];
+    let refuse = |cert: Option<&PeerIdentity>| {
+        let caller = Caller {
+            ip: "10.1.1.1".parse().expect("ip"),
+            cert,
+        };
+        identify(&clients, caller, None)
+            .expect_err("refused")
+            .to_string()
+    };
+    let text = refuse(None);
+    assert!(
+        text.contains("no client certificate was presented"),
+        "{text}"
+    );
+    let text = refuse(Some(&PeerIdentity::default()));
+    assert!(
+        text.contains("names no URI, DNS name or common name"),
+        "{text}"
+    );
+    let names = (0..5)
+        .map(|i| identity::CertName::Uri(format!("spiffe://prod/{i}\n")))
+        .collect();
+    let text = refuse(Some(&PeerIdentity { names }));
+    assert!(
+        text.contains(
+            r#""spiffe://prod/0\n", "spiffe://prod/1\n", "spiffe://prod/2\n" and 2 more"#
+        ),
+        "at most three names, control characters escaped: {text}"
     );
 }
