@@ -19,6 +19,8 @@ use crate::state::{Phase, Shared};
 pub struct Handle {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The TLS proxy listener's address, when `tls_listen` is set.
+    pub tls_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     /// The file to re-read on reload; `None` for the built-in config.
     config_path: Option<PathBuf>,
@@ -73,18 +75,36 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> io::Result<Handle> {
     let proxy_listener = listen(config.proxy.listen)?;
     let admin_listener = listen(config.proxy.admin_listen)?;
+    let tls_listener = match &config.proxy.tls {
+        Some(t) => Some((listen(t.listen)?, t.server.clone())),
+        None => None,
+    };
     let proxy_addr = proxy_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let tls_addr = tls_listener
+        .as_ref()
+        .map(|(l, _)| l.local_addr())
+        .transpose()?;
     let limit = Arc::new(ClientLimit::new(config.proxy.max_client_connections));
     let shared = Shared::new(config, Metrics::new());
+    let listeners = proxy::Listeners {
+        plain: proxy_listener,
+        tls: tls_listener,
+    };
     let tasks = vec![
-        tokio::spawn(proxy::run(proxy_listener, shared.clone(), limit.clone())),
+        tokio::spawn(proxy::run(listeners, shared.clone(), limit.clone())),
         tokio::spawn(crate::admin::run(admin_listener, shared.clone())),
     ];
-    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "portcullis listening");
+    match tls_addr {
+        Some(tls) => {
+            tracing::info!(proxy = %proxy_addr, tls = %tls, admin = %admin_addr, "portcullis listening")
+        }
+        None => tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "portcullis listening"),
+    }
     Ok(Handle {
         proxy_addr,
         admin_addr,
+        tls_addr,
         shared,
         config_path,
         limit,
@@ -110,8 +130,10 @@ impl Handle {
                     tracing::warn!("{}: {w}", config.source);
                 }
                 let old = self.shared.config();
+                let tls_listen = |c: &Config| c.proxy.tls.as_ref().map(|t| t.listen);
                 if config.proxy.listen != old.proxy.listen
                     || config.proxy.admin_listen != old.proxy.admin_listen
+                    || tls_listen(&config) != tls_listen(&old)
                 {
                     tracing::warn!(
                         "listen addresses changed in the file: they take effect only on restart"

@@ -93,6 +93,21 @@ impl<R: AsyncRead + Unpin> ClientReader<R> {
         Ok(self.read_more(HEAD_FIRST_READ).await? > 0)
     }
 
+    /// [`Self::wait_for_data`] holding no read buffer while it waits: the first bytes are
+    /// read into a few bytes on the stack, and the buffer is allocated once they are there.
+    /// For TLS, where the rest of the record is then already decrypted in rustls (so the
+    /// small first read costs no extra system call) and an idle connection should hold
+    /// nothing of ours.
+    pub async fn wait_for_data_unbuffered(&mut self) -> std::io::Result<bool> {
+        if !self.buf.is_empty() {
+            return Ok(true);
+        }
+        let mut first = [0u8; 16];
+        let n = self.io.read(&mut first).await?;
+        self.buf.extend_from_slice(&first[..n]);
+        Ok(n > 0)
+    }
+
     /// Sets the largest accepted request head from the next `read_head` on (after a reload).
     pub fn set_max_header_bytes(&mut self, max_header_bytes: usize) {
         self.max_header_bytes = max_header_bytes;

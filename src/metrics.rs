@@ -64,6 +64,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub intercepts: IntCounterVec,
     pub stale_reuses: IntCounterVec,
+    pub client_tls_handshakes: IntCounterVec,
 }
 
 /// Handles for one upstream's pool, resolved once so checkout and return never hash label sets.
@@ -210,6 +211,11 @@ impl Metrics {
                 "Reused connections (and tunnels after an idle spell) the remote side had already dropped (SPEC section 11).",
                 &["upstream"],
             ),
+            client_tls_handshakes: counter(
+                "portcullis_client_tls_handshakes_total",
+                "Handshakes on the TLS proxy listener, by result.",
+                &["result"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -231,6 +237,7 @@ impl Metrics {
             Box::new(m.config_reloads.clone()),
             Box::new(m.intercepts.clone()),
             Box::new(m.stale_reuses.clone()),
+            Box::new(m.client_tls_handshakes.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -240,6 +247,9 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             m.config_reloads.with_label_values(&[result]);
+        }
+        for result in crate::proxy::tls::Handshake::ALL {
+            m.client_tls_handshakes.with_label_values(&[result.label()]);
         }
         m
     }

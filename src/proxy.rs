@@ -10,6 +10,8 @@ pub mod outcome;
 pub mod respond;
 pub mod stale;
 pub mod stall;
+pub mod stream;
+pub mod tls;
 pub mod tunnel;
 
 use std::net::SocketAddr;
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Version};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
@@ -25,28 +28,48 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::http1::{ClientReader, HeadError};
-use crate::policy::{self, Allowed, Want};
+use crate::metrics::Metrics;
+use crate::policy::identity::PeerIdentity;
+use crate::policy::{self, Allowed, Caller, Want};
+use crate::server_tls::ServerTls;
 use crate::state::{Phase, Shared};
 use crate::target::Host;
 use limit::ClientLimit;
 use outcome::{Mode, Outcome};
+use stream::{ClientRead, ClientWrite};
 
 /// One client connection's view: shared state, the config snapshot, and who is asking.
 pub struct Ctx {
     pub shared: Arc<Shared>,
     pub config: Arc<Config>,
     pub peer: SocketAddr,
+    /// The verified client certificate's identities (TLS listener with `client_ca`).
+    pub identity: Option<Arc<PeerIdentity>>,
     pub draining: bool,
 }
 
 impl Ctx {
-    /// The context for one request: the config and phase as they are now.
-    fn now(shared: &Arc<Shared>, peer: SocketAddr) -> Ctx {
+    /// The context for the first request of a connection: the config and phase as they are now.
+    fn now(shared: &Arc<Shared>, peer: SocketAddr, identity: Option<Arc<PeerIdentity>>) -> Ctx {
         Ctx {
             shared: shared.clone(),
             config: shared.config(),
             peer,
+            identity,
             draining: shared.draining(),
+        }
+    }
+
+    /// The same client for its next request, with the config and phase as they are now.
+    pub fn refreshed(&self) -> Ctx {
+        Ctx::now(&self.shared, self.peer, self.identity.clone())
+    }
+
+    /// Who is asking, as policy sees it.
+    pub fn caller(&self) -> Caller<'_> {
+        Caller {
+            ip: self.peer.ip(),
+            cert: self.identity.as_deref(),
         }
     }
 
@@ -62,7 +85,7 @@ impl Ctx {
     ) -> Result<Allowed, ProxyError> {
         let auth = auth.map(http::HeaderValue::as_bytes);
         out.port = policy::dial_port(&self.config, host, want);
-        let allowed = policy::decide(&self.config, self.peer.ip().into(), auth, host, want)?;
+        let allowed = policy::decide(&self.config, self.caller(), auth, host, want)?;
         out.upstream = Some(allowed.upstream.clone());
         out.client_name.clone_from(&allowed.client);
         out.port = allowed.target.port;
@@ -77,11 +100,26 @@ pub enum Flow {
     Close,
 }
 
-/// Accept until draining begins. Each connection holds a permit of `limit`: at the limit,
-/// further accepts wait (the kernel's backlog holds them).
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, limit: Arc<ClientLimit>) {
+/// The proxy listeners: plain, and TLS when `tls_listen` is set, with the material it was
+/// bound with (a reload that drops `tls_listen` leaves that to the restart).
+pub struct Listeners {
+    pub plain: TcpListener,
+    pub tls: Option<(TcpListener, ServerTls)>,
+}
+
+/// Accept on every proxy listener until draining begins. Each connection holds a permit of
+/// `limit`: at the limit, further accepts wait (the kernel's backlogs hold them). One loop
+/// serves both listeners so that it stays the limit's only acquirer, and the permit it holds
+/// while waiting goes to whichever listener has a connection first.
+pub async fn run(listeners: Listeners, shared: Arc<Shared>, limit: Arc<ClientLimit>) {
     let mut phase = shared.phase.subscribe();
     let mut last_accept_error: Option<tokio::time::Instant> = None;
+    // A reload that drops tls_listen takes effect on restart, like any listen address: until
+    // then the listener keeps the last certificate it had.
+    let (tls_listener, mut tls_material) = match listeners.tls {
+        Some((l, material)) => (Some(l), Some(material)),
+        None => (None, None),
+    };
     loop {
         // Made before the permit is taken, so no lowering after that can be missed.
         let lowered = limit.lowered();
@@ -93,15 +131,27 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, limit: Arc<ClientLi
             _ = phase.wait_for(|p| *p != Phase::Running) => return,
         };
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = listeners.plain.accept() => a.map(|(s, peer)| (s, peer, false)),
+            a = accept_on(tls_listener.as_ref()) => a.map(|(s, peer)| (s, peer, true)),
             // Lowered on reload: this permit goes back, and what the lowering owes comes first.
             _ = lowered => continue,
             _ = phase.wait_for(|p| *p != Phase::Running) => return,
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok((stream, peer, tls)) => {
+                let slot = Slot::new(permit, &shared.metrics);
                 let shared = shared.clone();
-                tokio::spawn(serve_client(shared, stream, peer, permit));
+                if !tls {
+                    let halves = stream::tcp_halves(stream);
+                    tokio::spawn(serve_client(shared, halves, peer, None, slot));
+                    continue;
+                }
+                if let Some(t) = &shared.config().proxy.tls {
+                    tls_material = Some(t.server.clone());
+                }
+                if let Some(server) = tls_material.clone() {
+                    tokio::spawn(tls::serve(shared, stream, peer, server, slot));
+                }
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning, and say so once a minute at most.
@@ -118,29 +168,50 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, limit: Arc<ClientLi
     }
 }
 
-/// Decrements the open-client gauge however the connection ends.
-struct ClientGauge(prometheus::IntGauge);
+/// Accept on `listener`, or wait forever when there is none.
+async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
 
-impl Drop for ClientGauge {
+/// What an accepted client connection holds until it closes, however it ends: its
+/// `max_client_connections` permit and its count in the open-connections gauge.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, metrics: &Metrics) -> Slot {
+        metrics.client_connections.inc();
+        Slot {
+            _permit: permit,
+            gauge: metrics.client_connections.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.dec();
+        self.gauge.dec();
     }
 }
 
 /// One client connection, cut short when the shutdown grace runs out.
-async fn serve_client(
+async fn serve_client<R: ClientRead, W: ClientWrite>(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    halves: (R, W),
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    identity: Option<Arc<PeerIdentity>>,
+    _slot: Slot,
 ) {
-    shared.metrics.client_connections.inc();
-    let _gauge = ClientGauge(shared.metrics.client_connections.clone());
     let mut phase = shared.phase.subscribe();
     // Every event of this connection (access lines, errors) carries the client address.
     let span = tracing::info_span!("conn", client = %peer);
     tokio::select! {
-        _ = requests(shared, stream, peer).instrument(span) => {}
+        _ = requests(shared, halves, peer, identity).instrument(span) => {}
         _ = phase.wait_for(|p| *p == Phase::Stopped) => {}
     }
 }
@@ -150,11 +221,14 @@ async fn serve_client(
 /// Each request runs under the config as it is when its first byte is there (one snapshot):
 /// its head limits, its handling, and the idle wait after it. A reload thus reaches the next
 /// request of a keep-alive connection, its client-side limits included.
-async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+async fn requests<R: ClientRead, W: ClientWrite>(
+    shared: Arc<Shared>,
+    (rd, mut wr): (R, W),
+    peer: SocketAddr,
+    identity: Option<Arc<PeerIdentity>>,
+) {
     let mut phase = shared.phase.subscribe();
-    let (rd, mut wr) = stream.into_split();
-    let mut ctx = Ctx::now(&shared, peer);
+    let mut ctx = Ctx::now(&shared, peer, identity);
     let mut reader = ClientReader::new(rd, ctx.config.proxy.max_header_bytes);
     let mut first = true;
     loop {
@@ -165,14 +239,14 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                 reader.release_buffer();
                 let idle_timeout = ctx.config.proxy.client_idle_timeout;
                 tokio::select! {
-                    r = timeout(idle_timeout, reader.get_ref().readable()) => match r {
+                    r = timeout(idle_timeout, R::idle_wait(&mut reader)) => match r {
                         Ok(Ok(())) => {}
                         _ => return,
                     },
                     _ = phase.wait_for(|p| *p != Phase::Running) => return,
                 }
             }
-            ctx = Ctx::now(&shared, peer);
+            ctx = ctx.refreshed();
         }
         first = false;
         let (head_timeout, max_header_bytes) = {
@@ -233,9 +307,9 @@ async fn requests(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
 /// the client still sends (bounded), since closing with unread bytes makes the kernel send an
 /// RST that can overtake the response. Every wait is bounded: the FIN by `stall`
 /// (`client_stall_timeout`), the drain by two seconds.
-async fn linger(
-    reader: ClientReader<tokio::net::tcp::OwnedReadHalf>,
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+async fn linger<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    reader: ClientReader<R>,
+    mut wr: W,
     stall: Duration,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -277,7 +351,6 @@ async fn refuse_head<W: tokio::io::AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
 
     /// Most of what an idle client connection costs is its task, sized by the largest state
     /// of the request loop. A 4 KiB drain buffer on the linger path once made every task
@@ -291,8 +364,59 @@ mod tests {
         let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (stream, peer) = l.accept().await.unwrap();
         let permit = ClientLimit::new(1).acquire().await.unwrap();
-        let task = serve_client(shared, stream, peer, permit);
+        let slot = Slot::new(permit, &shared.metrics);
+        let task = serve_client(shared, stream::tcp_halves(stream), peer, None, slot);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 2048, "the connection task's future is {size} bytes");
+    }
+
+    /// The same bound holds for a TLS connection's task once its handshake is done: it is
+    /// the plain listener's loop over the halves of the TLS stream (rustls's state sits behind
+    /// the split's `Arc`), and the handshake ran in a task of its own.
+    #[tokio::test]
+    async fn a_tls_client_connection_task_stays_small() {
+        use rustls::pki_types::{PrivateKeyDer, ServerName};
+        let text = "[[upstream]]\nname = \"a\"\nhosts = [\"example.com\"]\n";
+        let config = Config::from_toml(text, "unit.toml").expect("valid config");
+        let shared = Shared::new(config, Metrics::new());
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["proxy.test".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server config");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).expect("root");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let name = ServerName::try_from("proxy.test").expect("name");
+        let connecting = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, tcp);
+        let (stream, peer) = l.accept().await.unwrap();
+        let accepting = tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(stream);
+        let (_client, stream) = tokio::join!(connecting, accepting);
+        let stream = stream.expect("handshake");
+        let permit = ClientLimit::new(1).acquire().await.unwrap();
+        let slot = Slot::new(permit, &shared.metrics);
+        let identity = Some(Arc::new(PeerIdentity::default()));
+        let task = serve_client(shared, stream::tls_halves(stream), peer, identity, slot);
+        let size = std::mem::size_of_val(&task);
+        assert!(
+            size <= 2048,
+            "the TLS connection task's future is {size} bytes"
+        );
     }
 }

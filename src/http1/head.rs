@@ -234,8 +234,10 @@ impl<R: AsyncRead + Unpin> ClientReader<R> {
             if self.buf.len() > self.max_header_bytes {
                 return Err(HeadError::TooLarge);
             }
-            let want = if self.buf.is_empty() {
-                HEAD_FIRST_READ
+            // Up to HEAD_FIRST_READ first, even if some bytes are already here (a TLS
+            // connection's idle wait takes the first few): most heads fit in it.
+            let want = if self.buf.len() < HEAD_FIRST_READ {
+                HEAD_FIRST_READ - self.buf.len()
             } else {
                 HEAD_READ
             };

@@ -56,7 +56,7 @@ where
     let shared = ctx.shared.clone();
     let mut phase = shared.phase.subscribe();
     loop {
-        let ctx = Ctx::now(&shared, ctx.peer);
+        let ctx = ctx.refreshed();
         let proxy = &ctx.config.proxy;
         // Both the client's idle limit and the tunnel's apply to the client side.
         let idle = proxy.client_idle_timeout.min(tunnel_idle(&ctx, &dest));
