@@ -4,11 +4,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 use super::wire::{self, reset_on_drop, Framing, WireReader};
 
@@ -211,28 +214,77 @@ async fn sees_close<S: AsyncRead + Unpin>(reader: &mut WireReader<S>, wait: Dura
     }
 }
 
-/// One client connection to the proxy, kept open across requests.
-pub struct ProxyConn {
-    reader: WireReader<TcpStream>,
+/// One client connection to the proxy, kept open across requests: plain TCP, or TLS to the
+/// proxy's TLS listener ([`ProxyConn::connect_tls`]).
+pub struct ProxyConn<S = TcpStream> {
+    reader: WireReader<S>,
     /// Bound for each `send`; `DEFAULT_WITHIN` unless changed.
     pub within: Duration,
 }
 
-impl ProxyConn {
+/// A client's TLS connection to the proxy.
+pub type TlsConn = ProxyConn<TlsStream<TcpStream>>;
+
+impl ProxyConn<TcpStream> {
     /// Panics if the connection cannot be made: a test's address is wrong.
     pub async fn connect(proxy: SocketAddr) -> ProxyConn {
-        assert_loopback(proxy);
-        let stream = tokio::time::timeout(DEFAULT_WITHIN, TcpStream::connect(proxy))
-            .await
-            .unwrap_or_else(|_| panic!("connecting to {proxy} timed out"))
-            .unwrap_or_else(|e| panic!("connecting to {proxy}: {e}"));
-        let _ = stream.set_nodelay(true);
         ProxyConn {
-            reader: WireReader::new(stream),
+            reader: WireReader::new(tcp_to(proxy).await),
             within: DEFAULT_WITHIN,
         }
     }
 
+    pub fn local_addr(&self) -> SocketAddr {
+        self.reader
+            .stream
+            .local_addr()
+            .expect("local addr of a connected socket")
+    }
+
+    /// Closes with an RST instead of a FIN, like a client process that crashed.
+    pub fn reset(self) {
+        reset_on_drop(&self.reader.stream);
+    }
+}
+
+impl ProxyConn<TlsStream<TcpStream>> {
+    /// TLS to the proxy's TLS listener at `proxy`, verified as `127.0.0.1`. The error is the
+    /// handshake's as the client saw it (a refused client certificate may only show on the
+    /// first read, with TLS 1.3). Panics if the TCP connection cannot be made.
+    pub async fn connect_tls(
+        proxy: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> io::Result<TlsConn> {
+        let tcp = tcp_to(proxy).await;
+        let name = rustls::pki_types::ServerName::IpAddress(proxy.ip().into());
+        let connect = TlsConnector::from(config).connect(name, tcp);
+        let stream = tokio::time::timeout(DEFAULT_WITHIN, connect)
+            .await
+            .map_err(|_| timed_out("the TLS handshake"))??;
+        Ok(ProxyConn {
+            reader: WireReader::new(stream),
+            within: DEFAULT_WITHIN,
+        })
+    }
+
+    /// The client side of the TLS session (negotiated version, ALPN...).
+    pub fn tls(&self) -> &rustls::ClientConnection {
+        self.reader.stream.get_ref().1
+    }
+}
+
+/// A TCP connection to loopback `addr`; panics if it cannot be made.
+async fn tcp_to(addr: SocketAddr) -> TcpStream {
+    assert_loopback(addr);
+    let stream = tokio::time::timeout(DEFAULT_WITHIN, TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|_| panic!("connecting to {addr} timed out"))
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    let _ = stream.set_nodelay(true);
+    stream
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ProxyConn<S> {
     /// Writes `req` and reads one response on this connection. `closed` is only true if the
     /// close had already happened, or was announced with `Connection: close` and followed.
     pub async fn send(&mut self, req: &[u8]) -> RawResponse {
@@ -262,26 +314,15 @@ impl ProxyConn {
         self.reader.buf.is_empty() && sees_close(&mut self.reader, Duration::ZERO).await
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.reader
-            .stream
-            .local_addr()
-            .expect("local addr of a connected socket")
-    }
-
     /// Writes raw bytes without reading anything (e.g. half a request).
     pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.reader.stream.write_all(bytes).await
+        self.reader.stream.write_all(bytes).await?;
+        self.reader.stream.flush().await
     }
 
-    /// Closes with an RST instead of a FIN, like a client process that crashed.
-    pub fn reset(self) {
-        reset_on_drop(&self.reader.stream);
-    }
-
-    /// The socket, for tests that continue by hand (e.g. TLS through a CONNECT tunnel).
+    /// The stream, for tests that continue by hand (e.g. TLS through a CONNECT tunnel).
     /// Panics if response bytes are still buffered, since they would be lost.
-    pub fn into_stream(self) -> TcpStream {
+    pub fn into_stream(self) -> S {
         assert!(
             self.reader.buf.is_empty(),
             "{} unread bytes would be lost",

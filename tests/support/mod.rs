@@ -12,17 +12,23 @@
 //!   [`Reply`]: `ok`, `status`, `.header`, `.chunked`, `.delay`, `.close`, `.trickle`,
 //!   `.close_mid_body`, `.stall_mid_body`; faults `close_without_answer`, `reset_without_answer`, `hang`,
 //!   `endless_header`, `garbage`.
-//! - [`TestCa::new`] → `issue(&["localhost", "127.0.0.1"])` → [`IssuedCert`] (`acceptor()`);
-//!   `expired_cert`, `TestCa::self_signed`, `pem`, `write_pem(dir)`, `client_config()`.
+//! - [`TestCa::new`] → `issue(&["localhost", "127.0.0.1"])` → [`IssuedCert`] (`acceptor()`,
+//!   `write_pem(dir, stem)`); `expired_cert`, `TestCa::self_signed`, `pem`, `write_pem(dir)`,
+//!   `client_config()`; client certificates `client_cert(&["spiffe://…", "a.example"])`,
+//!   `client_cert_cn_only`, `expired_client_cert`, `client_config_with_cert(&cert)`,
+//!   `client_config_for(&TLS12, cert)`.
 //! - [`Firewall::spawn(upstream, idle_limit)`](Firewall::spawn): forgets idle flows, RSTs
 //!   their next client bytes; `flows_forgotten()`, `resets_sent()`, `flows_open()`.
 //! - [`TestDns::spawn(&[(name, ip)])`](TestDns::spawn): A/AAAA with TTL 1, NXDOMAIN otherwise;
 //!   `hang(name)`, `servfail(name)`, `set_records`, `queries()`.
 //! - [`InterceptCaFiles::new(&hosts)`](InterceptCaFiles::new): an intercept CA made by `ca init`'s
 //!   generator; `proxy_lines()` for `[proxy]`, `client_config()` trusting only it, `rotate`.
-//! - [`spawn_proxy`] / [`spawn_proxy_with`]: portcullis in process on port 0; [`Proxy`] reads
-//!   `/metrics` ([`Proxy::metric`]), `/pools`, and waits for the pools to settle.
-//! - Clients: [`raw_exchange`], [`exchange_on`], [`proxy_get`], [`ProxyConn`] (keep-alive),
+//! - [`spawn_proxy`] / [`spawn_proxy_with`]: portcullis in process on port 0 (`tls` is the TLS
+//!   listener's address with `tls_listen = "127.0.0.1:0"`); [`spawn_proxy_file`] starts from a
+//!   file that `Proxy::reload` re-reads; [`Proxy`] reads `/metrics` ([`Proxy::metric`]),
+//!   `/pools`, and waits for the pools to settle.
+//! - Clients: [`raw_exchange`], [`exchange_on`], [`proxy_get`], [`ProxyConn`] (keep-alive;
+//!   [`TlsConn`] = `ProxyConn::connect_tls(addr, client_config)` to the TLS listener),
 //!   [`curl`] (the real binary) → [`RawResponse`] / [`CurlResult`].
 //! - [`start`] → [`Portcullis`]: the real binary on free ports (`stderr_lines`, `wait_line`,
 //!   `signal`, `reload`, `metric`, `wait_exit`).
@@ -49,7 +55,7 @@ pub use apps::{java_http_client, java_trust_store, python_requests, AppRequest, 
 #[allow(unused_imports)]
 pub use client::{
     absolute_get, curl, exchange_on, proxy_get, raw_exchange, CurlResult, ProxyConn, RawResponse,
-    DEFAULT_WITHIN,
+    TlsConn, DEFAULT_WITHIN,
 };
 #[allow(unused_imports)]
 pub use dns::TestDns;
@@ -67,7 +73,9 @@ pub use process::{
     Portcullis, BIN, WITHIN,
 };
 #[allow(unused_imports)]
-pub use proxy::{local_upstream, metric_in, spawn_proxy, spawn_proxy_with, Proxy};
+pub use proxy::{
+    local_upstream, metric_in, spawn_proxy, spawn_proxy_file, spawn_proxy_with, Proxy,
+};
 #[allow(unused_imports)]
 pub use reply::Reply;
 #[allow(unused_imports)]

@@ -1,6 +1,7 @@
 //! A portcullis under test, in process: listeners on 127.0.0.1 port 0, metrics and /pools readers.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use portcullis::app::{self, Handle};
@@ -12,6 +13,8 @@ use super::client::raw_exchange;
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The TLS listener, when the config sets `tls_listen`.
+    pub tls: Option<SocketAddr>,
     handle: Option<Handle>,
 }
 
@@ -25,12 +28,17 @@ pub async fn spawn_proxy_with(proxy_extra: &str, rest: &str) -> Proxy {
         Ok(c) => c,
         Err(e) => panic!("test config invalid:\n{e}\n---\n{text}"),
     };
-    let handle = app::start(config, None).await.expect("proxy starts");
-    Proxy {
-        addr: handle.proxy_addr,
-        admin: handle.admin_addr,
-        handle: Some(handle),
-    }
+    Proxy::started(config, None).await
+}
+
+/// Start portcullis from the file at `path` (listeners on port 0 belong in it); unlike
+/// [`spawn_proxy_with`], [`Proxy::reload`] re-reads that file, as SIGHUP does.
+pub async fn spawn_proxy_file(path: &Path) -> Proxy {
+    let config = match Config::from_file(path) {
+        Ok(c) => c,
+        Err(e) => panic!("test config invalid:\n{e}"),
+    };
+    Proxy::started(config, Some(path.to_path_buf())).await
 }
 
 /// [`spawn_proxy_with`] with nothing extra in `[proxy]`.
@@ -46,6 +54,26 @@ pub fn local_upstream(name: &str, port: u16, extra: &str) -> String {
 }
 
 impl Proxy {
+    async fn started(config: Config, path: Option<PathBuf>) -> Proxy {
+        let handle = app::start(config, path).await.expect("proxy starts");
+        Proxy {
+            addr: handle.proxy_addr,
+            admin: handle.admin_addr,
+            tls: handle.tls_addr,
+            handle: Some(handle),
+        }
+    }
+
+    /// The TLS listener's address; panics without `tls_listen`.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls.expect("the config sets tls_listen")
+    }
+
+    /// Re-read the config file, as on SIGHUP.
+    pub fn reload(&self) -> Result<(), portcullis::config::ConfigError> {
+        self.handle().reload()
+    }
+
     pub fn handle(&self) -> &Handle {
         self.handle.as_ref().expect("running")
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -113,6 +113,57 @@ impl TestCa {
         TlsConnector::from(self.client_config())
     }
 
+    /// A client certificate (extended key usage clientAuth) naming `names`: entries with
+    /// `://` become URI SANs (SPIFFE IDs), others DNS names, IP addresses IP SANs.
+    pub fn client_cert(&self, names: &[&str]) -> IssuedCert {
+        self.sign(client_params(names))
+    }
+
+    /// A client certificate with no SAN at all: its identity is its subject CN.
+    pub fn client_cert_cn_only(&self, common_name: &str) -> IssuedCert {
+        let mut params = client_params(&[]);
+        params.distinguished_name = distinguished_name(common_name);
+        self.sign(params)
+    }
+
+    /// A client certificate that was valid only during the year 2000.
+    pub fn expired_client_cert(&self, names: &[&str]) -> IssuedCert {
+        let mut params = client_params(names);
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2000, 12, 31);
+        self.sign(params)
+    }
+
+    /// A client config that trusts only this CA and presents `cert` when asked for one.
+    pub fn client_config_with_cert(&self, cert: &IssuedCert) -> Arc<ClientConfig> {
+        let config = ClientConfig::builder_with_provider(ring_provider())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default versions")
+            .with_root_certificates(self.root_store())
+            .with_client_auth_cert(cert.chain.clone(), cert.key())
+            .expect("client certificate and key match");
+        Arc::new(config)
+    }
+
+    /// Like [`Self::client_config`], limited to one TLS version (`&rustls::version::TLS12`).
+    pub fn client_config_for(
+        &self,
+        version: &'static rustls::SupportedProtocolVersion,
+        cert: Option<&IssuedCert>,
+    ) -> Arc<ClientConfig> {
+        let builder = ClientConfig::builder_with_provider(ring_provider())
+            .with_protocol_versions(&[version])
+            .expect("ring supports TLS 1.2 and 1.3")
+            .with_root_certificates(self.root_store());
+        let config = match cert {
+            Some(c) => builder
+                .with_client_auth_cert(c.chain.clone(), c.key())
+                .expect("client certificate and key match"),
+            None => builder.with_no_client_auth(),
+        };
+        Arc::new(config)
+    }
+
     fn sign(&self, params: CertificateParams) -> IssuedCert {
         let key = KeyPair::generate().expect("generate leaf key");
         let cert = params
@@ -150,6 +201,15 @@ impl IssuedCert {
     pub fn key_pem(&self) -> &str {
         &self.key_pem
     }
+
+    /// Writes `<dir>/<stem>.pem` (the chain) and `<dir>/<stem>-key.pem`; their paths.
+    pub fn write_pem(&self, dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+        let cert = dir.join(format!("{stem}.pem"));
+        let key = dir.join(format!("{stem}-key.pem"));
+        std::fs::write(&cert, &self.chain_pem).expect("write certificate pem");
+        std::fs::write(&key, &self.key_pem).expect("write key pem");
+        (cert, key)
+    }
 }
 
 impl Clone for IssuedCert {
@@ -176,6 +236,26 @@ fn leaf_params(names: &[&str]) -> CertificateParams {
     params.distinguished_name = distinguished_name(names.first().copied().unwrap_or("leaf"));
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params
+}
+
+fn client_params(names: &[&str]) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = names
+        .iter()
+        .map(|n| {
+            if n.contains("://") {
+                SanType::URI((*n).try_into().expect("an IA5 URI"))
+            } else if let Ok(ip) = n.parse() {
+                SanType::IpAddress(ip)
+            } else {
+                SanType::DnsName((*n).try_into().expect("an IA5 DNS name"))
+            }
+        })
+        .collect();
+    params.distinguished_name = distinguished_name(names.first().copied().unwrap_or("client"));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params
 }
 
