@@ -37,7 +37,7 @@ pub struct Files<'a> {
 /// Build the listener config; each problem names the key, the file and the fix.
 pub fn load(files: &Files) -> Result<ServerTls, Vec<String>> {
     let mut problems = Vec::new();
-    let chain = certificates(files.cert)
+    let chain = certificates(files.cert, "give the certificate chain, leaf first")
         .map_err(|e| problems.push(format!("tls_cert {}: {e}", files.cert.display())))
         .ok();
     let key = private_key(files.key)
@@ -79,16 +79,15 @@ pub fn load(files: &Files) -> Result<ServerTls, Vec<String>> {
     Ok(ServerTls(Arc::new(config)))
 }
 
-/// The certificate chain in a PEM file, leaf first.
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The certificates in a PEM file, in file order; `fix` says what the file should hold.
+fn certificates(path: &Path, fix: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let data = read_file(path).map_err(|e| format!("cannot read: {e}"))?;
     let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
     let certs = certs.map_err(|e| format!("not valid PEM: {e}"))?;
     if certs.is_empty() {
-        return Err(
-            "holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the certificate chain, leaf first"
-                .into(),
-        );
+        return Err(format!(
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----); {fix}"
+        ));
     }
     for (i, cert) in certs.iter().enumerate() {
         if x509_parser::parse_x509_certificate(cert).is_err() {
@@ -118,7 +117,10 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 fn client_verifier(
     path: &Path,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
-    let certs = certificates(path)?;
+    let certs = certificates(
+        path,
+        "give the CA certificates that issue client certificates",
+    )?;
     let mut roots = RootCertStore::empty();
     for (i, cert) in certs.into_iter().enumerate() {
         roots
