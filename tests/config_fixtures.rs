@@ -122,6 +122,15 @@ fn check_valid(path: &Path) -> Result<(), String> {
 
 /// The parts `Display` could lose without its own output changing (passwords are never shown).
 fn same_effective(a: &Config, b: &Config) -> Result<(), String> {
+    let tls = |c: &Config| {
+        c.proxy
+            .tls
+            .as_ref()
+            .map(|t| (t.listen, t.cert.clone(), t.key.clone(), t.client_ca.clone()))
+    };
+    if tls(a) != tls(b) {
+        return Err(format!("the TLS listener: {:?} vs {:?}", tls(a), tls(b)));
+    }
     if a.upstreams.len() != b.upstreams.len() || a.clients.len() != b.clients.len() {
         return Err("the number of upstreams or clients".into());
     }
@@ -143,6 +152,7 @@ fn same_effective(a: &Config, b: &Config) -> Result<(), String> {
             && x.cidrs == y.cidrs
             && x.username == y.username
             && x.password == y.password
+            && x.cert_names == y.cert_names
             && x.upstreams == y.upstreams;
         if !same {
             return Err(format!("client {:?}: {x:?} vs {y:?}", x.name));
