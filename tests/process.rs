@@ -12,6 +12,7 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
@@ -706,4 +707,83 @@ async fn access_lines_still_buffered_at_sigterm_are_written_before_exit() {
         "access lines lost at exit:\n{}",
         p.stderr_text()
     );
+}
+
+/// SPEC §8/§10 with the real binary: a request over the TLS listener with a SPIFFE client
+/// certificate is logged with the client's name and never the certificate's identity;
+/// SIGHUP rotates the listener's certificate; a broken key is refused with one line naming
+/// `tls_key` and its file, and the last good certificate keeps serving.
+#[tokio::test]
+async fn the_tls_listener_logs_its_client_by_name_and_rotates_on_sighup() {
+    const SPIFFE: &str = "spiffe://prod/ns/payments/sa/connector";
+    let o = origin().spawn().await;
+    let dir = scratch("tls");
+    let proxy_ca = TestCa::new("process-proxy-ca");
+    let (cert, key) = proxy_ca.issue(&["127.0.0.1"]).write_pem(&dir, "proxy");
+    let client_ca = TestCa::new("process-client-ca");
+    let client_ca_file = client_ca.write_pem(&dir);
+    let tls = loopback(free_port());
+    let rest = format!(
+        "tls_listen = \"{tls}\"\ntls_cert = {cert:?}\ntls_key = {key:?}\nclient_ca = {client_ca_file:?}\n\
+         {}[[client]]\nname = \"connector\"\ncert_names = [\"{SPIFFE}\"]\nupstreams = [\"local\"]\n",
+        upstream(&[o.port()], "")
+    );
+    let p = start(&dir, &rest, &[], &[]).await;
+    let client_cert = client_ca.client_cert(&[SPIFFE]);
+    let config = |ca: &TestCa| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der()).expect("root");
+        let config = rustls::ClientConfig::builder_with_provider(ring_provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(client_cert.chain.clone(), client_cert.key())
+            .expect("client key");
+        Arc::new(config)
+    };
+    let get = |ca: &TestCa, path: &str| {
+        let (config, url) = (config(ca), o.url(path));
+        async move {
+            let mut conn = TlsConn::connect_tls(tls, config).await?;
+            Ok::<u16, std::io::Error>(conn.get(&url).await.status)
+        }
+    };
+    assert_eq!(get(&proxy_ca, "/first").await.expect("handshake"), 200);
+    let line = p
+        .wait_line(|l| l.contains("access") && l.contains("/first"))
+        .await;
+    assert!(line.contains("client_name=\"connector\""), "{line}");
+    assert!(
+        !p.stderr_text().contains("spiffe://"),
+        "the certificate's identity is not logged:\n{}",
+        p.stderr_text()
+    );
+
+    let new_ca = TestCa::new("process-proxy-ca-2");
+    new_ca.issue(&["127.0.0.1"]).write_pem(&dir, "proxy");
+    p.signal("HUP");
+    let reloads = "portcullis_config_reloads_total";
+    assert_eq!(
+        p.wait_metric(reloads, "result=\"ok\"", |v| v >= 1.0).await,
+        1.0
+    );
+    assert_eq!(
+        get(&new_ca, "/rotated").await.expect("new certificate"),
+        200
+    );
+    assert!(get(&proxy_ca, "/stale").await.is_err(), "old certificate");
+
+    std::fs::write(&key, "not a key\n").expect("break the key");
+    p.signal("HUP");
+    assert_eq!(
+        p.wait_metric(reloads, "result=\"error\"", |v| v >= 1.0)
+            .await,
+        1.0
+    );
+    let key_path = key.display().to_string();
+    let line = p
+        .wait_line(|l| l.contains("tls_key") && l.contains(&key_path))
+        .await;
+    assert!(line.contains("config reload refused"), "{line}");
+    assert_eq!(get(&new_ca, "/kept").await.expect("kept certificate"), 200);
 }
