@@ -8,10 +8,13 @@
 - the alert rules use only recording rules defined beside them;
 - the Kubernetes manifests (config/k8s/egress, config/k8s/sidecar, each a
   kustomization whose configMapGenerator makes the ConfigMap from
-  portcullis.toml) agree with that file (only SPEC section 3 keys,
+  portcullis.toml, and the overlay config/k8s/egress-mtls, checked as
+  kubectl renders it) agree with that file (only SPEC section 3 keys,
   listeners reachable in a pod, allow_private off, probes on the admin
-  port, grace above shutdown_grace + preStop), and each config is written
-  to OUT_DIR for `portcullis check`;
+  port, grace above shutdown_grace + preStop; with tls_listen, its files
+  in a mounted Secret and its port offered and reachable), and each
+  config is written to OUT_DIR for `portcullis check` (with throw-away
+  openssl files in place of the Secret's);
 - `kubectl kustomize` renders each folder with a content hash in the
   ConfigMap's name that the pod template refers to, and a changed
   portcullis.toml changes that name (so applying it rolls the pods);
@@ -64,6 +67,7 @@ METRICS = {
     "portcullis_pool_utilization": "gauge",
     "portcullis_upstream_stale_reuses_total": "counter",
     "portcullis_upstream_learned_idle_limit_seconds": "gauge",
+    "portcullis_client_tls_handshakes_total": "counter",
 }
 SERIES = set(METRICS)
 for _name, _kind in METRICS.items():
@@ -73,14 +77,17 @@ for _name, _kind in METRICS.items():
 # SPEC section 3.
 PROXY_KEYS = {"listen", "admin_listen", "max_client_connections", "client_idle_timeout",
               "header_read_timeout", "client_stall_timeout", "max_header_bytes",
-              "shutdown_grace", "intercept_ca_cert", "intercept_ca_key"}
+              "shutdown_grace", "intercept_ca_cert", "intercept_ca_key",
+              "tls_listen", "tls_cert", "tls_key", "client_ca"}
 DEFAULT_KEYS = {"connect_timeout", "response_timeout", "max_connections", "max_idle",
                 "idle_timeout", "max_lifetime", "acquire_timeout", "tcp_keepalive",
                 "retry_on_reset", "retry_non_idempotent", "unsafe_reuse_max_idle",
                 "max_replay_body", "tunnel_idle_timeout", "allow_private", "learn_idle_limit"}
 UPSTREAM_KEYS = DEFAULT_KEYS | {"name", "hosts", "ports", "tls", "connect", "ca_file",
                                 "remote_idle_limit"}
-CLIENT_KEYS = {"name", "cidrs", "username", "password_env", "upstreams"}
+CLIENT_KEYS = {"name", "cidrs", "username", "password_env", "cert_names", "upstreams"}
+# The files [proxy] names (a Secret's, in a pod): `portcullis check` gets throw-away ones.
+TLS_FILE_KEYS = ("tls_cert", "tls_key", "client_ca")
 
 # Whole PromQL names: a recording rule's name (level:metric:operation)
 # contains a metric-like part that is not a metric by itself.
@@ -236,13 +243,19 @@ def container_checks(where, c):
 
 def load_kustomization(folder, out_dir):
     """The documents of a kustomization folder, with each generated ConfigMap made as
-    kustomize makes it (before the hash); each portcullis.toml is checked and written out."""
+    kustomize makes it (before the hash); each portcullis.toml is checked and written out.
+    An overlay (a folder among its resources) is rendered by kubectl instead, with the
+    generated ConfigMaps' hashes taken off their names."""
     with open(os.path.join(folder, "kustomization.yaml")) as f:
         kust = yaml.safe_load(f)
+    generated = [gen["name"] for gen in kust.get("configMapGenerator", [])]
     docs = []
-    for resource in kust.get("resources", []):
-        with open(os.path.join(folder, resource)) as f:
-            docs += [d for d in yaml.safe_load_all(f) if d]
+    if any(os.path.isdir(os.path.join(folder, r)) for r in kust.get("resources", [])):
+        docs = render_without_hashes(folder, generated)
+    else:
+        for resource in kust.get("resources", []):
+            with open(os.path.join(folder, resource)) as f:
+                docs += [d for d in yaml.safe_load_all(f) if d]
     configs = {}
     for gen in kust.get("configMapGenerator", []):
         where = f"{folder}/kustomization.yaml: configMapGenerator {gen['name']}"
@@ -253,15 +266,109 @@ def load_kustomization(folder, out_dir):
         if "portcullis.toml" not in data:
             fail(where, "generates no portcullis.toml")
             continue
-        configs[gen["name"]] = check_toml(f"{folder}/portcullis.toml", data["portcullis.toml"])
+        conf = check_toml(f"{folder}/portcullis.toml", data["portcullis.toml"])
+        configs[gen["name"]] = conf
         base = os.path.basename(folder.rstrip("/"))
+        text = data["portcullis.toml"]
+        proxy = conf.get("proxy", {})
+        tls_files = {k: proxy[k] for k in TLS_FILE_KEYS if k in proxy}
+        if tls_files:
+            text = with_test_pki(text, tls_files, os.path.join(out_dir, f"{base}-{gen['name']}-pki"))
         with open(os.path.join(out_dir, f"{base}-{gen['name']}.toml"), "w") as out:
-            out.write(data["portcullis.toml"])
+            out.write(text)
     for doc in docs:
         if doc.get("kind") == "ConfigMap" and "portcullis.toml" in doc.get("data", {}):
             fail(folder, f"ConfigMap {doc['metadata']['name']} is written out: generate it from "
                          "portcullis.toml (configMapGenerator), so that an edit rolls the pods")
     return docs, configs
+
+
+def render_without_hashes(folder, generated):
+    """`kubectl kustomize folder`, with `<name>-<hash>` of the generated ConfigMaps back to
+    `<name>` (in their documents and in the volumes that mount them) and those ConfigMaps
+    themselves left out, as load_kustomization makes them."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        fail(folder, "is an overlay: checking it needs kubectl (apt-get install kubernetes-client)")
+        return []
+    run = subprocess.run([kubectl, "kustomize", folder], capture_output=True, text=True)
+    if run.returncode != 0:
+        fail(folder, f"kubectl kustomize failed:\n{run.stderr}")
+        return []
+
+    def base_name(name):
+        for base in generated:
+            if re.fullmatch(re.escape(base) + r"-[a-z0-9]{10}", name):
+                return base
+        return None
+
+    docs = []
+    for d in yaml.safe_load_all(run.stdout):
+        if not d:
+            continue
+        if d.get("kind") == "ConfigMap" and base_name(d["metadata"]["name"]):
+            continue
+        for _, template in pod_templates([d]):
+            for v in template["spec"].get("volumes", []):
+                if "configMap" in v and base_name(v["configMap"]["name"]):
+                    v["configMap"]["name"] = base_name(v["configMap"]["name"])
+        docs.append(d)
+    return docs
+
+
+def with_test_pki(text, tls_files, pki_dir):
+    """The config with its certificate, key and CA paths (a Secret's files in the pod)
+    pointing at throw-away ones made with openssl, so `portcullis check` can load them."""
+    os.makedirs(pki_dir, exist_ok=True)
+    ca, ca_key = os.path.join(pki_dir, "ca.crt"), os.path.join(pki_dir, "ca.key")
+    cert, key = os.path.join(pki_dir, "tls.crt"), os.path.join(pki_dir, "tls.key")
+    csr, ext = os.path.join(pki_dir, "tls.csr"), os.path.join(pki_dir, "ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=DNS:portcullis.portcullis.svc\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for cmd in (
+        ["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=ci CA"],
+        ["req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=portcullis"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", cert, "-days", "2", "-extfile", ext],
+    ):
+        run = subprocess.run(["openssl", *cmd], capture_output=True, text=True)
+        if run.returncode != 0:
+            fail(pki_dir, f"openssl {cmd[0]} failed: {run.stderr}")
+            return text
+    made = {"tls_cert": cert, "tls_key": key, "client_ca": ca}
+    for k, path in tls_files.items():
+        text = text.replace(f'"{path}"', json.dumps(made[k]))
+    return text
+
+
+def check_tls_listener(folder, docs, template, container, conf):
+    """With tls_listen, the pod mounts the files from a Secret volume, the container and the
+    Service offer the port, and some NetworkPolicy lets clients reach it."""
+    proxy = conf.get("proxy", {})
+    if "tls_listen" not in proxy:
+        return
+    where = f"{folder}: container {container['name']}"
+    port = int(proxy["tls_listen"].rsplit(":", 1)[1])
+    secrets = {v["name"] for v in template["spec"].get("volumes", []) if "secret" in v}
+    mounts = [m["mountPath"].rstrip("/") + "/" for m in container.get("volumeMounts", [])
+              if m["name"] in secrets]
+    for k in TLS_FILE_KEYS:
+        path = proxy.get(k)
+        if path and not any(path.startswith(m) for m in mounts):
+            fail(where, f"{k} {path} is not in a mounted Secret")
+    names = {p.get("name") for p in container.get("ports", []) if p.get("containerPort") == port}
+    if not names:
+        fail(where, f"declares no containerPort {port} (tls_listen)")
+    services = [p for d in docs if d.get("kind") == "Service" for p in d["spec"].get("ports", [])
+                if p.get("targetPort") == port or p.get("targetPort") in names]
+    if not services:
+        fail(folder, f"no Service port targets the TLS listener ({port})")
+    rules = [r for d in docs if d.get("kind") == "NetworkPolicy"
+             for r in d["spec"].get("ingress", [])
+             if any(p.get("port") == port for p in r.get("ports", []))]
+    if not rules:
+        fail(folder, f"no NetworkPolicy lets clients reach the TLS listener ({port})")
 
 
 def pod_templates(docs):
@@ -353,6 +460,7 @@ def check_k8s(folder, out_dir):
             if total <= grace + pre_stop:
                 fail(cwhere, f"terminationGracePeriodSeconds {total} must exceed "
                              f"shutdown_grace {grace:g}s + preStop sleep {pre_stop}s")
+            check_tls_listener(folder, docs, template, c, conf)
         for c in pod.get("containers", []):
             env = {e["name"]: e.get("value") for e in c.get("env", [])}
             if "HTTPS_PROXY" in env:
@@ -425,8 +533,10 @@ def check_rendered(folder, configs):
         if base not in names:
             fail(folder, f"kubectl kustomize made no ConfigMap {base}-<hash>")
     with tempfile.TemporaryDirectory() as tmp:
-        copy = os.path.join(tmp, os.path.basename(folder.rstrip("/")))
-        shutil.copytree(folder, copy)
+        # The whole config/k8s, so that an overlay finds its base beside it.
+        parent = os.path.dirname(os.path.abspath(folder.rstrip("/")))
+        shutil.copytree(parent, os.path.join(tmp, "k8s"))
+        copy = os.path.join(tmp, "k8s", os.path.basename(folder.rstrip("/")))
         with open(os.path.join(copy, "portcullis.toml"), "a") as f:
             f.write("# an edit\n")
         edited = render(copy)
@@ -569,6 +679,8 @@ def main():
             fail("config/k8s/egress", f"has no {kind}")
     check_egress_except("config/k8s/egress", egress)
     check_k8s("config/k8s/sidecar", out_dir)
+    mtls = check_k8s("config/k8s/egress-mtls", out_dir)
+    check_egress_except("config/k8s/egress-mtls", mtls)
     check_scrape_selection()
     check_dockerfile()
     if os.path.exists("README.md"):

@@ -792,6 +792,7 @@ async fn promtool_finds_no_problem_in_the_exposition() {
         "portcullis_config_reloads_total",
         "portcullis_pool_utilization",
         "portcullis_upstream_stale_reuses_total",
+        "portcullis_client_tls_handshakes_total",
     ] {
         assert!(
             text.contains(&format!("# TYPE {family} ")),
