@@ -404,6 +404,11 @@ where
     let mut reset = false;
     loop {
         if buf.capacity() == 0 {
+            // What was written must be on its way before we wait: a TLS writer (rustls) may
+            // hold bytes it took while the socket was full until it is flushed.
+            if wr.flush().await.is_err() {
+                break;
+            }
             // Quiet: wait for bytes holding only the probe.
             let n = match rd.read(&mut probe).await {
                 Ok(0) => break,
@@ -494,6 +499,7 @@ mod tests {
     use tokio::io::{duplex, DuplexStream};
 
     impl AsTcp for DuplexStream {}
+    impl<W> AsTcp for tokio::io::BufWriter<W> {}
 
     impl Watch<'static> {
         /// Ends at `idle`; stale reuses go unheard.
@@ -550,6 +556,31 @@ mod tests {
         assert_eq!(moved.total(), expected.len() as u64);
         assert_eq!(moved.metric.get(), expected.len() as u64);
         assert!(touches.load(Ordering::Relaxed) > 0);
+    }
+
+    /// Bytes written are flushed before the pump waits for more: a writer that holds what it
+    /// took until flushed (rustls on a full socket, here a `BufWriter`) must not keep the end
+    /// of a response while the source, waiting for the reply, sends nothing more.
+    #[tokio::test]
+    async fn pump_flushes_before_it_waits() {
+        let (mut src_far, mut src) = duplex(64 * 1024);
+        let (dst, mut dst_far) = duplex(64 * 1024);
+        let mut dst = tokio::io::BufWriter::new(dst);
+        let moved = detached();
+        let pumping = pump(&mut src, &mut dst, &moved, || {});
+        let exchange = async {
+            src_far.write_all(b"the whole response").await.unwrap();
+            let mut got = [0u8; 18];
+            let read = tokio::time::timeout(Duration::from_secs(5), dst_far.read_exact(&mut got));
+            let outcome = read.await.map(|r| r.map(|_| got));
+            drop(src_far);
+            outcome
+        };
+        let (_, got) = tokio::join!(pumping, exchange);
+        let got = got
+            .expect("the bytes arrive while the source is quiet")
+            .unwrap();
+        assert_eq!(&got, b"the whole response");
     }
 
     /// An idle tunnel costs what its relay future holds. It once held both directions twice
