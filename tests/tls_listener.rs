@@ -650,3 +650,67 @@ async fn python_requests_through_the_tls_listener_with_a_spiffe_certificate() {
     assert_eq!(secure.requests().len(), 1);
     assert_eq!(p.metric(HANDSHAKES, "result=\"ok\"").await, 3.0);
 }
+
+/// A 4 MiB download through a CONNECT tunnel reaches a TLS client with a small receive
+/// buffer whole, while the upstream then waits for the client's next request. The TLS side
+/// of a tunnel is copied in user space, and rustls may hold bytes taken while the socket was
+/// full until it is flushed (the pump's unit test `pump_flushes_before_it_waits` pins that
+/// down; on loopback the kernel's large send buffers rarely leave the tail behind).
+#[tokio::test]
+async fn a_slow_tls_client_gets_the_whole_download_through_a_tunnel() {
+    const SIZE: usize = 4 << 20;
+    let pki = Pki::new("tls-tunnel-tail");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let origin = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let mut request = [0u8; 4];
+        s.read_exact(&mut request)
+            .await
+            .expect("the client's request");
+        let body: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+        s.write_all(&body).await.expect("send the download");
+        // Then wait for the client's next request, as an HTTP server would.
+        let mut rest = [0u8; 16];
+        let _ = s.read(&mut rest).await;
+    });
+    let p = spawn_proxy_with(&pki.proxy_lines(false), &local_upstream("local", port, "")).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let tcp = socket.connect(p.tls_addr()).await.expect("connect");
+    let name = ServerName::try_from("127.0.0.1").expect("name");
+    let connector = tokio_rustls::TlsConnector::from(pki.proxy_ca.client_config());
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    tls.write_all(&connect_req(&format!("127.0.0.1:{port}")))
+        .await
+        .expect("CONNECT");
+    // The answer, byte by byte: nothing of the download may be read with it.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tls.read_exact(&mut b).await.expect("CONNECT answer");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tls.write_all(b"GET\n").await.expect("request the download");
+    tls.flush().await.expect("flush");
+    let mut got = vec![0u8; SIZE];
+    let mut have = 0;
+    let deadline = Instant::now() + WITHIN;
+    while have < SIZE {
+        match tokio::time::timeout_at(deadline, tls.read(&mut got[have..])).await {
+            Ok(Ok(0)) => panic!("closed after {have} of {SIZE} bytes"),
+            Ok(Ok(n)) => have += n,
+            Ok(Err(e)) => panic!("after {have} of {SIZE} bytes: {e}"),
+            Err(_) => panic!("only {have} of {SIZE} bytes within {WITHIN:?}"),
+        }
+    }
+    assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+    origin.abort();
+}
