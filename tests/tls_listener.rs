@@ -714,3 +714,41 @@ async fn a_slow_tls_client_gets_the_whole_download_through_a_tunnel() {
     assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
     origin.abort();
 }
+
+/// A resumed session (TLS 1.3 ticket, TLS 1.2 session id) is as much the client's as the
+/// full handshake it resumes: its certificate's identity still chooses the `[[client]]`
+/// (without one every request would be refused). After a reload, new material means a new
+/// session cache: nothing resumes across it, so a rotated client CA is applied to everyone.
+#[tokio::test]
+async fn a_resumed_session_keeps_its_client_identity_until_a_reload() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let pki = Pki::new("tls-resume");
+    let o = origin().spawn().await;
+    let config = pki.dir.join("portcullis.toml");
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{}\n\
+         {}[[client]]\nname = \"connector\"\ncert_names = [\"{SPIFFE}\"]\nupstreams = [\"local\"]\n",
+        pki.proxy_lines(true),
+        local_upstream("local", o.port(), "")
+    );
+    std::fs::write(&config, text).expect("write config");
+    let p = spawn_proxy_file(&config).await;
+    let cert = pki.client_ca.client_cert(&[SPIFFE]);
+    for version in [&TLS13, &TLS12] {
+        // One config, so one client session cache, for every connection of this version.
+        let client = pki.proxy_ca.client_config_for(version, Some(&cert));
+        let mut kinds = Vec::new();
+        for round in 0..3 {
+            if round == 2 {
+                p.reload().expect("reload");
+            }
+            let mut conn = TlsConn::connect_tls(p.tls_addr(), client.clone())
+                .await
+                .expect("handshake");
+            let r = conn.get(&o.url("/resume")).await;
+            assert_eq!(r.status, 200, "{version:?} round {round}: {r:?}");
+            kinds.push(conn.tls().handshake_kind().expect("handshake done"));
+        }
+        assert_eq!(kinds, [Full, Resumed, Full], "{version:?}");
+    }
+}
