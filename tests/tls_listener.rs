@@ -752,3 +752,27 @@ async fn a_resumed_session_keeps_its_client_identity_until_a_reload() {
         assert_eq!(kinds, [Full, Resumed, Full], "{version:?}");
     }
 }
+
+/// `tls_listen`, like `listen`, changes only on restart: a reload that drops it (and its
+/// files) is applied to everything else, and the TLS listener goes on with its last
+/// certificate until the process restarts.
+#[tokio::test]
+async fn a_reload_without_tls_listen_leaves_the_listener_to_the_restart() {
+    let pki = Pki::new("tls-dropped");
+    let o = origin().spawn().await;
+    let config = pki.dir.join("portcullis.toml");
+    let head = "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n";
+    let upstream = local_upstream("local", o.port(), "");
+    std::fs::write(
+        &config,
+        format!("{head}{}\n{upstream}", pki.proxy_lines(false)),
+    )
+    .expect("write config");
+    let p = spawn_proxy_file(&config).await;
+    std::fs::write(&config, format!("{head}\n{upstream}")).expect("rewrite config");
+    p.reload().expect("a file without tls_listen is valid");
+    let mut conn = TlsConn::connect_tls(p.tls_addr(), pki.proxy_ca.client_config())
+        .await
+        .expect("the listener keeps its certificate");
+    assert_eq!(conn.get(&o.url("/still")).await.status, 200);
+}
