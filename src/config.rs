@@ -6,6 +6,7 @@
 
 pub mod lint;
 pub mod raw;
+mod tls;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -265,7 +266,7 @@ impl Config {
 
 fn resolve(raw: RawConfig, source: &str, intercept_ca: bool, problems: &mut Vec<String>) -> Config {
     let mut proxy = raw.proxy.resolve(problems);
-    proxy.tls = resolve_tls(&raw.proxy, &proxy, source, problems);
+    proxy.tls = tls::resolve(&raw.proxy, &proxy, source, problems);
     let has_client_ca = raw.proxy.client_ca.is_some();
     let defaults = Settings::defaults().overlay(&raw.defaults, "defaults", false, problems);
     let max_idle_in_defaults = raw.defaults.max_idle.is_some();
@@ -502,71 +503,6 @@ fn relative_to(source: &str, p: &Path) -> PathBuf {
         Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
         _ => p.to_path_buf(),
     }
-}
-
-/// `tls_listen` and its files: each is needed by, and only useful with, the others.
-fn resolve_tls(
-    raw: &raw::RawProxy,
-    proxy: &ProxySettings,
-    source: &str,
-    problems: &mut Vec<String>,
-) -> Option<TlsListen> {
-    let Some(text) = &raw.tls_listen else {
-        if raw.tls_cert.is_some() || raw.tls_key.is_some() || raw.client_ca.is_some() {
-            problems.push(
-                "proxy: tls_cert, tls_key and client_ca serve only the TLS listener; \
-                 set tls_listen (e.g. \"0.0.0.0:3129\") or remove them"
-                    .into(),
-            );
-        }
-        return None;
-    };
-    let listen = match text.parse::<SocketAddr>() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            problems.push(format!(
-                "proxy: tls_listen = \"{text}\" is not an address like 0.0.0.0:3129"
-            ));
-            None
-        }
-    };
-    if let Some(a) = listen.filter(|a| a.port() != 0) {
-        if a == proxy.listen || a == proxy.admin_listen {
-            problems.push(format!(
-                "proxy: tls_listen ({a}) must differ from listen and admin_listen"
-            ));
-        }
-    }
-    let (Some(cert), Some(key)) = (&raw.tls_cert, &raw.tls_key) else {
-        problems.push(
-            "proxy: tls_listen needs tls_cert and tls_key (the listener's PEM certificate chain \
-             and its private key)"
-                .into(),
-        );
-        return None;
-    };
-    let cert = relative_to(source, cert);
-    let key = relative_to(source, key);
-    let client_ca = raw.client_ca.as_deref().map(|p| relative_to(source, p));
-    let files = crate::server_tls::Files {
-        cert: &cert,
-        key: &key,
-        client_ca: client_ca.as_deref(),
-    };
-    let server = match crate::server_tls::load(&files) {
-        Ok(s) => s,
-        Err(e) => {
-            problems.extend(e.into_iter().map(|p| format!("proxy: {p}")));
-            return None;
-        }
-    };
-    Some(TlsListen {
-        listen: listen?,
-        cert,
-        key,
-        client_ca,
-        server,
-    })
 }
 
 fn resolve_client(
