@@ -776,3 +776,47 @@ async fn a_reload_without_tls_listen_leaves_the_listener_to_the_restart() {
         .expect("the listener keeps its certificate");
     assert_eq!(conn.get(&o.url("/still")).await.status, 200);
 }
+
+/// Requests read inside a CONNECT that portcullis answers itself (plain HTTP tunnelled to an
+/// originating upstream, SPEC §9) are the same client's: each is decided with the
+/// certificate identity of the TLS connection they came in on, so `curl -p` with a SPIFFE
+/// certificate reaches the upstream its `[[client]]` allows (a context rebuilt without the
+/// identity would refuse them with 403).
+#[tokio::test]
+async fn requests_inside_a_connect_keep_the_client_identity() {
+    let pki = Pki::new("tls-inside");
+    let origin_ca = TestCa::new("inside-origin-ca");
+    let o = origin()
+        .handler(|r| Reply::ok(format!("{} via tls", r.target)))
+        .tls(&origin_ca.issue(&["localhost"]))
+        .spawn()
+        .await;
+    let origin_ca_file = origin_ca.write_pem(&pki.dir);
+    let rest = format!(
+        "[[upstream]]\nname = \"orig\"\nhosts = [\"localhost\"]\nports = [{}]\ntls = \"originate\"\n\
+         allow_private = true\nca_file = {origin_ca_file:?}\n\n\
+         [[client]]\nname = \"connector\"\ncert_names = [\"{SPIFFE}\"]\nupstreams = [\"orig\"]\n",
+        o.port()
+    );
+    let p = spawn_proxy_with(&pki.proxy_lines(true), &rest).await;
+    let proxy = format!("https://127.0.0.1:{}", p.tls_addr().port());
+    let proxy_ca = pki.proxy_ca_file();
+    let (cert, key) = pki.client_files(&pki.client_ca.client_cert(&[SPIFFE]), "inside");
+    let url = format!("http://localhost:{}/inside", o.port());
+    let args = [
+        "-p",
+        "--proxy",
+        &proxy,
+        "--proxy-cacert",
+        &proxy_ca,
+        "--proxy-cert",
+        &cert,
+        "--proxy-key",
+        &key,
+        &url,
+    ];
+    let r = curl(&args).await;
+    assert_eq!((r.connect_status, r.status), (200, 200), "{r:?}");
+    assert_eq!(r.body_text(), "/inside via tls");
+    assert_eq!(o.requests().len(), 1);
+}
