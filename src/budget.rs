@@ -46,6 +46,12 @@ pub const UPSTREAM_FIXED: u64 = 32 * KIB;
 /// landed after these measurements.
 pub const INTERCEPT_TLS: u64 = 96 * KIB;
 
+/// A client connection on the TLS listener (`tls_listen`): rustls's server side, as for
+/// interception (a 16 KiB record buffer, its plaintext, outgoing TLS up to rustls's default
+/// 64 KiB limit). From the code; an idle one measured 4.5 KiB more than a plain one
+/// (`benches/load/tls_bench.rs`). A CONNECT intercepted on a TLS connection holds both.
+pub const LISTENER_TLS: u64 = 96 * KIB;
+
 /// The intercept leaf cache: at most `leaf::CAPACITY` leaves, each a certificate and key of
 /// well under 4 KiB. From the code, not measured.
 pub const LEAF_CACHE: u64 = crate::intercept::leaf::CAPACITY as u64 * 4 * KIB;
@@ -94,6 +100,8 @@ pub struct Budget {
     pub destinations: u64,
     /// Some upstream intercepts: client connections may carry TLS, and leaves are cached.
     pub intercepts: bool,
+    /// `tls_listen` is set: any client connection may be a TLS one.
+    pub tls_listener: bool,
 }
 
 impl Budget {
@@ -133,16 +141,16 @@ impl Budget {
                 .upstreams
                 .iter()
                 .any(|u| u.connect == ConnectMode::Intercept),
+            tls_listener: p.tls.is_some(),
         }
     }
 
-    /// What interception adds to each client connection.
+    /// What TLS adds to each client connection: the TLS listener's, interception's, or both
+    /// (a CONNECT intercepted on the TLS listener).
     fn client_tls(&self) -> u64 {
-        if self.intercepts {
-            INTERCEPT_TLS
-        } else {
-            0
-        }
+        let intercept = if self.intercepts { INTERCEPT_TLS } else { 0 };
+        let listener = if self.tls_listener { LISTENER_TLS } else { 0 };
+        intercept + listener
     }
 
     fn base(&self) -> u64 {
@@ -215,6 +223,13 @@ impl fmt::Display for Budget {
             "#   idle upstream connections: max_idle for each of {} destinations (a wildcard host counted as {WILDCARD_DESTINATIONS}); kernel socket buffers not included",
             self.destinations,
         )?;
+        if self.tls_listener {
+            writeln!(
+                f,
+                "#   TLS listener: {} TLS per client connection",
+                size(LISTENER_TLS),
+            )?;
+        }
         if self.intercepts {
             writeln!(
                 f,
@@ -275,5 +290,18 @@ mod tests {
         };
         assert_eq!(tls.total(), b.total() + 200 * INTERCEPT_TLS + LEAF_CACHE);
         assert!(tls.to_string().contains("interception:"));
+        // The TLS listener adds rustls's server side to every connection; an intercepted
+        // CONNECT on it holds both.
+        let listener = Budget {
+            tls_listener: true,
+            ..b.clone()
+        };
+        assert_eq!(listener.total(), b.total() + 200 * LISTENER_TLS);
+        assert!(listener.to_string().contains("TLS listener:"));
+        let both = Budget {
+            tls_listener: true,
+            ..tls.clone()
+        };
+        assert_eq!(both.total(), tls.total() + 200 * LISTENER_TLS);
     }
 }
