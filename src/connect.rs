@@ -19,7 +19,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::{ProxySettings, Settings, Upstream};
 use crate::error::ProxyError;
-use crate::policy::ip;
+use crate::policy;
 use crate::target::{Host, Target};
 pub use io::UpstreamIo;
 use tls::TlsClients;
@@ -74,11 +74,11 @@ impl Connector {
         self.resolver.clear_cache();
     }
 
-    /// Addresses for `host`, every one checked against the private-address policy.
+    /// Addresses for `host`, every one checked against the upstream's address policy.
     pub async fn resolve(
         &self,
         host: &Host,
-        settings: &Settings,
+        upstream: &Upstream,
         deadline: Instant,
     ) -> Result<Vec<IpAddr>, ProxyError> {
         let addrs = match host {
@@ -114,19 +114,7 @@ impl Connector {
                 detail: "no addresses".into(),
             });
         }
-        if !settings.allow_private {
-            // One private answer refuses the whole request: a mixed answer is how rebinding starts.
-            if let Some((addr, class)) = addrs
-                .iter()
-                .find_map(|a| ip::private_class(*a).map(|c| (*a, c)))
-            {
-                return Err(ProxyError::PrivateAddress {
-                    host: host.to_string(),
-                    addr,
-                    class,
-                });
-            }
-        }
+        policy::check_addresses(upstream, host, &addrs)?;
         Ok(addrs)
     }
 
@@ -134,7 +122,7 @@ impl Connector {
     pub async fn dial(&self, target: &Target, upstream: &Upstream) -> Result<Dialed, ProxyError> {
         let settings = &upstream.settings;
         let deadline = Instant::now() + settings.connect_timeout;
-        let addrs = self.resolve(&target.host, settings, deadline).await?;
+        let addrs = self.resolve(&target.host, upstream, deadline).await?;
         let (tcp, peer) = connect_any(&addrs, target.port, settings, deadline).await?;
         if !target.tls {
             return Ok(Dialed {

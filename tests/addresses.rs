@@ -1,0 +1,116 @@
+//! Addresses and names (issue 15): link-local under `allow_private`, underscore names, a blackholed first address.
+
+mod support;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use support::*;
+
+const WITHIN: Duration = Duration::from_secs(10);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// A synthetic refusal: status, `Proxy-Status: portcullis; error=<token>`, a one-line body.
+#[track_caller]
+fn assert_refused(r: &RawResponse, status: u16, token: &str, case: &str) {
+    assert_eq!(
+        r.status, status,
+        "{case}: expected {status} {token}, got {r:?}"
+    );
+    let ps = r.header("proxy-status").unwrap_or_default();
+    assert!(
+        ps.starts_with(&format!("portcullis; error={token}")),
+        "{case}: Proxy-Status {ps:?}"
+    );
+    let body = r.body_text();
+    assert!(
+        body.ends_with('\n') && body.matches('\n').count() == 1,
+        "{case}: {body:?}"
+    );
+}
+
+fn connect_request(authority: &str) -> Vec<u8> {
+    format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").into_bytes()
+}
+
+// ------------------------------------------------------------ link-local under allow_private
+
+/// SPEC §4: link-local addresses stay refused under `allow_private = true` unless the upstream
+/// lists the address itself, whether reached through a wildcard or an exact name, in any IPv6
+/// spelling, forwarded or tunnelled. Other private addresses stay allowed.
+#[tokio::test]
+async fn link_local_is_refused_under_allow_private_unless_listed_literally() {
+    let o = origin().handler(|_| Reply::ok("origin")).spawn().await;
+    let port = o.port();
+    let records = [
+        ("meta.pay.test", ip("169.254.169.254")),
+        ("meta6.pay.test", ip("fe80::1")),
+        ("mapped-meta.pay.test", ip("::ffff:169.254.169.254")),
+        ("nat64-meta.pay.test", ip("64:ff9b::a9fe:a9fe")),
+        ("teredo-meta.pay.test", ip("2001:0:808:808::5601:5601")),
+        // A private (not link-local) answer next to a link-local one: refused as a whole.
+        ("mixed.pay.test", ip("127.0.0.1")),
+        ("mixed.pay.test", ip("169.254.169.254")),
+        ("local.pay.test", ip("127.0.0.1")),
+        ("metadata.exact.test", ip("169.254.169.254")),
+    ];
+    let dns = TestDns::spawn(&records).await;
+    let rest = format!(
+        "[defaults]\nallow_private = true\nconnect_timeout = \"300ms\"\n\
+         [[upstream]]\nname = \"wild\"\nhosts = [\"*.pay.test\"]\nports = [{port}]\n\
+         [[upstream]]\nname = \"exact\"\nhosts = [\"metadata.exact.test\"]\nports = [{port}]\n\
+         [[upstream]]\nname = \"listed\"\nhosts = [\"169.254.169.254\"]\nports = [{port}]\n"
+    );
+    let p = spawn_proxy_with(&format!("dns_servers = [\"{}\"]", dns.addr), &rest).await;
+
+    let refused = [
+        "meta.pay.test",
+        "meta6.pay.test",
+        "mapped-meta.pay.test",
+        "nat64-meta.pay.test",
+        "teredo-meta.pay.test",
+        "mixed.pay.test",
+        "metadata.exact.test",
+    ];
+    for name in refused {
+        let r = proxy_get(p.addr, &format!("http://{name}:{port}/latest/meta-data/")).await;
+        assert_refused(&r, 403, "destination_ip_prohibited", name);
+        assert!(r.body_text().contains("link-local"), "{name}: {r:?}");
+        assert!(dns.queries_for(name) > 0, "{name} was resolved");
+        let r = raw_exchange(p.addr, &connect_request(&format!("{name}:{port}")), WITHIN).await;
+        assert_refused(
+            &r,
+            403,
+            "destination_ip_prohibited",
+            &format!("CONNECT {name}"),
+        );
+    }
+    assert_eq!(
+        p.metric("portcullis_denied_total", "reason=\"private_ip\"")
+            .await,
+        2.0 * refused.len() as f64
+    );
+
+    // allow_private still reaches other private addresses.
+    let r = proxy_get(p.addr, &format!("http://local.pay.test:{port}/")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        o.connections_accepted(),
+        1,
+        "only local.pay.test was dialed"
+    );
+
+    // Listed literally: policy lets it through to the dial (which cannot reach a metadata
+    // service here: whatever the network answers, it is not a policy refusal).
+    let r = proxy_get(p.addr, &format!("http://169.254.169.254:{port}/")).await;
+    assert_ne!(r.status, 403, "{r:?}");
+    assert!(
+        !r.header("proxy-status")
+            .unwrap_or_default()
+            .contains("destination_ip_prohibited"),
+        "{r:?}"
+    );
+}
