@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, Protocol, ResolverConfig, ResolverOpts};
-use hickory_resolver::TokioAsyncResolver;
+use hickory_resolver::{Name, TokioAsyncResolver};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsConnector;
@@ -84,8 +84,14 @@ impl Connector {
         let addrs = match host {
             Host::Ip(ip) => vec![*ip],
             Host::Name(name) => {
-                let fqdn = format!("{name}.");
-                match timeout_at(deadline, self.resolver.lookup_ip(fqdn.as_str())).await {
+                // As ASCII, label by label: a `&str` would go through IDNA's STD3 rules,
+                // which refuse the `_` that DNS allows (and `parse_host` already made the
+                // name lowercase ASCII).
+                let fqdn = Name::from_ascii(format!("{name}.")).map_err(|e| ProxyError::Dns {
+                    host: name.clone(),
+                    detail: e.to_string(),
+                })?;
+                match timeout_at(deadline, self.resolver.lookup_ip(fqdn)).await {
                     Err(_) => {
                         return Err(ProxyError::Dns {
                             host: name.clone(),

@@ -114,3 +114,70 @@ async fn link_local_is_refused_under_allow_private_unless_listed_literally() {
         "{r:?}"
     );
 }
+
+// ------------------------------------------------------------ underscore names
+
+/// Underscores are legal in DNS names (legacy hosts, SRV-style labels, some cloud-storage
+/// buckets) and Smokescreen accepts them on purpose: the name is looked up and reached, by an
+/// exact entry and under a wildcard, forwarded and tunnelled.
+#[tokio::test]
+async fn names_with_underscores_are_resolved_and_reached() {
+    let o = origin().handler(|_| Reply::ok("underscore")).spawn().await;
+    let port = o.port();
+    let localhost = ip("127.0.0.1");
+    let dns = TestDns::spawn(&[
+        ("legacy_api.pay.test", localhost),
+        ("_svc.pay.test", localhost),
+        ("bucket_1.store.test", localhost),
+    ])
+    .await;
+    let rest = format!(
+        "[defaults]\nallow_private = true\n\
+         [[upstream]]\nname = \"wild\"\nhosts = [\"*.pay.test\"]\nports = [{port}]\n\
+         [[upstream]]\nname = \"exact\"\nhosts = [\"bucket_1.store.test\"]\nports = [{port}]\n"
+    );
+    let p = spawn_proxy_with(&format!("dns_servers = [\"{}\"]", dns.addr), &rest).await;
+    for name in [
+        "legacy_api.pay.test",
+        "_svc.pay.test",
+        "bucket_1.store.test",
+    ] {
+        let r = proxy_get(p.addr, &format!("http://{name}:{port}/x")).await;
+        assert_eq!(r.status, 200, "{name}: {r:?}");
+        assert_eq!(r.body_text(), "underscore", "{name}");
+        assert!(dns.queries_for(name) > 0, "{name}: no query was sent");
+        let seen = o.requests();
+        let host = seen
+            .last()
+            .and_then(|s| s.header("host"))
+            .unwrap_or_default();
+        assert_eq!(host, format!("{name}:{port}"));
+    }
+    let name = "legacy_api.pay.test";
+    let r = raw_exchange(p.addr, &connect_request(&format!("{name}:{port}")), WITHIN).await;
+    assert_eq!(r.status, 200, "CONNECT {name}: {r:?}");
+}
+
+/// TLS origination to an underscore name: the SNI and the certificate check take the name too.
+#[tokio::test]
+async fn tls_origination_reaches_a_name_with_an_underscore() {
+    let name = "secure_api.tls.test";
+    let ca = TestCa::new(&format!("underscore {}", std::process::id()));
+    let ca_file = ca.write_pem(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")));
+    let o = origin()
+        .tls(&ca.issue(&[name]))
+        .handler(|_| Reply::ok("tls"))
+        .spawn()
+        .await;
+    let dns = TestDns::spawn(&[(name, ip("127.0.0.1"))]).await;
+    let rest = format!(
+        "[[upstream]]\nname = \"tls\"\nhosts = [\"{name}\"]\nports = [{}]\nallow_private = true\ntls = \"originate\"\nca_file = {:?}\n",
+        o.port(),
+        ca_file.display().to_string()
+    );
+    let p = spawn_proxy_with(&format!("dns_servers = [\"{}\"]", dns.addr), &rest).await;
+    let r = proxy_get(p.addr, &format!("http://{name}:{}/", o.port())).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body_text(), "tls");
+    assert_eq!(o.tls_handshake_failures(), 0);
+}
