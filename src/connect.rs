@@ -1,9 +1,10 @@
-//! Resolve, check every address against policy, dial TCP (next address on failure), then TLS.
+//! Resolve, check every address against policy, dial TCP (racing the addresses, happy eyeballs), then TLS.
 //!
 //! The address that passed the private-address check is the one dialed: there is no second
 //! lookup between check and connect, so DNS rebinding cannot slip a private address in.
 
 pub mod io;
+pub mod race;
 pub mod tls;
 
 use std::io::ErrorKind;
@@ -166,49 +167,50 @@ impl Connector {
     }
 }
 
-/// Connect to the first address that answers; remember why the others failed.
+/// Connect to the first address that answers, racing a silent one after a short delay
+/// (happy eyeballs, [`race`]) so that one blackholed address cannot use up `connect_timeout`.
 async fn connect_any(
     addrs: &[IpAddr],
     port: u16,
     settings: &Settings,
     deadline: Instant,
 ) -> Result<(TcpStream, SocketAddr), ProxyError> {
-    let mut last = None;
-    for ip in addrs {
-        let addr = SocketAddr::new(*ip, port);
-        match timeout_at(deadline, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                tune(&stream, settings);
-                return Ok((stream, addr));
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(%addr, error = %e, "connect failed; trying the next address");
-                last = Some(match e.kind() {
-                    ErrorKind::ConnectionRefused => ProxyError::ConnectRefused {
-                        addr: addr.to_string(),
-                    },
-                    ErrorKind::TimedOut => ProxyError::ConnectTimeout {
-                        addr: addr.to_string(),
-                        timeout_ms: settings.connect_timeout.as_millis(),
-                    },
-                    _ => ProxyError::ConnectFailed {
-                        addr: addr.to_string(),
-                        detail: e.to_string(),
-                    },
-                });
-            }
-            Err(_) => {
-                return Err(ProxyError::ConnectTimeout {
-                    addr: addr.to_string(),
-                    timeout_ms: settings.connect_timeout.as_millis(),
-                })
-            }
+    let order: Vec<SocketAddr> = race::interleave(addrs)
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
+    let timeout_ms = settings.connect_timeout.as_millis();
+    match race::race(&order, deadline, TcpStream::connect).await {
+        Ok((stream, addr)) => {
+            tune(&stream, settings);
+            Ok((stream, addr))
         }
+        Err(race::RaceError::TimedOut(tried)) => Err(ProxyError::ConnectTimeout {
+            addr: match tried.as_slice() {
+                [one] => one.to_string(),
+                [first, rest @ ..] => format!("{first} (and {} more addresses)", rest.len()),
+                [] => format!("port {port}"),
+            },
+            timeout_ms,
+        }),
+        Err(race::RaceError::Failed(addr, e)) => Err(match e.kind() {
+            ErrorKind::ConnectionRefused => ProxyError::ConnectRefused {
+                addr: addr.to_string(),
+            },
+            ErrorKind::TimedOut => ProxyError::ConnectTimeout {
+                addr: addr.to_string(),
+                timeout_ms,
+            },
+            _ => ProxyError::ConnectFailed {
+                addr: addr.to_string(),
+                detail: e.to_string(),
+            },
+        }),
+        Err(race::RaceError::NoAddress) => Err(ProxyError::ConnectFailed {
+            addr: format!("port {port}"),
+            detail: "no address".into(),
+        }),
     }
-    Err(last.unwrap_or_else(|| ProxyError::ConnectFailed {
-        addr: format!("port {port}"),
-        detail: "no address".into(),
-    }))
 }
 
 /// No Nagle delay (requests are small and latency-bound); keepalive probes as configured.

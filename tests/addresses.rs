@@ -181,3 +181,42 @@ async fn tls_origination_reaches_a_name_with_an_underscore() {
     assert_eq!(r.body_text(), "tls");
     assert_eq!(o.tls_handshake_failures(), 0);
 }
+
+// ------------------------------------------------------------ a blackholed first address
+
+/// SPEC §4: a name whose first addresses are blackholed still connects, racing the next
+/// address 250 ms after a silent one (happy eyeballs), far within `connect_timeout`. Before,
+/// the first address used up the whole `connect_timeout` and the request failed with 504.
+#[tokio::test]
+async fn a_blackholed_first_address_does_not_use_up_connect_timeout() {
+    let o = origin().handler(|_| Reply::ok("second")).spawn().await;
+    let port = o.port();
+    let hole_a = Blackhole::spawn(ip("127.0.0.2"), port).await;
+    let hole_b = Blackhole::spawn(ip("127.0.0.3"), port).await;
+    let dns = TestDns::spawn(&[
+        ("one-hole.pay.test", hole_a.addr.ip()),
+        ("one-hole.pay.test", ip("127.0.0.1")),
+        ("two-holes.pay.test", hole_a.addr.ip()),
+        ("two-holes.pay.test", hole_b.addr.ip()),
+        ("two-holes.pay.test", ip("127.0.0.1")),
+        ("only-hole.pay.test", hole_a.addr.ip()),
+    ])
+    .await;
+    let rest = format!(
+        "[defaults]\nallow_private = true\n\
+         [[upstream]]\nname = \"hole\"\nhosts = [\"only-hole.pay.test\"]\nports = [{port}]\nconnect_timeout = \"1s\"\n\
+         [[upstream]]\nname = \"pay\"\nhosts = [\"*.pay.test\"]\nports = [{port}]\nconnect_timeout = \"10s\"\n"
+    );
+    let p = spawn_proxy_with(&format!("dns_servers = [\"{}\"]", dns.addr), &rest).await;
+
+    // The fixture really is silent: alone, it times out after connect_timeout.
+    let r = proxy_get(p.addr, &format!("http://only-hole.pay.test:{port}/")).await;
+    assert_refused(&r, 504, "connection_timeout", "only a blackhole");
+
+    for name in ["one-hole.pay.test", "two-holes.pay.test"] {
+        let r = proxy_get(p.addr, &format!("http://{name}:{port}/")).await;
+        assert_eq!(r.status, 200, "{name}: {r:?}");
+        assert_eq!(r.body_text(), "second", "{name}");
+    }
+    assert_eq!(o.connections_accepted(), 2);
+}

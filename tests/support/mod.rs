@@ -20,6 +20,8 @@
 //!   `hang(name)`, `servfail(name)`, `set_records`, `queries()`.
 //! - [`InterceptCaFiles::new(&hosts)`](InterceptCaFiles::new): an intercept CA made by `ca init`'s
 //!   generator; `proxy_lines()` for `[proxy]`, `client_config()` trusting only it, `rotate`.
+//! - [`Blackhole::spawn(ip, port)`](Blackhole::spawn): a loopback address whose connects hang
+//!   unanswered (a full accept queue), like a blackholed address.
 //! - [`spawn_proxy`] / [`spawn_proxy_with`]: portcullis in process on port 0; [`Proxy`] reads
 //!   `/metrics` ([`Proxy::metric`]), `/pools`, and waits for the pools to settle.
 //! - Clients: [`raw_exchange`], [`exchange_on`], [`proxy_get`], [`ProxyConn`] (keep-alive),
@@ -31,6 +33,7 @@
 
 mod apps;
 mod census;
+mod blackhole;
 mod client;
 mod dns;
 mod firewall;
@@ -46,6 +49,8 @@ mod wire;
 
 #[allow(unused_imports)]
 pub use apps::{java_http_client, java_trust_store, python_requests, AppRequest, AppResponse};
+#[allow(unused_imports)]
+pub use blackhole::Blackhole;
 #[allow(unused_imports)]
 pub use client::{
     absolute_get, curl, exchange_on, proxy_get, raw_exchange, CurlResult, ProxyConn, RawResponse,
