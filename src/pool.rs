@@ -13,6 +13,9 @@
 //!   or a freed slot is handed straight to the oldest waiter, bounded by `acquire_timeout`.
 //! - [`Pooled`] goes back to the pool on `release` and is closed on `discard` or on drop.
 //! - The pool is generic over [`Poolable`], so its tests use fake connections, not sockets.
+//! - A pool counts its [`Pool`] handles too. With no handle and no connection (not even one
+//!   being dialed) it is *vacant*, and says so through a hook, outside its lock, to whoever
+//!   made it: the registry then forgets it (SPEC §5), so that names seen once leave nothing.
 
 mod reaper;
 pub mod registry;
@@ -73,15 +76,40 @@ impl Limits {
 /// Connection ids are unique for the life of the process (they appear in logs and `/pools`).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// A pool for one destination.
+/// A handle to the pool for one destination.
 pub struct Pool<C: Poolable> {
     inner: Arc<Inner<C>>,
+    /// Counted in `holders`. Only the registry keeps an uncounted one, so that a pool no
+    /// request holds can be forgotten.
+    counted: bool,
 }
 
+/// Called (outside the pool's lock) when a pool may have become vacant.
+pub type VacancyHook = Box<dyn Fn() + Send + Sync>;
+
 impl<C: Poolable> Clone for Pool<C> {
+    /// Another handle: the pool is not vacant while it lives.
     fn clone(&self) -> Self {
+        self.inner.lock().holders += 1;
         Pool {
             inner: self.inner.clone(),
+            counted: true,
+        }
+    }
+}
+
+impl<C: Poolable> Drop for Pool<C> {
+    fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
+        let vacant = {
+            let mut st = self.inner.lock();
+            st.holders -= 1;
+            st.vacant()
+        };
+        if vacant {
+            self.inner.vacated();
         }
     }
 }
@@ -91,6 +119,8 @@ struct Inner<C: Poolable> {
     metrics: PoolMetrics,
     /// Wakes the reaper when an idle connection arrives (its deadline may be the next one).
     wake_reaper: Arc<Notify>,
+    /// Told when the pool may have become vacant (the registry forgets it then).
+    on_vacant: Option<VacancyHook>,
 }
 
 impl<C: Poolable> Drop for Inner<C> {
@@ -111,6 +141,8 @@ struct State<C: Poolable> {
     conns: HashMap<u64, ConnInfo>,
     /// Drained (shutdown or upstream removed): releases close instead of pooling.
     closing: bool,
+    /// Live counted [`Pool`] handles: requests that may still check out or wait.
+    holders: usize,
     /// The deadline the reaper sleeps until (`None`: until woken). A returned connection wakes
     /// it only when its own deadline is earlier, not on every release.
     reaper_at: Option<Instant>,
@@ -184,6 +216,18 @@ pub struct Snapshot {
 
 impl<C: Poolable> Pool<C> {
     pub fn new(limits: Limits, metrics: PoolMetrics) -> Pool<C> {
+        Pool::with_vacancy_hook(limits, metrics, None)
+    }
+
+    /// A pool (and this, its first handle) that calls `on_vacant` whenever it may have become
+    /// vacant: no handle and no connection left. The call comes outside the pool's lock; the
+    /// pool may be in use again by the time it runs, so check [`Pool::is_vacant`] under a
+    /// lock that keeps new handles from being made.
+    pub fn with_vacancy_hook(
+        limits: Limits,
+        metrics: PoolMetrics,
+        on_vacant: Option<VacancyHook>,
+    ) -> Pool<C> {
         metrics.limit.set(limits.max_connections as i64);
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
@@ -193,16 +237,34 @@ impl<C: Poolable> Pool<C> {
                 waiters: VecDeque::new(),
                 conns: HashMap::new(),
                 closing: false,
+                holders: 1,
                 reaper_at: None,
             }),
             metrics,
             wake_reaper: Arc::new(Notify::new()),
+            on_vacant,
         });
         tokio::spawn(reaper::run(
             Arc::downgrade(&inner),
             inner.wake_reaper.clone(),
         ));
-        Pool { inner }
+        Pool {
+            inner,
+            counted: true,
+        }
+    }
+
+    /// A reference that does not count as a handle (see `counted`): for the registry only.
+    pub(crate) fn uncounted(&self) -> Pool<C> {
+        Pool {
+            inner: self.inner.clone(),
+            counted: false,
+        }
+    }
+
+    /// No handle other than uncounted ones, and no connection (connecting, busy or idle).
+    pub fn is_vacant(&self) -> bool {
+        self.inner.lock().vacant()
     }
 
     /// A healthy idle connection (most recently used first), else a slot to dial, else wait
@@ -346,6 +408,8 @@ impl<C: Poolable> Pool<C> {
             }
             idle
         };
+        // Vacancy is not reported from here: drain runs under the registry's lock (a reload,
+        // a destination moved), and the registry drops such pools itself.
         self.inner.close(doomed.into_iter().map(|e| e.conn));
     }
 
@@ -388,22 +452,24 @@ impl<C: Poolable> Inner<C> {
     /// (on loopback the kernel delivers the FIN within it) plus freeing the connection's
     /// buffers, and other requests to this destination need not queue behind it; the price
     /// is a second, short lock on close paths only, never when a connection is reused.
-    fn close(self: &Arc<Self>, conns: impl IntoIterator<Item = C>) {
+    ///
+    /// Returns whether that left the pool vacant: the caller then calls [`Inner::vacated`],
+    /// unless it runs under the registry's lock (a reload), where the registry looks itself.
+    fn close(self: &Arc<Self>, conns: impl IntoIterator<Item = C>) -> bool {
         let mut closed = 0;
         for conn in conns {
             drop(conn);
             closed += 1;
         }
-        if closed > 0 {
-            self.free_slots(closed);
-        }
+        closed > 0 && self.free_slots(closed)
     }
 
-    /// Give back `n` slots whose connections are closed (or were never dialed).
-    fn free_slots(self: &Arc<Self>, n: usize) {
+    /// Give back `n` slots whose connections are closed (or were never dialed); whether that
+    /// left the pool vacant.
+    fn free_slots(self: &Arc<Self>, n: usize) -> bool {
         let mut st = self.lock();
         st.open -= n;
-        self.grant_free_slots(st);
+        self.grant_free_slots(st)
     }
 
     /// Move an idle entry to busy.
@@ -434,8 +500,16 @@ impl<C: Poolable> Inner<C> {
         }
     }
 
-    /// Hand free capacity to waiters, oldest first, while slots remain.
-    fn grant_free_slots(self: &Arc<Self>, mut st: MutexGuard<'_, State<C>>) {
+    /// Tell whoever made the pool that it may be vacant (call outside the lock).
+    fn vacated(&self) {
+        if let Some(hook) = &self.on_vacant {
+            hook();
+        }
+    }
+
+    /// Hand free capacity to waiters, oldest first, while slots remain; then unlock and say
+    /// whether the pool was vacant at that moment.
+    fn grant_free_slots(self: &Arc<Self>, mut st: MutexGuard<'_, State<C>>) -> bool {
         let mut refused = Vec::new();
         while st.open < st.limits.max_connections && !st.closing {
             let Some(tx) = st.waiters.pop_front() else {
@@ -452,8 +526,10 @@ impl<C: Poolable> Inner<C> {
                 refused.push(slot);
             }
         }
+        let vacant = st.vacant();
         drop(st);
         drop(refused);
+        vacant
     }
 
     /// A busy connection is done: hand it to the oldest waiter, keep it idle, or close it.
@@ -490,7 +566,9 @@ impl<C: Poolable> Inner<C> {
             drop(st);
             self.metrics.busy.dec();
             self.metrics.closed(reason).inc();
-            self.close([conn]);
+            if self.close([conn]) {
+                self.vacated();
+            }
             return;
         }
         meta.life.idle_since = now;
@@ -544,7 +622,9 @@ impl<C: Poolable> Inner<C> {
                 st.forget(meta.id);
                 drop(st);
                 self.count_idle_close(CloseReason::PoolFull);
-                self.close([conn]);
+                if self.close([conn]) {
+                    self.vacated();
+                }
                 return;
             }
             let oldest = st.idle.remove(0);
@@ -572,6 +652,12 @@ impl<C: Poolable> Inner<C> {
 impl<C: Poolable> State<C> {
     fn forget(&mut self, id: u64) {
         self.conns.remove(&id);
+    }
+
+    /// No request holds a handle (so none waits either) and no connection is open or being
+    /// dialed: nothing would be lost if the pool were forgotten.
+    fn vacant(&self) -> bool {
+        self.holders == 0 && self.open == 0
     }
 }
 
@@ -636,7 +722,9 @@ impl<C: Poolable> Drop for Slot<C> {
         // Armed only while unfilled (a failed or abandoned dial): no connection to close
         // first, as the dial drops its socket before the slot it was dialed in is dropped.
         if let Some(inner) = self.inner.take() {
-            inner.free_slots(1);
+            if inner.free_slots(1) {
+                inner.vacated();
+            }
         }
     }
 }

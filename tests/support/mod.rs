@@ -17,7 +17,7 @@
 //! - [`Firewall::spawn(upstream, idle_limit)`](Firewall::spawn): forgets idle flows, RSTs
 //!   their next client bytes; `flows_forgotten()`, `resets_sent()`, `flows_open()`.
 //! - [`TestDns::spawn(&[(name, ip)])`](TestDns::spawn): A/AAAA with TTL 1, NXDOMAIN otherwise;
-//!   `hang(name)`, `servfail(name)`, `set_records`, `queries()`.
+//!   `hang(name)`, `servfail(name)`, `set_records`, `answer_under(suffix, ip)`, `queries()`.
 //! - [`InterceptCaFiles::new(&hosts)`](InterceptCaFiles::new): an intercept CA made by `ca init`'s
 //!   generator; `proxy_lines()` for `[proxy]`, `client_config()` trusting only it, `rotate`.
 //! - [`Blackhole::spawn(ip, port)`](Blackhole::spawn): a loopback address whose connects hang
@@ -32,8 +32,8 @@
 #![allow(dead_code)]
 
 mod apps;
-mod census;
 mod blackhole;
+mod census;
 mod client;
 mod dns;
 mod firewall;
