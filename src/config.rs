@@ -6,6 +6,7 @@
 
 pub mod lint;
 pub mod raw;
+pub mod reach;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use rustls::pki_types::CertificateDer;
 
 use crate::intercept::ca::InterceptCa;
 use crate::policy::host::HostPattern;
@@ -86,7 +88,7 @@ pub struct Settings {
 }
 
 /// How an upstream gets TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsMode {
     /// portcullis opens TLS to the destination for plain `http://` requests.
     Originate,
@@ -95,7 +97,7 @@ pub enum TlsMode {
 }
 
 /// What a CONNECT to an upstream becomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConnectMode {
     /// Bytes copied both ways; the app's TLS is end to end.
     Tunnel,
@@ -113,9 +115,23 @@ pub struct Upstream {
     pub connect: ConnectMode,
     /// Extra trust roots (PEM), on top of the system's.
     pub ca_file: Option<PathBuf>,
+    /// The certificates `ca_file` held when the config was loaded: what TLS verifies against,
+    /// so a connection is verified against exactly what the config was checked with.
+    pub ca_roots: Arc<[CertificateDer<'static>]>,
     /// The remote firewall's idle limit, when known; all our timers stay below it.
     pub remote_idle_limit: Option<Duration>,
     pub settings: Settings,
+    /// Fingerprint of what this upstream may reach and how ([`reach::Reach`]): pooled
+    /// connections made under another one are closed.
+    pub reach: u64,
+}
+
+impl Upstream {
+    /// Whether `other` may reach the same destinations in the same way (SPEC §8): if not, a
+    /// reload from one to the other closes the upstream's pooled connections.
+    pub fn same_reach(&self, other: &Upstream) -> bool {
+        self.reach == other.reach
+    }
 }
 
 /// One `[[client]]`: an identity and what it may reach.
@@ -377,11 +393,16 @@ fn resolve_upstream(
         }
     };
     let ca_file = raw.ca_file.map(|p| relative_to(source, &p));
-    if let Some(path) = &ca_file {
-        if let Err(e) = crate::connect::tls::read_pem_roots(path) {
-            problems.push(format!("{label}: ca_file {}: {e}", path.display()));
-        }
-    }
+    let ca_roots: Arc<[CertificateDer<'static>]> = match &ca_file {
+        None => Arc::from([]),
+        Some(path) => match crate::connect::tls::read_pem_roots(path) {
+            Ok(roots) => roots.into(),
+            Err(e) => {
+                problems.push(format!("{label}: ca_file {}: {e}", path.display()));
+                Arc::from([])
+            }
+        },
+    };
     let remote_idle_limit = match raw.remote_idle_limit.as_deref().map(raw::parse_duration) {
         None => None,
         Some(Ok(d)) => Some(d),
@@ -408,6 +429,16 @@ fn resolve_upstream(
     if problems.len() > before {
         return None;
     }
+    let reach = reach::Reach {
+        hosts: &hosts,
+        ports: &ports,
+        allow_private: settings.allow_private,
+        tls,
+        connect,
+        ca_file: ca_file.as_deref(),
+        ca_roots: &ca_roots,
+    }
+    .fingerprint();
     Some(Upstream {
         name: raw.name,
         hosts,
@@ -415,8 +446,10 @@ fn resolve_upstream(
         tls,
         connect,
         ca_file,
+        ca_roots,
         remote_idle_limit,
         settings,
+        reach,
     })
 }
 

@@ -137,13 +137,13 @@ impl Connector {
                 peer,
             });
         }
-        let config = self
-            .tls
-            .get(upstream.ca_file.as_deref())
-            .map_err(|detail| ProxyError::TlsHandshake {
-                host: target.host.to_string(),
-                detail,
-            })?;
+        let config =
+            self.tls
+                .get(&upstream.ca_roots)
+                .map_err(|detail| ProxyError::TlsHandshake {
+                    host: target.host.to_string(),
+                    detail,
+                })?;
         let server_name = match &target.host {
             Host::Name(n) => rustls::pki_types::ServerName::try_from(n.clone()),
             Host::Ip(ip) => Ok(rustls::pki_types::ServerName::IpAddress((*ip).into())),

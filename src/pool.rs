@@ -82,6 +82,9 @@ pub struct Pool<C: Poolable> {
     /// Counted in `holders`. Only the registry keeps an uncounted one, so that a pool no
     /// request holds can be forgotten.
     counted: bool,
+    /// The reach (config fingerprint, SPEC §8) the holder runs under: connections it dials
+    /// are stamped with it, and closed after their request if the pool's has moved on.
+    reach: u64,
 }
 
 /// Called (outside the pool's lock) when a pool may have become vacant.
@@ -94,6 +97,7 @@ impl<C: Poolable> Clone for Pool<C> {
         Pool {
             inner: self.inner.clone(),
             counted: true,
+            reach: self.reach,
         }
     }
 }
@@ -143,6 +147,8 @@ struct State<C: Poolable> {
     closing: bool,
     /// Live counted [`Pool`] handles: requests that may still check out or wait.
     holders: usize,
+    /// The reach connections must have been dialed under to be pooled (see [`Pool::set_reach`]).
+    reach: u64,
     /// The deadline the reaper sleeps until (`None`: until woken). A returned connection wakes
     /// it only when its own deadline is earlier, not on every release.
     reaper_at: Option<Instant>,
@@ -160,6 +166,8 @@ pub struct Meta {
     pub life: Life,
     /// Requests this connection has carried, including the current one.
     pub requests: u64,
+    /// The reach it was dialed under (see [`Pool::set_reach`]).
+    pub reach: u64,
 }
 
 /// What `/pools` shows of one connection.
@@ -216,7 +224,7 @@ pub struct Snapshot {
 
 impl<C: Poolable> Pool<C> {
     pub fn new(limits: Limits, metrics: PoolMetrics) -> Pool<C> {
-        Pool::with_vacancy_hook(limits, metrics, None)
+        Pool::with_vacancy_hook(limits, 0, metrics, None)
     }
 
     /// A pool (and this, its first handle) that calls `on_vacant` whenever it may have become
@@ -225,6 +233,7 @@ impl<C: Poolable> Pool<C> {
     /// lock that keeps new handles from being made.
     pub fn with_vacancy_hook(
         limits: Limits,
+        reach: u64,
         metrics: PoolMetrics,
         on_vacant: Option<VacancyHook>,
     ) -> Pool<C> {
@@ -238,6 +247,7 @@ impl<C: Poolable> Pool<C> {
                 conns: HashMap::new(),
                 closing: false,
                 holders: 1,
+                reach,
                 reaper_at: None,
             }),
             metrics,
@@ -251,6 +261,7 @@ impl<C: Poolable> Pool<C> {
         Pool {
             inner,
             counted: true,
+            reach,
         }
     }
 
@@ -259,7 +270,41 @@ impl<C: Poolable> Pool<C> {
         Pool {
             inner: self.inner.clone(),
             counted: false,
+            reach: self.reach,
         }
+    }
+
+    /// This handle for a holder running under `reach` (its request's config).
+    pub(crate) fn for_reach(mut self, reach: u64) -> Pool<C> {
+        self.reach = reach;
+        self
+    }
+
+    /// A reload changed what this pool's upstream may reach or how (SPEC §8): from now on
+    /// only connections dialed under `reach` are pooled. Idle ones made under another are
+    /// closed now, busy ones when their request is done; no request is served on them again.
+    /// Returns whether it changed anything.
+    pub fn set_reach(&self, reach: u64, reason: CloseReason) -> bool {
+        let doomed: Vec<Idle<C>> = {
+            let mut st = self.inner.lock();
+            if st.reach == reach {
+                return false;
+            }
+            st.reach = reach;
+            let (stale, kept): (Vec<Idle<C>>, Vec<Idle<C>>) = std::mem::take(&mut st.idle)
+                .into_iter()
+                .partition(|e| e.meta.reach != reach);
+            st.idle = kept;
+            for e in &stale {
+                // Its slot stays counted until it is closed, after the lock.
+                st.forget(e.meta.id);
+                self.inner.count_idle_close(reason);
+            }
+            stale
+        };
+        // Vacancy is not reported: this runs under the registry's lock, which looks itself.
+        self.inner.close(doomed.into_iter().map(|e| e.conn));
+        true
     }
 
     /// No handle other than uncounted ones, and no connection (connecting, busy or idle).
@@ -291,13 +336,18 @@ impl<C: Poolable> Pool<C> {
                 } else {
                     st.idle.pop()
                 } {
-                    match reuse::verdict(
-                        &entry.meta.life.under(idle_timeout),
-                        now,
-                        max_lifetime,
-                        entry.conn.is_open(),
-                        max_idle_for_request,
-                    ) {
+                    let verdict = if entry.meta.reach != st.reach {
+                        Verdict::Close(CloseReason::Shutdown)
+                    } else {
+                        reuse::verdict(
+                            &entry.meta.life.under(idle_timeout),
+                            now,
+                            max_lifetime,
+                            entry.conn.is_open(),
+                            max_idle_for_request,
+                        )
+                    };
+                    match verdict {
                         Verdict::Reuse => {
                             let pooled = self.inner.take_idle(&mut st, entry, now);
                             drop(st);
@@ -325,12 +375,12 @@ impl<C: Poolable> Pool<C> {
                     if spare > 0 {
                         self.inner.free_slots(spare);
                     }
-                    return Ok(Checkout::Dial(Slot::new(self.inner.clone())));
+                    return Ok(Checkout::Dial(self.stamp(Slot::new(self.inner.clone()))));
                 }
                 if st.open < st.limits.max_connections {
                     st.open += 1;
                     drop(st);
-                    return Ok(Checkout::Dial(Slot::new(self.inner.clone())));
+                    return Ok(Checkout::Dial(self.stamp(Slot::new(self.inner.clone()))));
                 }
                 if !st.idle.is_empty() {
                     // At the cap with only too-idle connections: close the oldest, take its slot.
@@ -339,7 +389,7 @@ impl<C: Poolable> Pool<C> {
                     self.inner.count_idle_close(CloseReason::PoolFull);
                     drop(st);
                     drop(entry);
-                    return Ok(Checkout::Dial(Slot::new(self.inner.clone())));
+                    return Ok(Checkout::Dial(self.stamp(Slot::new(self.inner.clone()))));
                 }
             }
             let (tx, rx) = oneshot::channel();
@@ -355,13 +405,15 @@ impl<C: Poolable> Pool<C> {
         match outcome {
             Ok(Ok(Grant::Conn(pooled))) if reuse == Reuse::Never => {
                 // Handed a pooled connection but a new one is required: close it, dial in its slot.
-                Ok(Checkout::Dial(pooled.into_slot(CloseReason::PoolFull)))
+                Ok(Checkout::Dial(
+                    self.stamp(pooled.into_slot(CloseReason::PoolFull)),
+                ))
             }
             Ok(Ok(Grant::Conn(mut pooled))) => {
                 pooled.reused = true;
                 Ok(Checkout::Reused(pooled))
             }
-            Ok(Ok(Grant::Slot(slot))) => Ok(Checkout::Dial(slot)),
+            Ok(Ok(Grant::Slot(slot))) => Ok(Checkout::Dial(self.stamp(slot))),
             Ok(Err(_)) | Err(_) => {
                 // Closed senders are pruned so a pool that never frees up does not grow a queue.
                 self.inner.lock().waiters.retain(|w| !w.is_closed());
@@ -371,6 +423,12 @@ impl<C: Poolable> Pool<C> {
                 })
             }
         }
+    }
+
+    /// A slot for this holder: what it dials is stamped with the holder's reach.
+    fn stamp(&self, mut slot: Slot<C>) -> Slot<C> {
+        slot.reach = self.reach;
+        slot
     }
 
     /// New limits after a reload; a raised cap lets waiters dial at once.
@@ -555,7 +613,8 @@ impl<C: Poolable> Inner<C> {
                 )
             })
             .and_then(|()| {
-                if st.closing {
+                // Drained, or dialed under a reach a reload has since changed (SPEC §8).
+                if st.closing || meta.reach != st.reach {
                     Err(CloseReason::Shutdown)
                 } else {
                     Ok(())
@@ -664,11 +723,16 @@ impl<C: Poolable> State<C> {
 /// Capacity for one connection. Dropped unfilled (a failed dial), it frees the slot for a waiter.
 pub struct Slot<C: Poolable> {
     inner: Option<Arc<Inner<C>>>,
+    /// The reach of the holder that will dial in it (set by checkout).
+    reach: u64,
 }
 
 impl<C: Poolable> Slot<C> {
     fn new(inner: Arc<Inner<C>>) -> Self {
-        Slot { inner: Some(inner) }
+        Slot {
+            inner: Some(inner),
+            reach: 0,
+        }
     }
 
     fn defuse(&mut self) {
@@ -692,6 +756,7 @@ impl<C: Poolable> Slot<C> {
                 idle_reason: CloseReason::IdleTimeout,
             },
             requests: 1,
+            reach: self.reach,
         };
         st.conns.insert(
             id,
@@ -711,7 +776,7 @@ impl<C: Poolable> Slot<C> {
             reused: false,
             idle_at_checkout: Duration::ZERO,
             age_at_checkout: Duration::ZERO,
-            slot: Slot { inner: Some(inner) },
+            slot: Slot::new(inner),
             done: None,
         }
     }
@@ -790,7 +855,7 @@ impl<C: Poolable> Pooled<C> {
         inner.metrics.busy.dec();
         inner.metrics.closed(reason).inc();
         drop(conn);
-        Slot { inner: Some(inner) }
+        Slot::new(inner)
     }
 
     /// Close it: it failed, or must not be reused for `reason`.

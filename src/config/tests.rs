@@ -551,3 +551,112 @@ fn client_stall_timeout_is_a_positive_duration() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(got[0].starts_with("proxy: client_stall_timeout: \"30\" needs a unit"));
 }
+
+/// SPEC §8: the keys that decide what an upstream may reach, or how, change its reach; the
+/// others (limits, timeouts) do not, so their reload keeps its pooled connections.
+#[test]
+fn reach_changes_with_exactly_the_keys_that_decide_it() {
+    let dir = std::env::temp_dir().join(format!("portcullis-reach-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config/valid/extra-ca.pem");
+    let pem = std::fs::read_to_string(&fixture).expect("fixture CA");
+    let (ca_a, ca_b) = (dir.join("a.pem"), dir.join("b.pem"));
+    std::fs::write(&ca_a, &pem).expect("write");
+    std::fs::write(&ca_b, &pem).expect("write");
+    let upstream_text = |extra: &str| {
+        format!(
+            "[[upstream]]\nname = \"u\"\nhosts = [\"a.example.com\", \"*.b.example.com\"]\nports = [443]\n\
+             tls = \"originate\"\nca_file = {:?}\n{extra}\n",
+            ca_a.display().to_string()
+        )
+    };
+    let base = parse(&upstream_text(""));
+    let same = |text: String| upstream(&parse(&text), "u").same_reach(upstream(&base, "u"));
+    let cases: Vec<(&str, String, bool)> = vec![
+        ("unchanged", upstream_text(""), true),
+        ("idle_timeout", upstream_text("idle_timeout = \"5s\""), true),
+        (
+            "max_connections",
+            upstream_text("max_connections = 3"),
+            true,
+        ),
+        (
+            "connect_timeout",
+            upstream_text("connect_timeout = \"1s\""),
+            true,
+        ),
+        (
+            "retry_on_reset",
+            upstream_text("retry_on_reset = false"),
+            true,
+        ),
+        (
+            "remote_idle_limit",
+            upstream_text("remote_idle_limit = \"10m\""),
+            true,
+        ),
+        (
+            "allow_private stated as its default",
+            upstream_text("allow_private = false"),
+            true,
+        ),
+        (
+            "allow_private",
+            upstream_text("allow_private = true"),
+            false,
+        ),
+        (
+            "hosts",
+            upstream_text("").replace("\"*.b.example.com\"", "\"*.c.example.com\""),
+            false,
+        ),
+        (
+            "hosts narrowed",
+            upstream_text("").replace(", \"*.b.example.com\"", ""),
+            false,
+        ),
+        (
+            "ports",
+            upstream_text("").replace("[443]", "[443, 8443]"),
+            false,
+        ),
+        (
+            "tls",
+            upstream_text("").replace("\"originate\"", "\"as-requested\""),
+            false,
+        ),
+        (
+            "ca_file path",
+            upstream_text("").replace(&ca_a.display().to_string(), &ca_b.display().to_string()),
+            false,
+        ),
+    ];
+    for (case, text, want) in cases {
+        assert_eq!(same(text), want, "{case}");
+    }
+    // connect = "intercept" needs an intercept CA to load: compare the keys themselves.
+    let u = upstream(&base, "u");
+    let with = |connect| {
+        reach::Reach {
+            hosts: &u.hosts,
+            ports: &u.ports,
+            allow_private: u.settings.allow_private,
+            tls: u.tls,
+            connect,
+            ca_file: u.ca_file.as_deref(),
+            ca_roots: &u.ca_roots,
+        }
+        .fingerprint()
+    };
+    assert_eq!(
+        with(ConnectMode::Tunnel),
+        u.reach,
+        "connect = \"tunnel\" is the default"
+    );
+    assert_ne!(with(ConnectMode::Intercept), u.reach, "connect");
+    // The same path with other contents: a rotated bundle.
+    std::fs::write(&ca_a, format!("{pem}{pem}")).expect("rewrite");
+    assert!(!same(upstream_text("")), "ca_file contents");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -94,13 +94,15 @@ impl<C: Poolable> Pools<C> {
                 .get(target)
                 .filter(|e| *e.upstream == *upstream.name)
             {
-                return e.pool.clone();
+                return e.pool.clone().for_reach(upstream.reach);
             }
         }
         let metrics = self.metrics_for(&upstream.name);
         let mut tables = write(&self.tables);
         let replaced = match tables.pools.get(target) {
-            Some(e) if *e.upstream == *upstream.name => return e.pool.clone(),
+            Some(e) if *e.upstream == *upstream.name => {
+                return e.pool.clone().for_reach(upstream.reach)
+            }
             // A reload moved this destination to another upstream: its old pool drains.
             Some(e) => {
                 e.pool.drain(CloseReason::Shutdown);
@@ -112,6 +114,7 @@ impl<C: Poolable> Pools<C> {
         tables.next_id += 1;
         let pool = Pool::with_vacancy_hook(
             self.limits(upstream, target),
+            upstream.reach,
             metrics,
             Some(vacancy_hook(
                 Arc::downgrade(&self.tables),
@@ -178,23 +181,33 @@ impl<C: Poolable> Pools<C> {
         m
     }
 
-    /// After a reload: new limits for kept upstreams; pools of removed upstreams drained and dropped.
+    /// After a reload: new limits for kept upstreams, and where what an upstream may reach or
+    /// how has changed, its connections made under the old config closed (SPEC §8); pools of
+    /// removed upstreams drained and dropped.
     pub fn reconfigure(&self, config: &Config) {
         let mut tables = write(&self.tables);
         let mut gone = Vec::new();
-        tables
-            .pools
-            .retain(|target, e| match config.upstream(&e.upstream) {
-                Some(u) => {
-                    e.pool.set_limits(self.limits(u, target));
-                    true
-                }
-                None => {
-                    e.pool.drain(CloseReason::Shutdown);
-                    gone.push(e.pool.uncounted());
-                    false
-                }
-            });
+        tables.pools.retain(|target, e| {
+            let Some(u) = config.upstream(&e.upstream) else {
+                e.pool.drain(CloseReason::Shutdown);
+                gone.push(e.pool.uncounted());
+                return false;
+            };
+            e.pool.set_limits(self.limits(u, target));
+            if e.pool.set_reach(u.reach, CloseReason::Shutdown) {
+                tracing::info!(
+                    upstream = %u.name,
+                    destination = %target.authority(),
+                    "the reload changed what this upstream may reach: connections made before it are closed"
+                );
+            }
+            if e.pool.is_vacant() {
+                // Its last (idle) connections just closed, and no request holds it.
+                gone.push(e.pool.uncounted());
+                return false;
+            }
+            true
+        });
         drop(tables);
         drop(gone);
     }

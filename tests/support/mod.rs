@@ -22,7 +22,8 @@
 //!   generator; `proxy_lines()` for `[proxy]`, `client_config()` trusting only it, `rotate`.
 //! - [`Blackhole::spawn(ip, port)`](Blackhole::spawn): a loopback address whose connects hang
 //!   unanswered (a full accept queue), like a blackholed address.
-//! - [`spawn_proxy`] / [`spawn_proxy_with`]: portcullis in process on port 0; [`Proxy`] reads
+//! - [`spawn_proxy`] / [`spawn_proxy_with`]: portcullis in process on port 0 ([`write_config`] +
+//!   [`spawn_proxy_from_file`] when a test reloads a file); [`Proxy`] reads
 //!   `/metrics` ([`Proxy::metric`]), `/pools`, and waits for the pools to settle.
 //! - Clients: [`raw_exchange`], [`exchange_on`], [`proxy_get`], [`ProxyConn`] (keep-alive),
 //!   [`curl`] (the real binary) → [`RawResponse`] / [`CurlResult`].
@@ -72,7 +73,10 @@ pub use process::{
     Portcullis, BIN, WITHIN,
 };
 #[allow(unused_imports)]
-pub use proxy::{local_upstream, metric_in, spawn_proxy, spawn_proxy_with, Proxy};
+pub use proxy::{
+    local_upstream, metric_in, spawn_proxy, spawn_proxy_from_file, spawn_proxy_with, write_config,
+    Proxy,
+};
 #[allow(unused_imports)]
 pub use reply::Reply;
 #[allow(unused_imports)]

@@ -33,6 +33,28 @@ pub async fn spawn_proxy_with(proxy_extra: &str, rest: &str) -> Proxy {
     }
 }
 
+/// Writes a config file for [`spawn_proxy_from_file`]: `[proxy]` on loopback port 0 and `rest`.
+pub fn write_config(path: &std::path::Path, rest: &str) {
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n{rest}"
+    );
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// Start portcullis from a config file, as `--config path` does: `handle().reload()` re-reads
+/// it (SIGHUP without a process).
+pub async fn spawn_proxy_from_file(path: &std::path::Path) -> Proxy {
+    let config = Config::from_file(path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    let handle = app::start(config, Some(path.to_path_buf()))
+        .await
+        .expect("proxy starts");
+    Proxy {
+        addr: handle.proxy_addr,
+        admin: handle.admin_addr,
+        handle: Some(handle),
+    }
+}
+
 /// [`spawn_proxy_with`] with nothing extra in `[proxy]`.
 pub async fn spawn_proxy(rest: &str) -> Proxy {
     spawn_proxy_with("", rest).await
