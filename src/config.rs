@@ -4,6 +4,7 @@
 //! `Raw*` → the effective `Config` with every `[defaults]` key resolved per upstream.
 //! Every problem found is collected, so a bad file is fixed in one round.
 
+pub mod file;
 pub mod lint;
 pub mod raw;
 pub mod reach;
@@ -221,7 +222,7 @@ impl Config {
 
     fn read_file(path: &Path, intercept_ca: bool) -> Result<Config, ConfigError> {
         let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = file::read_text(path, file::MAX_CONFIG_BYTES).map_err(|e| ConfigError {
             source: source.clone(),
             problems: vec![format!("cannot read the file: {e}")],
         })?;
@@ -516,6 +517,21 @@ fn relative_to(source: &str, p: &Path) -> PathBuf {
     }
 }
 
+/// An IPv4-mapped IPv6 CIDR (`::ffff:10.0.0.0/104`) as the IPv4 CIDR it means (`10.0.0.0/8`):
+/// peers arriving as mapped addresses on a dual-stack listener are matched as IPv4, so the
+/// mapped spelling would otherwise never match anyone. Wider IPv6 CIDRs (`::/0`) stay IPv6.
+pub fn unmapped(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
+}
+
 fn resolve_client(
     raw: RawClient,
     index: usize,
@@ -535,7 +551,7 @@ fn resolve_client(
             .parse::<IpNet>()
             .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
         {
-            Ok(n) => cidrs.push(n.trunc()),
+            Ok(n) => cidrs.push(unmapped(n.trunc())),
             Err(_) => problems.push(format!(
                 "{label}: cidrs entry \"{c}\" is not a CIDR like 10.0.0.0/8"
             )),

@@ -660,3 +660,80 @@ fn reach_changes_with_exactly_the_keys_that_decide_it() {
     assert!(!same(upstream_text("")), "ca_file contents");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn listeners_clash_cases() {
+    let cases: &[(&str, &str, bool)] = &[
+        ("127.0.0.1:3128", "127.0.0.1:9090", false),
+        ("127.0.0.1:3128", "127.0.0.1:3128", true),
+        // Port 0: each listener gets a free port of its own.
+        ("127.0.0.1:0", "127.0.0.1:0", false),
+        ("0.0.0.0:0", "127.0.0.1:0", false),
+        // The wildcard address takes the port on every address.
+        ("0.0.0.0:3128", "127.0.0.1:3128", true),
+        ("127.0.0.1:3128", "0.0.0.0:3128", true),
+        ("[::]:3128", "127.0.0.1:3128", true),
+        ("[::]:3128", "[::1]:3128", true),
+        ("0.0.0.0:3128", "[::1]:3128", true),
+        ("[::]:3128", "[::]:3128", true),
+        // Two specific addresses share a port without overlapping.
+        ("127.0.0.1:3128", "127.0.0.2:3128", false),
+        ("127.0.0.1:3128", "[::1]:3128", false),
+        ("10.0.0.5:3128", "[fd00::5]:3128", false),
+        // An IPv4-mapped address is its IPv4 address.
+        ("[::ffff:127.0.0.1]:3128", "127.0.0.1:3128", true),
+        ("[::ffff:127.0.0.1]:3128", "127.0.0.2:3128", false),
+        ("0.0.0.0:3128", "0.0.0.0:9090", false),
+    ];
+    for &(a, b, want) in cases {
+        let (a, b): (SocketAddr, SocketAddr) = (a.parse().unwrap(), b.parse().unwrap());
+        assert_eq!(raw::listeners_clash(a, b), want, "{a} {b}");
+        assert_eq!(raw::listeners_clash(b, a), want, "{b} {a}");
+    }
+}
+
+#[test]
+fn listen_and_admin_listen_must_not_share_a_port() {
+    let text = |listen: &str, admin: &str| {
+        format!("[proxy]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n{ONE}")
+    };
+    assert_eq!(
+        problems(&text("127.0.0.1:3128", "127.0.0.1:3128")),
+        vec!["proxy: listen (127.0.0.1:3128) and admin_listen (127.0.0.1:3128) would both listen on port 3128; give them different ports"]
+    );
+    assert_eq!(problems(&text("0.0.0.0:9090", "127.0.0.1:9090")).len(), 1);
+    parse(&text("0.0.0.0:3128", "127.0.0.1:9090"));
+    parse(&text("127.0.0.1:0", "127.0.0.1:0"));
+}
+
+#[test]
+fn ipv4_mapped_cidrs_are_read_as_ipv4() {
+    let cases: &[(&str, &str)] = &[
+        ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+        ("::ffff:10.1.2.3/104", "10.0.0.0/8"),
+        ("::ffff:192.168.1.0/120", "192.168.1.0/24"),
+        ("::ffff:192.168.1.7/128", "192.168.1.7/32"),
+        ("::ffff:192.168.1.7", "192.168.1.7/32"),
+        ("::ffff:0:0/96", "0.0.0.0/0"),
+        // Not (only) mapped addresses: IPv6 as written.
+        ("::/0", "::/0"),
+        ("::ffff:0:0/95", "::fffe:0:0/95"),
+        ("fd00::/8", "fd00::/8"),
+        ("::ffff:0:10.0.0.0/104", "::ffff:0:a00:0/104"),
+        ("10.0.0.0/8", "10.0.0.0/8"),
+    ];
+    for &(written, want) in cases {
+        let text = format!(
+            "{ONE}[[client]]\nname = \"c\"\ncidrs = [\"{written}\"]\nupstreams = [\"one\"]\n"
+        );
+        let config = parse(&text);
+        let got: Vec<String> = config.clients[0]
+            .cidrs
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(got, vec![want.to_string()], "{written}");
+        let shown = config.to_string();
+        assert!(shown.contains(&format!("cidrs = [\"{want}\"]")), "{shown}");
+    }
+}

@@ -11,7 +11,8 @@ use rustls::{ClientConfig, RootCertStore};
 
 /// Certificates from a PEM file; an error says what is wrong in one line.
 pub fn read_pem_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let data = crate::config::file::read_limited(path, crate::config::file::MAX_PEM_BYTES)
+        .map_err(|e| format!("cannot read: {e}"))?;
     let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
     let certs = certs.map_err(|e| format!("not valid PEM: {e}"))?;
     if certs.is_empty() {

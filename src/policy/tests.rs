@@ -589,3 +589,30 @@ fn a_refused_address_is_named_with_its_class() {
         format!("a.internal.example resolves to 64:ff9b::a9fe:a9fe, a nat64 link-local address; {NOT_LINK_LOCAL}")
     );
 }
+
+/// A CIDR written in IPv4-mapped form matches IPv4 peers, however they arrive.
+#[test]
+fn mapped_cidrs_match_ipv4_peers() {
+    let c = config(
+        r#"
+[[upstream]]
+name = "u"
+hosts = ["a.example.com"]
+
+[[client]]
+name = "internal"
+cidrs = ["::ffff:10.0.0.0/104"]
+upstreams = ["u"]
+"#,
+    );
+    for (peer, allowed) in [
+        ("10.1.2.3", true),
+        ("::ffff:10.1.2.3", true),
+        ("11.1.2.3", false),
+        ("::ffff:11.1.2.3", false),
+    ] {
+        let peer: IpAddr = peer.parse().unwrap();
+        let got = identify(&c.clients, peer, None);
+        assert_eq!(got.is_ok(), allowed, "{peer}: {got:?}");
+    }
+}
