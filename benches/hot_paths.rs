@@ -135,6 +135,40 @@ fn pool_cycle(c: &mut Criterion) {
             })
         })
     });
+    // What each request adds by holding a counted handle (the registry forgets vacant pools).
+    c.bench_function("pool handle clone + drop", |b| {
+        b.iter(|| drop(std::hint::black_box(pool.clone())))
+    });
+    // The whole per-request pool path: registry lookup, checkout, release, handle dropped.
+    let config = portcullis::config::Config::from_toml(
+        "[[upstream]]\nname = \"bench\"\nhosts = [\"*.bench.example\"]\n",
+        "bench.toml",
+    )
+    .unwrap();
+    let upstream = config.upstream("bench").unwrap().clone();
+    let target = portcullis::target::Target {
+        host: portcullis::target::Host::Name("api.bench.example".into()),
+        port: 443,
+        tls: true,
+    };
+    let pools: portcullis::pool::Pools<Fake> = portcullis::pool::Pools::new(metrics.clone());
+    rt.block_on(async {
+        let pool = pools.get(&upstream, &target);
+        if let Checkout::Dial(slot) = pool.checkout(Reuse::Any).await.unwrap() {
+            slot.fill(Fake).release();
+        }
+    });
+    c.bench_function("registry get + checkout + release (reuse)", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let pool = pools.get(&upstream, &target);
+                match pool.checkout(Reuse::Any).await.unwrap() {
+                    Checkout::Reused(c) => c.release(),
+                    Checkout::Dial(_) => panic!("expected reuse"),
+                }
+            })
+        })
+    });
 }
 
 criterion_group!(benches, parse, policy_decide, header_rewrite, pool_cycle);

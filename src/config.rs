@@ -4,8 +4,10 @@
 //! `Raw*` → the effective `Config` with every `[defaults]` key resolved per upstream.
 //! Every problem found is collected, so a bad file is fixed in one round.
 
+pub mod file;
 pub mod lint;
 pub mod raw;
+pub mod reach;
 mod tls;
 
 use std::fmt;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use rustls::pki_types::CertificateDer;
 
 use crate::intercept::ca::InterceptCa;
 use crate::policy::host::HostPattern;
@@ -104,7 +107,7 @@ pub struct Settings {
 }
 
 /// How an upstream gets TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsMode {
     /// portcullis opens TLS to the destination for plain `http://` requests.
     Originate,
@@ -113,7 +116,7 @@ pub enum TlsMode {
 }
 
 /// What a CONNECT to an upstream becomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConnectMode {
     /// Bytes copied both ways; the app's TLS is end to end.
     Tunnel,
@@ -131,9 +134,23 @@ pub struct Upstream {
     pub connect: ConnectMode,
     /// Extra trust roots (PEM), on top of the system's.
     pub ca_file: Option<PathBuf>,
+    /// The certificates `ca_file` held when the config was loaded: what TLS verifies against,
+    /// so a connection is verified against exactly what the config was checked with.
+    pub ca_roots: Arc<[CertificateDer<'static>]>,
     /// The remote firewall's idle limit, when known; all our timers stay below it.
     pub remote_idle_limit: Option<Duration>,
     pub settings: Settings,
+    /// Fingerprint of what this upstream may reach and how ([`reach::Reach`]): pooled
+    /// connections made under another one are closed.
+    pub reach: u64,
+}
+
+impl Upstream {
+    /// Whether `other` may reach the same destinations in the same way (SPEC §8): if not, a
+    /// reload from one to the other closes the upstream's pooled connections.
+    pub fn same_reach(&self, other: &Upstream) -> bool {
+        self.reach == other.reach
+    }
 }
 
 /// One `[[client]]`: an identity and what it may reach.
@@ -225,7 +242,7 @@ impl Config {
 
     fn read_file(path: &Path, intercept_ca: bool) -> Result<Config, ConfigError> {
         let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = file::read_text(path, file::MAX_CONFIG_BYTES).map_err(|e| ConfigError {
             source: source.clone(),
             problems: vec![format!("cannot read the file: {e}")],
         })?;
@@ -399,11 +416,16 @@ fn resolve_upstream(
         }
     };
     let ca_file = raw.ca_file.map(|p| relative_to(source, &p));
-    if let Some(path) = &ca_file {
-        if let Err(e) = crate::connect::tls::read_pem_roots(path) {
-            problems.push(format!("{label}: ca_file {}: {e}", path.display()));
-        }
-    }
+    let ca_roots: Arc<[CertificateDer<'static>]> = match &ca_file {
+        None => Arc::from([]),
+        Some(path) => match crate::connect::tls::read_pem_roots(path) {
+            Ok(roots) => roots.into(),
+            Err(e) => {
+                problems.push(format!("{label}: ca_file {}: {e}", path.display()));
+                Arc::from([])
+            }
+        },
+    };
     let remote_idle_limit = match raw.remote_idle_limit.as_deref().map(raw::parse_duration) {
         None => None,
         Some(Ok(d)) => Some(d),
@@ -430,6 +452,16 @@ fn resolve_upstream(
     if problems.len() > before {
         return None;
     }
+    let reach = reach::Reach {
+        hosts: &hosts,
+        ports: &ports,
+        allow_private: settings.allow_private,
+        tls,
+        connect,
+        ca_file: ca_file.as_deref(),
+        ca_roots: &ca_roots,
+    }
+    .fingerprint();
     Some(Upstream {
         name: raw.name,
         hosts,
@@ -437,8 +469,10 @@ fn resolve_upstream(
         tls,
         connect,
         ca_file,
+        ca_roots,
         remote_idle_limit,
         settings,
+        reach,
     })
 }
 
@@ -505,6 +539,21 @@ fn relative_to(source: &str, p: &Path) -> PathBuf {
     }
 }
 
+/// An IPv4-mapped IPv6 CIDR (`::ffff:10.0.0.0/104`) as the IPv4 CIDR it means (`10.0.0.0/8`):
+/// peers arriving as mapped addresses on a dual-stack listener are matched as IPv4, so the
+/// mapped spelling would otherwise never match anyone. Wider IPv6 CIDRs (`::/0`) stay IPv6.
+pub fn unmapped(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
+}
+
 fn resolve_client(
     raw: RawClient,
     index: usize,
@@ -525,7 +574,7 @@ fn resolve_client(
             .parse::<IpNet>()
             .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
         {
-            Ok(n) => cidrs.push(n.trunc()),
+            Ok(n) => cidrs.push(unmapped(n.trunc())),
             Err(_) => problems.push(format!(
                 "{label}: cidrs entry \"{c}\" is not a CIDR like 10.0.0.0/8"
             )),

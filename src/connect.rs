@@ -1,9 +1,10 @@
-//! Resolve, check every address against policy, dial TCP (next address on failure), then TLS.
+//! Resolve, check every address against policy, dial TCP (racing the addresses, happy eyeballs), then TLS.
 //!
 //! The address that passed the private-address check is the one dialed: there is no second
 //! lookup between check and connect, so DNS rebinding cannot slip a private address in.
 
 pub mod io;
+pub mod race;
 pub mod tls;
 
 use std::io::ErrorKind;
@@ -12,14 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, Protocol, ResolverConfig, ResolverOpts};
-use hickory_resolver::TokioAsyncResolver;
+use hickory_resolver::{Name, TokioAsyncResolver};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsConnector;
 
 use crate::config::{ProxySettings, Settings, Upstream};
 use crate::error::ProxyError;
-use crate::policy::ip;
+use crate::policy;
 use crate::target::{Host, Target};
 pub use io::UpstreamIo;
 use tls::TlsClients;
@@ -74,18 +75,24 @@ impl Connector {
         self.resolver.clear_cache();
     }
 
-    /// Addresses for `host`, every one checked against the private-address policy.
+    /// Addresses for `host`, every one checked against the upstream's address policy.
     pub async fn resolve(
         &self,
         host: &Host,
-        settings: &Settings,
+        upstream: &Upstream,
         deadline: Instant,
     ) -> Result<Vec<IpAddr>, ProxyError> {
         let addrs = match host {
             Host::Ip(ip) => vec![*ip],
             Host::Name(name) => {
-                let fqdn = format!("{name}.");
-                match timeout_at(deadline, self.resolver.lookup_ip(fqdn.as_str())).await {
+                // As ASCII, label by label: a `&str` would go through IDNA's STD3 rules,
+                // which refuse the `_` that DNS allows (and `parse_host` already made the
+                // name lowercase ASCII).
+                let fqdn = Name::from_ascii(format!("{name}.")).map_err(|e| ProxyError::Dns {
+                    host: name.clone(),
+                    detail: e.to_string(),
+                })?;
+                match timeout_at(deadline, self.resolver.lookup_ip(fqdn)).await {
                     Err(_) => {
                         return Err(ProxyError::Dns {
                             host: name.clone(),
@@ -114,19 +121,7 @@ impl Connector {
                 detail: "no addresses".into(),
             });
         }
-        if !settings.allow_private {
-            // One private answer refuses the whole request: a mixed answer is how rebinding starts.
-            if let Some((addr, class)) = addrs
-                .iter()
-                .find_map(|a| ip::private_class(*a).map(|c| (*a, c)))
-            {
-                return Err(ProxyError::PrivateAddress {
-                    host: host.to_string(),
-                    addr,
-                    class,
-                });
-            }
-        }
+        policy::check_addresses(upstream, host, &addrs)?;
         Ok(addrs)
     }
 
@@ -134,7 +129,7 @@ impl Connector {
     pub async fn dial(&self, target: &Target, upstream: &Upstream) -> Result<Dialed, ProxyError> {
         let settings = &upstream.settings;
         let deadline = Instant::now() + settings.connect_timeout;
-        let addrs = self.resolve(&target.host, settings, deadline).await?;
+        let addrs = self.resolve(&target.host, upstream, deadline).await?;
         let (tcp, peer) = connect_any(&addrs, target.port, settings, deadline).await?;
         if !target.tls {
             return Ok(Dialed {
@@ -142,13 +137,13 @@ impl Connector {
                 peer,
             });
         }
-        let config = self
-            .tls
-            .get(upstream.ca_file.as_deref())
-            .map_err(|detail| ProxyError::TlsHandshake {
-                host: target.host.to_string(),
-                detail,
-            })?;
+        let config =
+            self.tls
+                .get(&upstream.ca_roots)
+                .map_err(|detail| ProxyError::TlsHandshake {
+                    host: target.host.to_string(),
+                    detail,
+                })?;
         let server_name = match &target.host {
             Host::Name(n) => rustls::pki_types::ServerName::try_from(n.clone()),
             Host::Ip(ip) => Ok(rustls::pki_types::ServerName::IpAddress((*ip).into())),
@@ -172,49 +167,50 @@ impl Connector {
     }
 }
 
-/// Connect to the first address that answers; remember why the others failed.
+/// Connect to the first address that answers, racing a silent one after a short delay
+/// (happy eyeballs, [`race`]) so that one blackholed address cannot use up `connect_timeout`.
 async fn connect_any(
     addrs: &[IpAddr],
     port: u16,
     settings: &Settings,
     deadline: Instant,
 ) -> Result<(TcpStream, SocketAddr), ProxyError> {
-    let mut last = None;
-    for ip in addrs {
-        let addr = SocketAddr::new(*ip, port);
-        match timeout_at(deadline, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                tune(&stream, settings);
-                return Ok((stream, addr));
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(%addr, error = %e, "connect failed; trying the next address");
-                last = Some(match e.kind() {
-                    ErrorKind::ConnectionRefused => ProxyError::ConnectRefused {
-                        addr: addr.to_string(),
-                    },
-                    ErrorKind::TimedOut => ProxyError::ConnectTimeout {
-                        addr: addr.to_string(),
-                        timeout_ms: settings.connect_timeout.as_millis(),
-                    },
-                    _ => ProxyError::ConnectFailed {
-                        addr: addr.to_string(),
-                        detail: e.to_string(),
-                    },
-                });
-            }
-            Err(_) => {
-                return Err(ProxyError::ConnectTimeout {
-                    addr: addr.to_string(),
-                    timeout_ms: settings.connect_timeout.as_millis(),
-                })
-            }
+    let order: Vec<SocketAddr> = race::interleave(addrs)
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
+    let timeout_ms = settings.connect_timeout.as_millis();
+    match race::race(&order, deadline, TcpStream::connect).await {
+        Ok((stream, addr)) => {
+            tune(&stream, settings);
+            Ok((stream, addr))
         }
+        Err(race::RaceError::TimedOut(tried)) => Err(ProxyError::ConnectTimeout {
+            addr: match tried.as_slice() {
+                [one] => one.to_string(),
+                [first, rest @ ..] => format!("{first} (and {} more addresses)", rest.len()),
+                [] => format!("port {port}"),
+            },
+            timeout_ms,
+        }),
+        Err(race::RaceError::Failed(addr, e)) => Err(match e.kind() {
+            ErrorKind::ConnectionRefused => ProxyError::ConnectRefused {
+                addr: addr.to_string(),
+            },
+            ErrorKind::TimedOut => ProxyError::ConnectTimeout {
+                addr: addr.to_string(),
+                timeout_ms,
+            },
+            _ => ProxyError::ConnectFailed {
+                addr: addr.to_string(),
+                detail: e.to_string(),
+            },
+        }),
+        Err(race::RaceError::NoAddress) => Err(ProxyError::ConnectFailed {
+            addr: format!("port {port}"),
+            detail: "no address".into(),
+        }),
     }
-    Err(last.unwrap_or_else(|| ProxyError::ConnectFailed {
-        addr: format!("port {port}"),
-        detail: "no address".into(),
-    }))
 }
 
 /// No Nagle delay (requests are small and latency-bound); keepalive probes as configured.

@@ -51,11 +51,13 @@ pub enum ProxyError {
     /// A request inside a tunnel names another host than the CONNECT did.
     #[error("this tunnel was opened to {expected}; a request for {host} must use its own CONNECT")]
     Misdirected { host: String, expected: String },
-    #[error("{host} resolves to {addr}, a {class} address; this destination is not allowed to reach private addresses")]
+    #[error("{host} resolves to {addr}, a {class} address; {why}")]
     PrivateAddress {
         host: String,
         addr: IpAddr,
         class: &'static str,
+        /// Which rule refused it (policy's words).
+        why: &'static str,
     },
     #[error("DNS lookup of {host} failed: {detail}")]
     Dns { host: String, detail: String },
@@ -307,6 +309,7 @@ mod tests {
                     host: "h".into(),
                     addr: [10, 0, 0, 1].into(),
                     class: "rfc1918",
+                    why: "not allowed",
                 },
                 403,
                 "destination_ip_prohibited",

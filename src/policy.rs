@@ -162,6 +162,52 @@ impl From<IpAddr> for Caller<'_> {
     }
 }
 
+/// Why a private address is refused when `allow_private = false`.
+pub const NOT_PRIVATE: &str = "this destination is not allowed to reach private addresses";
+/// Why a link-local address is refused under `allow_private = true`.
+pub const NOT_LINK_LOCAL: &str = "link-local addresses (cloud metadata) are refused even with allow_private = true, unless the upstream lists the address itself in hosts";
+
+/// Whether `upstream` may dial the addresses `host` resolved to (SPEC §4). Run on the very
+/// addresses that will be dialed, all of them: one refused answer refuses the request, as a
+/// mixed answer is how DNS rebinding starts.
+///
+/// Private addresses need `allow_private`; link-local ones (169.254/16, fe80::/10, in any
+/// IPv6 form) are refused even then unless `hosts` lists that very address, so a wildcard
+/// or a name never reaches the metadata service.
+pub fn check_addresses(
+    upstream: &Upstream,
+    host: &Host,
+    addrs: &[IpAddr],
+) -> Result<(), ProxyError> {
+    for &addr in addrs {
+        let Some(private) = ip::classify(addr) else {
+            continue;
+        };
+        let why = if !upstream.settings.allow_private {
+            NOT_PRIVATE
+        } else if private.link_local && !lists_literally(upstream, addr) {
+            NOT_LINK_LOCAL
+        } else {
+            continue;
+        };
+        return Err(ProxyError::PrivateAddress {
+            host: host.to_string(),
+            addr,
+            class: private.class,
+            why,
+        });
+    }
+    Ok(())
+}
+
+/// Whether `hosts` names `addr` itself (not a name that resolves to it, nor a mapped form).
+fn lists_literally(upstream: &Upstream, addr: IpAddr) -> bool {
+    upstream
+        .hosts
+        .iter()
+        .any(|p| matches!(p, host::HostPattern::Ip(listed) if *listed == addr))
+}
+
 /// Which `[[client]]` is asking. With no clients configured, everyone is anonymous and allowed.
 ///
 /// An entry's criteria are its CIDRs (source address), its `cert_names` (one identity of the

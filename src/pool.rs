@@ -13,6 +13,9 @@
 //!   or a freed slot is handed straight to the oldest waiter, bounded by `acquire_timeout`.
 //! - [`Pooled`] goes back to the pool on `release` and is closed on `discard` or on drop.
 //! - The pool is generic over [`Poolable`], so its tests use fake connections, not sockets.
+//! - A pool counts its [`Pool`] handles too. With no handle and no connection (not even one
+//!   being dialed) it is *vacant*, and says so through a hook, outside its lock, to whoever
+//!   made it: the registry then forgets it (SPEC §5), so that names seen once leave nothing.
 
 mod reaper;
 pub mod registry;
@@ -73,15 +76,44 @@ impl Limits {
 /// Connection ids are unique for the life of the process (they appear in logs and `/pools`).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// A pool for one destination.
+/// A handle to the pool for one destination.
 pub struct Pool<C: Poolable> {
     inner: Arc<Inner<C>>,
+    /// Counted in `holders`. Only the registry keeps an uncounted one, so that a pool no
+    /// request holds can be forgotten.
+    counted: bool,
+    /// The reach (config fingerprint, SPEC §8) the holder runs under: connections it dials
+    /// are stamped with it, and closed after their request if the pool's has moved on.
+    reach: u64,
 }
 
+/// Called (outside the pool's lock) when a pool may have become vacant.
+pub type VacancyHook = Box<dyn Fn() + Send + Sync>;
+
 impl<C: Poolable> Clone for Pool<C> {
+    /// Another handle: the pool is not vacant while it lives.
     fn clone(&self) -> Self {
+        self.inner.lock().holders += 1;
         Pool {
             inner: self.inner.clone(),
+            counted: true,
+            reach: self.reach,
+        }
+    }
+}
+
+impl<C: Poolable> Drop for Pool<C> {
+    fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
+        let vacant = {
+            let mut st = self.inner.lock();
+            st.holders -= 1;
+            st.vacant()
+        };
+        if vacant {
+            self.inner.vacated();
         }
     }
 }
@@ -91,6 +123,8 @@ struct Inner<C: Poolable> {
     metrics: PoolMetrics,
     /// Wakes the reaper when an idle connection arrives (its deadline may be the next one).
     wake_reaper: Arc<Notify>,
+    /// Told when the pool may have become vacant (the registry forgets it then).
+    on_vacant: Option<VacancyHook>,
 }
 
 impl<C: Poolable> Drop for Inner<C> {
@@ -111,6 +145,10 @@ struct State<C: Poolable> {
     conns: HashMap<u64, ConnInfo>,
     /// Drained (shutdown or upstream removed): releases close instead of pooling.
     closing: bool,
+    /// Live counted [`Pool`] handles: requests that may still check out or wait.
+    holders: usize,
+    /// The reach connections must have been dialed under to be pooled (see [`Pool::set_reach`]).
+    reach: u64,
     /// The deadline the reaper sleeps until (`None`: until woken). A returned connection wakes
     /// it only when its own deadline is earlier, not on every release.
     reaper_at: Option<Instant>,
@@ -128,6 +166,8 @@ pub struct Meta {
     pub life: Life,
     /// Requests this connection has carried, including the current one.
     pub requests: u64,
+    /// The reach it was dialed under (see [`Pool::set_reach`]).
+    pub reach: u64,
 }
 
 /// What `/pools` shows of one connection.
@@ -184,6 +224,19 @@ pub struct Snapshot {
 
 impl<C: Poolable> Pool<C> {
     pub fn new(limits: Limits, metrics: PoolMetrics) -> Pool<C> {
+        Pool::with_vacancy_hook(limits, 0, metrics, None)
+    }
+
+    /// A pool (and this, its first handle) that calls `on_vacant` whenever it may have become
+    /// vacant: no handle and no connection left. The call comes outside the pool's lock; the
+    /// pool may be in use again by the time it runs, so check [`Pool::is_vacant`] under a
+    /// lock that keeps new handles from being made.
+    pub fn with_vacancy_hook(
+        limits: Limits,
+        reach: u64,
+        metrics: PoolMetrics,
+        on_vacant: Option<VacancyHook>,
+    ) -> Pool<C> {
         metrics.limit.set(limits.max_connections as i64);
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
@@ -193,16 +246,70 @@ impl<C: Poolable> Pool<C> {
                 waiters: VecDeque::new(),
                 conns: HashMap::new(),
                 closing: false,
+                holders: 1,
+                reach,
                 reaper_at: None,
             }),
             metrics,
             wake_reaper: Arc::new(Notify::new()),
+            on_vacant,
         });
         tokio::spawn(reaper::run(
             Arc::downgrade(&inner),
             inner.wake_reaper.clone(),
         ));
-        Pool { inner }
+        Pool {
+            inner,
+            counted: true,
+            reach,
+        }
+    }
+
+    /// A reference that does not count as a handle (see `counted`): for the registry only.
+    pub(crate) fn uncounted(&self) -> Pool<C> {
+        Pool {
+            inner: self.inner.clone(),
+            counted: false,
+            reach: self.reach,
+        }
+    }
+
+    /// This handle for a holder running under `reach` (its request's config).
+    pub(crate) fn for_reach(mut self, reach: u64) -> Pool<C> {
+        self.reach = reach;
+        self
+    }
+
+    /// A reload changed what this pool's upstream may reach or how (SPEC §8): from now on
+    /// only connections dialed under `reach` are pooled. Idle ones made under another are
+    /// closed now, busy ones when their request is done; no request is served on them again.
+    /// Returns whether it changed anything.
+    pub fn set_reach(&self, reach: u64, reason: CloseReason) -> bool {
+        let doomed: Vec<Idle<C>> = {
+            let mut st = self.inner.lock();
+            if st.reach == reach {
+                return false;
+            }
+            st.reach = reach;
+            let (stale, kept): (Vec<Idle<C>>, Vec<Idle<C>>) = std::mem::take(&mut st.idle)
+                .into_iter()
+                .partition(|e| e.meta.reach != reach);
+            st.idle = kept;
+            for e in &stale {
+                // Its slot stays counted until it is closed, after the lock.
+                st.forget(e.meta.id);
+                self.inner.count_idle_close(reason);
+            }
+            stale
+        };
+        // Vacancy is not reported: this runs under the registry's lock, which looks itself.
+        self.inner.close(doomed.into_iter().map(|e| e.conn));
+        true
+    }
+
+    /// No handle other than uncounted ones, and no connection (connecting, busy or idle).
+    pub fn is_vacant(&self) -> bool {
+        self.inner.lock().vacant()
     }
 
     /// A healthy idle connection (most recently used first), else a slot to dial, else wait
@@ -229,13 +336,18 @@ impl<C: Poolable> Pool<C> {
                 } else {
                     st.idle.pop()
                 } {
-                    match reuse::verdict(
-                        &entry.meta.life.under(idle_timeout),
-                        now,
-                        max_lifetime,
-                        entry.conn.is_open(),
-                        max_idle_for_request,
-                    ) {
+                    let verdict = if entry.meta.reach != st.reach {
+                        Verdict::Close(CloseReason::Shutdown)
+                    } else {
+                        reuse::verdict(
+                            &entry.meta.life.under(idle_timeout),
+                            now,
+                            max_lifetime,
+                            entry.conn.is_open(),
+                            max_idle_for_request,
+                        )
+                    };
+                    match verdict {
                         Verdict::Reuse => {
                             let pooled = self.inner.take_idle(&mut st, entry, now);
                             drop(st);
@@ -263,12 +375,12 @@ impl<C: Poolable> Pool<C> {
                     if spare > 0 {
                         self.inner.free_slots(spare);
                     }
-                    return Ok(Checkout::Dial(Slot::new(self.inner.clone())));
+                    return Ok(Checkout::Dial(self.stamp(Slot::new(self.inner.clone()))));
                 }
                 if st.open < st.limits.max_connections {
                     st.open += 1;
                     drop(st);
-                    return Ok(Checkout::Dial(Slot::new(self.inner.clone())));
+                    return Ok(Checkout::Dial(self.stamp(Slot::new(self.inner.clone()))));
                 }
                 if !st.idle.is_empty() {
                     // At the cap with only too-idle connections: close the oldest, take its slot.
@@ -277,7 +389,7 @@ impl<C: Poolable> Pool<C> {
                     self.inner.count_idle_close(CloseReason::PoolFull);
                     drop(st);
                     drop(entry);
-                    return Ok(Checkout::Dial(Slot::new(self.inner.clone())));
+                    return Ok(Checkout::Dial(self.stamp(Slot::new(self.inner.clone()))));
                 }
             }
             let (tx, rx) = oneshot::channel();
@@ -293,13 +405,15 @@ impl<C: Poolable> Pool<C> {
         match outcome {
             Ok(Ok(Grant::Conn(pooled))) if reuse == Reuse::Never => {
                 // Handed a pooled connection but a new one is required: close it, dial in its slot.
-                Ok(Checkout::Dial(pooled.into_slot(CloseReason::PoolFull)))
+                Ok(Checkout::Dial(
+                    self.stamp(pooled.into_slot(CloseReason::PoolFull)),
+                ))
             }
             Ok(Ok(Grant::Conn(mut pooled))) => {
                 pooled.reused = true;
                 Ok(Checkout::Reused(pooled))
             }
-            Ok(Ok(Grant::Slot(slot))) => Ok(Checkout::Dial(slot)),
+            Ok(Ok(Grant::Slot(slot))) => Ok(Checkout::Dial(self.stamp(slot))),
             Ok(Err(_)) | Err(_) => {
                 // Closed senders are pruned so a pool that never frees up does not grow a queue.
                 self.inner.lock().waiters.retain(|w| !w.is_closed());
@@ -309,6 +423,12 @@ impl<C: Poolable> Pool<C> {
                 })
             }
         }
+    }
+
+    /// A slot for this holder: what it dials is stamped with the holder's reach.
+    fn stamp(&self, mut slot: Slot<C>) -> Slot<C> {
+        slot.reach = self.reach;
+        slot
     }
 
     /// New limits after a reload; a raised cap lets waiters dial at once.
@@ -346,6 +466,8 @@ impl<C: Poolable> Pool<C> {
             }
             idle
         };
+        // Vacancy is not reported from here: drain runs under the registry's lock (a reload,
+        // a destination moved), and the registry drops such pools itself.
         self.inner.close(doomed.into_iter().map(|e| e.conn));
     }
 
@@ -388,22 +510,24 @@ impl<C: Poolable> Inner<C> {
     /// (on loopback the kernel delivers the FIN within it) plus freeing the connection's
     /// buffers, and other requests to this destination need not queue behind it; the price
     /// is a second, short lock on close paths only, never when a connection is reused.
-    fn close(self: &Arc<Self>, conns: impl IntoIterator<Item = C>) {
+    ///
+    /// Returns whether that left the pool vacant: the caller then calls [`Inner::vacated`],
+    /// unless it runs under the registry's lock (a reload), where the registry looks itself.
+    fn close(self: &Arc<Self>, conns: impl IntoIterator<Item = C>) -> bool {
         let mut closed = 0;
         for conn in conns {
             drop(conn);
             closed += 1;
         }
-        if closed > 0 {
-            self.free_slots(closed);
-        }
+        closed > 0 && self.free_slots(closed)
     }
 
-    /// Give back `n` slots whose connections are closed (or were never dialed).
-    fn free_slots(self: &Arc<Self>, n: usize) {
+    /// Give back `n` slots whose connections are closed (or were never dialed); whether that
+    /// left the pool vacant.
+    fn free_slots(self: &Arc<Self>, n: usize) -> bool {
         let mut st = self.lock();
         st.open -= n;
-        self.grant_free_slots(st);
+        self.grant_free_slots(st)
     }
 
     /// Move an idle entry to busy.
@@ -434,8 +558,16 @@ impl<C: Poolable> Inner<C> {
         }
     }
 
-    /// Hand free capacity to waiters, oldest first, while slots remain.
-    fn grant_free_slots(self: &Arc<Self>, mut st: MutexGuard<'_, State<C>>) {
+    /// Tell whoever made the pool that it may be vacant (call outside the lock).
+    fn vacated(&self) {
+        if let Some(hook) = &self.on_vacant {
+            hook();
+        }
+    }
+
+    /// Hand free capacity to waiters, oldest first, while slots remain; then unlock and say
+    /// whether the pool was vacant at that moment.
+    fn grant_free_slots(self: &Arc<Self>, mut st: MutexGuard<'_, State<C>>) -> bool {
         let mut refused = Vec::new();
         while st.open < st.limits.max_connections && !st.closing {
             let Some(tx) = st.waiters.pop_front() else {
@@ -452,8 +584,10 @@ impl<C: Poolable> Inner<C> {
                 refused.push(slot);
             }
         }
+        let vacant = st.vacant();
         drop(st);
         drop(refused);
+        vacant
     }
 
     /// A busy connection is done: hand it to the oldest waiter, keep it idle, or close it.
@@ -479,7 +613,8 @@ impl<C: Poolable> Inner<C> {
                 )
             })
             .and_then(|()| {
-                if st.closing {
+                // Drained, or dialed under a reach a reload has since changed (SPEC §8).
+                if st.closing || meta.reach != st.reach {
                     Err(CloseReason::Shutdown)
                 } else {
                     Ok(())
@@ -490,7 +625,9 @@ impl<C: Poolable> Inner<C> {
             drop(st);
             self.metrics.busy.dec();
             self.metrics.closed(reason).inc();
-            self.close([conn]);
+            if self.close([conn]) {
+                self.vacated();
+            }
             return;
         }
         meta.life.idle_since = now;
@@ -544,7 +681,9 @@ impl<C: Poolable> Inner<C> {
                 st.forget(meta.id);
                 drop(st);
                 self.count_idle_close(CloseReason::PoolFull);
-                self.close([conn]);
+                if self.close([conn]) {
+                    self.vacated();
+                }
                 return;
             }
             let oldest = st.idle.remove(0);
@@ -573,16 +712,27 @@ impl<C: Poolable> State<C> {
     fn forget(&mut self, id: u64) {
         self.conns.remove(&id);
     }
+
+    /// No request holds a handle (so none waits either) and no connection is open or being
+    /// dialed: nothing would be lost if the pool were forgotten.
+    fn vacant(&self) -> bool {
+        self.holders == 0 && self.open == 0
+    }
 }
 
 /// Capacity for one connection. Dropped unfilled (a failed dial), it frees the slot for a waiter.
 pub struct Slot<C: Poolable> {
     inner: Option<Arc<Inner<C>>>,
+    /// The reach of the holder that will dial in it (set by checkout).
+    reach: u64,
 }
 
 impl<C: Poolable> Slot<C> {
     fn new(inner: Arc<Inner<C>>) -> Self {
-        Slot { inner: Some(inner) }
+        Slot {
+            inner: Some(inner),
+            reach: 0,
+        }
     }
 
     fn defuse(&mut self) {
@@ -606,6 +756,7 @@ impl<C: Poolable> Slot<C> {
                 idle_reason: CloseReason::IdleTimeout,
             },
             requests: 1,
+            reach: self.reach,
         };
         st.conns.insert(
             id,
@@ -625,7 +776,7 @@ impl<C: Poolable> Slot<C> {
             reused: false,
             idle_at_checkout: Duration::ZERO,
             age_at_checkout: Duration::ZERO,
-            slot: Slot { inner: Some(inner) },
+            slot: Slot::new(inner),
             done: None,
         }
     }
@@ -636,7 +787,9 @@ impl<C: Poolable> Drop for Slot<C> {
         // Armed only while unfilled (a failed or abandoned dial): no connection to close
         // first, as the dial drops its socket before the slot it was dialed in is dropped.
         if let Some(inner) = self.inner.take() {
-            inner.free_slots(1);
+            if inner.free_slots(1) {
+                inner.vacated();
+            }
         }
     }
 }
@@ -702,7 +855,7 @@ impl<C: Poolable> Pooled<C> {
         inner.metrics.busy.dec();
         inner.metrics.closed(reason).inc();
         drop(conn);
-        Slot { inner: Some(inner) }
+        Slot::new(inner)
     }
 
     /// Close it: it failed, or must not be reused for `reason`.

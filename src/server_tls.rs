@@ -12,9 +12,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
-/// The one way certificate, key and CA files are read, so a bounded reader can replace it here.
-pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    std::fs::read(path)
+/// The one way certificate, key and CA files are read: bounded, and never blocking on a FIFO
+/// or a device (`config::file`).
+pub fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    crate::config::file::read_limited(path, crate::config::file::MAX_PEM_BYTES)
 }
 
 /// A built listener config; `Debug` does not print key material.

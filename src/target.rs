@@ -151,6 +151,27 @@ pub fn parse_absolute(uri: &http::Uri) -> Result<RequestTarget, TargetError> {
     Ok(RequestTarget { scheme, host, port })
 }
 
+/// The request-target sent upstream for an absolute-form URI: its path and query in
+/// origin-form (SPEC §4), never empty and never with a fragment.
+///
+/// `http::Uri` drops the fragment, but `http://host#frag` then leaves an empty path-and-query
+/// that renders as nothing: the request line would go out as `GET  HTTP/1.1`. That case (and
+/// a URI with no path at all) becomes `/`; `http://host?q` already renders as `/?q`.
+pub fn origin_form(uri: &http::Uri) -> http::Uri {
+    match uri.path_and_query() {
+        // Shared, not re-parsed or copied: the common case costs a reference count.
+        Some(pq) => {
+            let form = http::Uri::from(pq.clone());
+            if form.path().starts_with('/') {
+                form
+            } else {
+                http::Uri::from_static("/")
+            }
+        }
+        None => http::Uri::from_static("/"),
+    }
+}
+
 /// Parse a CONNECT request target: `host:port` or `[v6]:port`, port required.
 pub fn parse_connect(authority: &str) -> Result<(Host, u16), TargetError> {
     if authority.contains('@') {
@@ -566,6 +587,36 @@ mod tests {
                 matches!(got, Err(TargetError::InvalidHost { .. })),
                 "{input} gave {got:?}"
             );
+        }
+    }
+
+    #[test]
+    fn origin_form_cases() {
+        let cases: &[(&str, &str)] = &[
+            ("http://h", "/"),
+            ("http://h/", "/"),
+            ("http://h:8080", "/"),
+            ("http://h/p/q.html", "/p/q.html"),
+            ("http://h/p?q=1&r", "/p?q=1&r"),
+            ("http://h?q", "/?q"),
+            ("http://h?", "/?"),
+            ("http://h?a?b", "/?a?b"),
+            ("https://h/%2e%2e/x", "/%2e%2e/x"),
+            ("http://h/..", "/.."),
+            // Fragments never leave; a fragment alone leaves `/`, not an empty target.
+            ("http://h#frag", "/"),
+            ("http://h#", "/"),
+            ("http://h:80#x", "/"),
+            ("http://h/#", "/"),
+            ("http://h?q#f", "/?q"),
+            ("http://h?#", "/?"),
+            ("http://h/p?q#f", "/p?q"),
+            ("http://h/a#b?c", "/a"),
+            ("http://[::1]:80#f", "/"),
+        ];
+        for &(input, want) in cases {
+            let uri: http::Uri = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(origin_form(&uri).to_string(), want, "{input}");
         }
     }
 

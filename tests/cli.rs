@@ -293,6 +293,53 @@ fn unreadable_config_exits_2_naming_the_file() {
     );
 }
 
+/// A config path naming a FIFO (no writer: opening it would block for ever), a device or a
+/// directory exits 2 at once, saying what it is, without reading a byte.
+#[test]
+fn a_config_that_is_not_a_regular_file_exits_2_without_blocking() {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let fifo = dir.join("portcullis.toml");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let cases = [
+        (fifo.display().to_string(), "a FIFO"),
+        ("/dev/zero".to_string(), "a device"),
+        (dir.display().to_string(), "a directory"),
+    ];
+    for (path, what) in cases {
+        let mut child = portcullis(&["check", "--config", &path])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while child.try_wait().expect("try_wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("check --config {path} blocked");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("output");
+        assert_eq!(out.status.code(), Some(2), "{path}: {}", describe(&out));
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            stderr,
+            format!("{path}: cannot read the file: it is {what}, not a regular file\n"),
+            "{}",
+            describe(&out)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn version() {
     let out = run(&mut portcullis(&["--version"]));

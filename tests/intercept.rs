@@ -143,6 +143,12 @@ async fn tunnels_of_separate_clients_share_one_upstream_connection() {
         seen.iter().map(|r| r.conn_id).collect::<Vec<_>>()
     );
     assert_eq!(b.origin.connections_accepted(), 1);
+    // Header names reach the bank as each client spelled them (SPEC §4), through interception
+    // as through origination: curl's and requests' `User-Agent`, not `user-agent`.
+    for r in &seen[..4] {
+        let names: Vec<&str> = r.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&"User-Agent"), "{} {names:?}", r.target);
+    }
     assert_eq!(
         b.proxy
             .metric(

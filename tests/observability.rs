@@ -282,6 +282,24 @@ async fn assert_gauges(p: &Proxy, (idle, busy): (u64, u64)) {
         p.metric(conns, "upstream=\"obs\",state=\"busy\"").await,
     );
     assert_eq!(gauges, (idle as f64, busy as f64), "gauges (idle, busy)");
+    if idle + busy == 0 {
+        // SPEC §5: a pool left without connections (and requests) is forgotten.
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            let doc = p.pools().await;
+            let listed = doc["pools"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|x| x["upstream"] == "obs"));
+            if !listed {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "an empty pool stays listed: {doc:#}"
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
     let pool = pool_of(p, "obs").await;
     assert_eq!(
         (pool["idle"].as_u64(), pool["busy"].as_u64()),

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use portcullis::config::Config;
 use portcullis::http1::{BodyState, ClientReader, HeadError, HEAD_READ, MAX_BODY_CHUNK};
 use portcullis::policy::host::HostPattern;
-use portcullis::target::{parse_absolute, parse_connect, parse_host, Host};
+use portcullis::target::{origin_form, parse_absolute, parse_connect, parse_host, Host};
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// A target's check: panics when an invariant breaks.
@@ -27,6 +27,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("host_match", host_match),
     ("config_load", config_load),
     ("http1_head", http1_head),
+    ("request_target", request_target),
 ];
 
 /// Longest DNS name without its trailing dot.
@@ -229,6 +230,76 @@ pub fn http1_head(data: &[u8]) {
             "the answer depends on reads of {piece} bytes (max {max})"
         );
     }
+}
+
+/// `request_target`: bytes from a client, read by the real codec as one request head (a
+/// missing blank line is added, so a bare request line is enough). A forwarded request's
+/// target goes through the steps `proxy::forward` takes (`Uri`, `parse_absolute`,
+/// `origin_form`), and the request-target that would go upstream is checked.
+///
+/// It is origin-form: starts with `/`, has no fragment, only printable ASCII (no space, no
+/// control byte); it is exactly the client's path and query (nothing lost but the
+/// fragment); and a request line carrying it reads back through our own strict codec as
+/// the same target. A malformed request line can therefore never leave the proxy.
+pub fn request_target(data: &[u8]) {
+    let mut input = data.to_vec();
+    if memchr_crlf2(&input).is_none() {
+        input.extend_from_slice(b"\r\n\r\n");
+    }
+    let Ok(head) = runtime().block_on(read_one_head(&input)) else {
+        return;
+    };
+    if head.method == http::Method::CONNECT {
+        return;
+    }
+    let Ok(uri) = head.target.parse::<http::Uri>() else {
+        return;
+    };
+    if parse_absolute(&uri).is_err() {
+        return;
+    }
+    let rendered = origin_form(&uri).to_string();
+    assert!(
+        rendered.starts_with('/'),
+        "{:?} goes upstream as {rendered:?}",
+        head.target
+    );
+    assert!(
+        rendered
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b'#'),
+        "{:?} goes upstream as {rendered:?}",
+        head.target
+    );
+    let sent = match uri.query() {
+        Some(q) => format!("{}?{q}", uri.path()),
+        None => uri.path().to_string(),
+    };
+    assert_eq!(
+        rendered, sent,
+        "{:?}: the upstream target is not the client's path and query",
+        head.target
+    );
+    let line = format!("{} {rendered} HTTP/1.1\r\nHost: h\r\n\r\n", head.method);
+    let again = runtime()
+        .block_on(read_one_head(line.as_bytes()))
+        .unwrap_or_else(|e| panic!("{line:?}, as sent upstream, does not parse: {e}"));
+    assert_eq!(again.target, rendered, "{line:?} reads back differently");
+}
+
+/// Where the first `\r\n\r\n` starts.
+fn memchr_crlf2(data: &[u8]) -> Option<usize> {
+    data.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+/// The first request head of `data`, read by the proxy's codec with the default head limit.
+async fn read_one_head(data: &[u8]) -> Result<portcullis::http1::RequestHead, HeadError> {
+    let io = Pieces {
+        data,
+        pos: 0,
+        piece: usize::MAX,
+    };
+    ClientReader::new(io, HEAD_LIMITS[0]).read_head().await
 }
 
 /// One current-thread runtime for the whole process: the inputs are in memory and always ready.

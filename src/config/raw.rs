@@ -212,14 +212,21 @@ impl RawProxy {
                 )),
             }
         }
+        let listen = addr("listen", &self.listen, "127.0.0.1:3128", problems);
+        let admin_listen = addr(
+            "admin_listen",
+            &self.admin_listen,
+            "127.0.0.1:9090",
+            problems,
+        );
+        // Every listener of [proxy] (`tls_listen` joins this list when it exists).
+        check_listeners(
+            &[("listen", listen), ("admin_listen", admin_listen)],
+            problems,
+        );
         ProxySettings {
-            listen: addr("listen", &self.listen, "127.0.0.1:3128", problems),
-            admin_listen: addr(
-                "admin_listen",
-                &self.admin_listen,
-                "127.0.0.1:9090",
-                problems,
-            ),
+            listen,
+            admin_listen,
             max_client_connections: max_client_connections.clamp(1, MAX_CLIENT_CONNECTIONS),
             client_idle_timeout: dur(
                 "client_idle_timeout",
@@ -253,6 +260,38 @@ impl RawProxy {
             tls: None,
         }
     }
+}
+
+/// Two listeners that would take the same port: refused at start-up by the kernel (or worse,
+/// both bound with `SO_REUSEADDR` semantics the operator did not mean), so refused here with
+/// a message that says why.
+fn check_listeners(listeners: &[(&str, SocketAddr)], problems: &mut Vec<String>) {
+    for (i, (key_a, a)) in listeners.iter().enumerate() {
+        for (key_b, b) in &listeners[i + 1..] {
+            if listeners_clash(*a, *b) {
+                problems.push(format!(
+                    "proxy: {key_a} ({a}) and {key_b} ({b}) would both listen on port {}; give them different ports",
+                    a.port()
+                ));
+            }
+        }
+    }
+}
+
+/// Whether two listen addresses overlap: the same port (port 0 picks a free one each time, so
+/// never clashes) on the same address, or on the wildcard address of either. `[::]` is
+/// dual-stack on Linux and takes the port on every IPv4 address too; `0.0.0.0` next to a
+/// specific IPv6 address could bind both, but one port for two listeners is a mistake either
+/// way, so that counts as a clash as well. IPv4-mapped IPv6 is the IPv4 address it carries.
+pub fn listeners_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    let canonical = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    let (ip_a, ip_b) = (canonical(a.ip()), canonical(b.ip()));
+    a.port() != 0
+        && a.port() == b.port()
+        && (ip_a == ip_b || ip_a.is_unspecified() || ip_b.is_unspecified())
 }
 
 /// The most `max_client_connections` may be: Linux's default ceiling on one process's file

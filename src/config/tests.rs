@@ -551,3 +551,203 @@ fn client_stall_timeout_is_a_positive_duration() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(got[0].starts_with("proxy: client_stall_timeout: \"30\" needs a unit"));
 }
+
+/// SPEC §8: the keys that decide what an upstream may reach, or how, change its reach; the
+/// others (limits, timeouts) do not, so their reload keeps its pooled connections.
+#[test]
+fn reach_changes_with_exactly_the_keys_that_decide_it() {
+    let dir = std::env::temp_dir().join(format!("portcullis-reach-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config/valid/extra-ca.pem");
+    let pem = std::fs::read_to_string(&fixture).expect("fixture CA");
+    let (ca_a, ca_b) = (dir.join("a.pem"), dir.join("b.pem"));
+    std::fs::write(&ca_a, &pem).expect("write");
+    std::fs::write(&ca_b, &pem).expect("write");
+    let upstream_text = |extra: &str| {
+        format!(
+            "[[upstream]]\nname = \"u\"\nhosts = [\"a.example.com\", \"*.b.example.com\"]\nports = [443]\n\
+             tls = \"originate\"\nca_file = {:?}\n{extra}\n",
+            ca_a.display().to_string()
+        )
+    };
+    let base = parse(&upstream_text(""));
+    let same = |text: String| upstream(&parse(&text), "u").same_reach(upstream(&base, "u"));
+    let cases: Vec<(&str, String, bool)> = vec![
+        ("unchanged", upstream_text(""), true),
+        ("idle_timeout", upstream_text("idle_timeout = \"5s\""), true),
+        (
+            "max_connections",
+            upstream_text("max_connections = 3"),
+            true,
+        ),
+        (
+            "connect_timeout",
+            upstream_text("connect_timeout = \"1s\""),
+            true,
+        ),
+        (
+            "retry_on_reset",
+            upstream_text("retry_on_reset = false"),
+            true,
+        ),
+        (
+            "remote_idle_limit",
+            upstream_text("remote_idle_limit = \"10m\""),
+            true,
+        ),
+        (
+            "allow_private stated as its default",
+            upstream_text("allow_private = false"),
+            true,
+        ),
+        (
+            "allow_private",
+            upstream_text("allow_private = true"),
+            false,
+        ),
+        (
+            "hosts",
+            upstream_text("").replace("\"*.b.example.com\"", "\"*.c.example.com\""),
+            false,
+        ),
+        (
+            "hosts narrowed",
+            upstream_text("").replace(", \"*.b.example.com\"", ""),
+            false,
+        ),
+        (
+            "ports",
+            upstream_text("").replace("[443]", "[443, 8443]"),
+            false,
+        ),
+        (
+            "tls",
+            upstream_text("").replace("\"originate\"", "\"as-requested\""),
+            false,
+        ),
+        (
+            "ca_file path",
+            upstream_text("").replace(&ca_a.display().to_string(), &ca_b.display().to_string()),
+            false,
+        ),
+    ];
+    for (case, text, want) in cases {
+        assert_eq!(same(text), want, "{case}");
+    }
+    // connect = "intercept" needs an intercept CA to load: compare the keys themselves.
+    let u = upstream(&base, "u");
+    let with = |connect| {
+        reach::Reach {
+            hosts: &u.hosts,
+            ports: &u.ports,
+            allow_private: u.settings.allow_private,
+            tls: u.tls,
+            connect,
+            ca_file: u.ca_file.as_deref(),
+            ca_roots: &u.ca_roots,
+        }
+        .fingerprint()
+    };
+    assert_eq!(
+        with(ConnectMode::Tunnel),
+        u.reach,
+        "connect = \"tunnel\" is the default"
+    );
+    assert_ne!(with(ConnectMode::Intercept), u.reach, "connect");
+    // The same path with other contents: a rotated bundle.
+    std::fs::write(&ca_a, format!("{pem}{pem}")).expect("rewrite");
+    assert!(!same(upstream_text("")), "ca_file contents");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn listeners_clash_cases() {
+    let cases: &[(&str, &str, bool)] = &[
+        ("127.0.0.1:3128", "127.0.0.1:9090", false),
+        ("127.0.0.1:3128", "127.0.0.1:3128", true),
+        // Port 0: each listener gets a free port of its own.
+        ("127.0.0.1:0", "127.0.0.1:0", false),
+        ("0.0.0.0:0", "127.0.0.1:0", false),
+        // The wildcard address takes the port on every address.
+        ("0.0.0.0:3128", "127.0.0.1:3128", true),
+        ("127.0.0.1:3128", "0.0.0.0:3128", true),
+        ("[::]:3128", "127.0.0.1:3128", true),
+        ("[::]:3128", "[::1]:3128", true),
+        ("0.0.0.0:3128", "[::1]:3128", true),
+        ("[::]:3128", "[::]:3128", true),
+        // Two specific addresses share a port without overlapping.
+        ("127.0.0.1:3128", "127.0.0.2:3128", false),
+        ("127.0.0.1:3128", "[::1]:3128", false),
+        ("10.0.0.5:3128", "[fd00::5]:3128", false),
+        // An IPv4-mapped address is its IPv4 address.
+        ("[::ffff:127.0.0.1]:3128", "127.0.0.1:3128", true),
+        ("[::ffff:127.0.0.1]:3128", "127.0.0.2:3128", false),
+        ("0.0.0.0:3128", "0.0.0.0:9090", false),
+    ];
+    for &(a, b, want) in cases {
+        let (a, b): (SocketAddr, SocketAddr) = (a.parse().unwrap(), b.parse().unwrap());
+        assert_eq!(raw::listeners_clash(a, b), want, "{a} {b}");
+        assert_eq!(raw::listeners_clash(b, a), want, "{b} {a}");
+    }
+}
+
+#[test]
+fn listen_and_admin_listen_must_not_share_a_port() {
+    let text = |listen: &str, admin: &str| {
+        format!("[proxy]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n{ONE}")
+    };
+    assert_eq!(
+        problems(&text("127.0.0.1:3128", "127.0.0.1:3128")),
+        vec!["proxy: listen (127.0.0.1:3128) and admin_listen (127.0.0.1:3128) would both listen on port 3128; give them different ports"]
+    );
+    assert_eq!(problems(&text("0.0.0.0:9090", "127.0.0.1:9090")).len(), 1);
+    parse(&text("0.0.0.0:3128", "127.0.0.1:9090"));
+    parse(&text("127.0.0.1:0", "127.0.0.1:0"));
+}
+
+#[test]
+fn tls_listen_may_not_share_a_port_with_the_other_listeners() {
+    let text = "[proxy]\nlisten = \"127.0.0.1:3128\"\ntls_listen = \"0.0.0.0:3128\"\n\
+                tls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n"
+        .to_string()
+        + ONE;
+    let found = problems(&text);
+    assert!(
+        found.iter().any(|p| p
+            == "proxy: tls_listen (0.0.0.0:3128) and listen (127.0.0.1:3128) would both listen on port 3128; give them different ports"),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn ipv4_mapped_cidrs_are_read_as_ipv4() {
+    let cases: &[(&str, &str)] = &[
+        ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+        ("::ffff:10.1.2.3/104", "10.0.0.0/8"),
+        ("::ffff:192.168.1.0/120", "192.168.1.0/24"),
+        ("::ffff:192.168.1.7/128", "192.168.1.7/32"),
+        ("::ffff:192.168.1.7", "192.168.1.7/32"),
+        ("::ffff:0:0/96", "0.0.0.0/0"),
+        // Not (only) mapped addresses: IPv6 as written.
+        ("::/0", "::/0"),
+        ("::ffff:0:0/95", "::fffe:0:0/95"),
+        ("fd00::/8", "fd00::/8"),
+        ("::ffff:0:10.0.0.0/104", "::ffff:0:a00:0/104"),
+        ("10.0.0.0/8", "10.0.0.0/8"),
+    ];
+    for &(written, want) in cases {
+        let text = format!(
+            "{ONE}[[client]]\nname = \"c\"\ncidrs = [\"{written}\"]\nupstreams = [\"one\"]\n"
+        );
+        let config = parse(&text);
+        let got: Vec<String> = config.clients[0]
+            .cidrs
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(got, vec![want.to_string()], "{written}");
+        let shown = config.to_string();
+        assert!(shown.contains(&format!("cidrs = [\"{want}\"]")), "{shown}");
+    }
+}

@@ -33,11 +33,17 @@ pub(super) fn resolve(
             None
         }
     };
-    if let Some(a) = listen.filter(|a| a.port() != 0) {
-        if a == proxy.listen || a == proxy.admin_listen {
-            problems.push(format!(
-                "proxy: tls_listen ({a}) must differ from listen and admin_listen"
-            ));
+    if let Some(a) = listen {
+        for (key, other) in [
+            ("listen", proxy.listen),
+            ("admin_listen", proxy.admin_listen),
+        ] {
+            if super::raw::listeners_clash(a, other) {
+                problems.push(format!(
+                    "proxy: tls_listen ({a}) and {key} ({other}) would both listen on port {}; give them different ports",
+                    a.port()
+                ));
+            }
         }
     }
     let (Some(cert), Some(key)) = (&raw.tls_cert, &raw.tls_key) else {

@@ -1,7 +1,9 @@
-//! rustls client configs for TLS origination: system roots plus an upstream's `ca_file`, built once.
+//! rustls client configs for TLS origination: system roots plus an upstream's `ca_file` roots, built once.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::hash::{Hash, Hasher};
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rustls::pki_types::CertificateDer;
@@ -9,7 +11,8 @@ use rustls::{ClientConfig, RootCertStore};
 
 /// Certificates from a PEM file; an error says what is wrong in one line.
 pub fn read_pem_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let data = crate::config::file::read_limited(path, crate::config::file::MAX_PEM_BYTES)
+        .map_err(|e| format!("cannot read: {e}"))?;
     let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
     let certs = certs.map_err(|e| format!("not valid PEM: {e}"))?;
     if certs.is_empty() {
@@ -33,10 +36,11 @@ fn system_roots() -> &'static RootCertStore {
     })
 }
 
-/// Client configs keyed by `ca_file`, so each distinct trust set is built once.
+/// Client configs keyed by the extra roots' contents, so each distinct trust set is built
+/// once, and a request still running under an older config never shares a newer one's.
 #[derive(Default)]
 pub struct TlsClients {
-    cache: Mutex<HashMap<Option<PathBuf>, Arc<ClientConfig>>>,
+    cache: Mutex<HashMap<u64, Arc<ClientConfig>>>,
 }
 
 impl TlsClients {
@@ -44,9 +48,15 @@ impl TlsClients {
         Self::default()
     }
 
-    /// The config for an upstream with this `ca_file`.
-    pub fn get(&self, ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
-        let key = ca_file.map(Path::to_path_buf);
+    /// The config for an upstream whose `ca_file` held `extra` when its config was loaded.
+    pub fn get(&self, extra: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>, String> {
+        let key = {
+            let mut h = DefaultHasher::new();
+            for cert in extra {
+                cert.as_ref().hash(&mut h);
+            }
+            h.finish()
+        };
         if let Some(c) = self
             .cache
             .lock()
@@ -56,12 +66,10 @@ impl TlsClients {
             return Ok(c.clone());
         }
         let mut roots = system_roots().clone();
-        if let Some(path) = ca_file {
-            for cert in read_pem_roots(path)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-            }
+        for cert in extra {
+            roots
+                .add(cert.clone())
+                .map_err(|e| format!("ca_file: {e}"))?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ClientConfig::builder_with_provider(provider)

@@ -60,8 +60,8 @@ impl InterceptCa {
         };
 
         check_private(key_path).map_err(key_err)?;
-        let pem =
-            std::fs::read_to_string(key_path).map_err(|e| key_err(format!("cannot read: {e}")))?;
+        let pem = crate::config::file::read_text(key_path, crate::config::file::MAX_PEM_BYTES)
+            .map_err(|e| key_err(format!("cannot read: {e}")))?;
         let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| {
             key_err(format!(
                 "not a PKCS#8 private key in PEM (-----BEGIN PRIVATE KEY-----; convert with `openssl pkcs8 -topk8 -nocrypt`): {e}"

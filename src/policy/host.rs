@@ -12,7 +12,7 @@ use std::str::FromStr;
 use crate::target::{parse_host, Host, TargetError};
 
 /// One entry of `[[upstream]].hosts`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HostPattern {
     /// `a.example.com`: that name only.
     Exact(String),

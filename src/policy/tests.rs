@@ -613,3 +613,184 @@ fn certificate_refusals_say_what_was_presented() {
         "at most three names, control characters escaped: {text}"
     );
 }
+
+const ADDRESSES: &str = r#"
+[[upstream]]
+name = "metadata"
+hosts = ["169.254.169.254", "fe80::1", "metadata.example"]
+allow_private = true
+
+[[upstream]]
+name = "wild"
+hosts = ["*.internal.example"]
+allow_private = true
+
+[[upstream]]
+name = "strict"
+hosts = ["*.strict.example", "169.254.169.254"]
+
+[[upstream]]
+name = "public"
+hosts = ["api.example"]
+"#;
+
+#[test]
+fn check_addresses_cases() {
+    let c = config(ADDRESSES);
+    // (upstream, host, addresses, refused by which rule)
+    let cases: &[(&str, &str, &[&str], Option<&str>)] = &[
+        // Public addresses pass everywhere.
+        ("public", "api.example", &["93.184.216.34"], None),
+        (
+            "wild",
+            "a.internal.example",
+            &["93.184.216.34", "2606:4700::1"],
+            None,
+        ),
+        // allow_private = false: every private class is refused, one in a mix refuses all.
+        ("public", "api.example", &["10.0.0.1"], Some(NOT_PRIVATE)),
+        (
+            "public",
+            "api.example",
+            &["93.184.216.34", "127.0.0.1"],
+            Some(NOT_PRIVATE),
+        ),
+        (
+            "public",
+            "api.example",
+            &["169.254.169.254"],
+            Some(NOT_PRIVATE),
+        ),
+        // Listed literally does not lift allow_private = false.
+        (
+            "strict",
+            "169.254.169.254",
+            &["169.254.169.254"],
+            Some(NOT_PRIVATE),
+        ),
+        // allow_private = true: private is fine, link-local is not...
+        ("wild", "a.internal.example", &["10.0.0.1", "fd00::1"], None),
+        (
+            "wild",
+            "a.internal.example",
+            &["169.254.169.254"],
+            Some(NOT_LINK_LOCAL),
+        ),
+        (
+            "wild",
+            "a.internal.example",
+            &["10.0.0.1", "169.254.169.254"],
+            Some(NOT_LINK_LOCAL),
+        ),
+        (
+            "wild",
+            "a.internal.example",
+            &["fe80::1"],
+            Some(NOT_LINK_LOCAL),
+        ),
+        (
+            "wild",
+            "a.internal.example",
+            &["::ffff:169.254.169.254"],
+            Some(NOT_LINK_LOCAL),
+        ),
+        (
+            "wild",
+            "a.internal.example",
+            &["64:ff9b::a9fe:a9fe"],
+            Some(NOT_LINK_LOCAL),
+        ),
+        (
+            "wild",
+            "a.internal.example",
+            &["2002:a9fe:a9fe::1"],
+            Some(NOT_LINK_LOCAL),
+        ),
+        (
+            "wild",
+            "a.internal.example",
+            &["2001:0:808:808::5601:5601"],
+            Some(NOT_LINK_LOCAL),
+        ),
+        // ...even by an exact name of an upstream that lists the address too: the name is
+        // not the address.
+        ("metadata", "metadata.example", &["169.254.169.254"], None),
+        (
+            "metadata",
+            "metadata.example",
+            &["169.254.169.253"],
+            Some(NOT_LINK_LOCAL),
+        ),
+        (
+            "metadata",
+            "metadata.example",
+            &["fe80::2"],
+            Some(NOT_LINK_LOCAL),
+        ),
+        // ...unless hosts lists that very address (no mapped form, no neighbour).
+        ("metadata", "169.254.169.254", &["169.254.169.254"], None),
+        ("metadata", "[fe80::1]", &["fe80::1"], None),
+        (
+            "metadata",
+            "[::ffff:169.254.169.254]",
+            &["::ffff:169.254.169.254"],
+            Some(NOT_LINK_LOCAL),
+        ),
+    ];
+    for &(name, host, addrs, want) in cases {
+        let upstream = c.upstream(name).unwrap_or_else(|| panic!("{name}"));
+        let host = parse_host(host).unwrap_or_else(|e| panic!("{host}: {e}"));
+        let addrs: Vec<IpAddr> = addrs.iter().map(|a| a.parse().unwrap()).collect();
+        let got = check_addresses(upstream, &host, &addrs);
+        let case = format!("{name} {host} {addrs:?}");
+        match (got, want) {
+            (Ok(()), None) => {}
+            (Err(ProxyError::PrivateAddress { why, .. }), Some(want)) => {
+                assert_eq!(why, want, "{case}")
+            }
+            (got, want) => panic!("{case}: got {got:?}, want {want:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_refused_address_is_named_with_its_class() {
+    let c = config(ADDRESSES);
+    let upstream = c.upstream("wild").unwrap();
+    let host = parse_host("a.internal.example").unwrap();
+    let addr: IpAddr = "64:ff9b::a9fe:a9fe".parse().unwrap();
+    let text = check_addresses(upstream, &host, &[addr])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        text,
+        format!("a.internal.example resolves to 64:ff9b::a9fe:a9fe, a nat64 link-local address; {NOT_LINK_LOCAL}")
+    );
+}
+
+/// A CIDR written in IPv4-mapped form matches IPv4 peers, however they arrive.
+#[test]
+fn mapped_cidrs_match_ipv4_peers() {
+    let c = config(
+        r#"
+[[upstream]]
+name = "u"
+hosts = ["a.example.com"]
+
+[[client]]
+name = "internal"
+cidrs = ["::ffff:10.0.0.0/104"]
+upstreams = ["u"]
+"#,
+    );
+    for (peer, allowed) in [
+        ("10.1.2.3", true),
+        ("::ffff:10.1.2.3", true),
+        ("11.1.2.3", false),
+        ("::ffff:11.1.2.3", false),
+    ] {
+        let peer: IpAddr = peer.parse().unwrap();
+        let got = identify(&c.clients, peer.into(), None);
+        assert_eq!(got.is_ok(), allowed, "{peer}: {got:?}");
+    }
+}

@@ -7,12 +7,19 @@ use tokio::time::Instant;
 
 use super::{reuse, Inner, Poolable};
 
-/// Runs until the pool is dropped, sleeping until the next idle deadline or a wake-up.
+/// Runs until the pool is dropped (a forgotten pool is), sleeping until the next idle
+/// deadline or a wake-up.
 pub(super) async fn run<C: Poolable>(pool: Weak<Inner<C>>, wake: Arc<Notify>) {
     loop {
         let next = {
             let Some(inner) = pool.upgrade() else { return };
-            sweep(&inner, Instant::now())
+            let (next, vacant) = sweep(&inner, Instant::now());
+            if vacant {
+                // Its last connection is gone: the registry may forget it, which ends this
+                // loop once `inner` is dropped.
+                inner.vacated();
+            }
+            next
         };
         match next {
             Some(at) => {
@@ -26,8 +33,9 @@ pub(super) async fn run<C: Poolable>(pool: Weak<Inner<C>>, wake: Arc<Notify>) {
     }
 }
 
-/// Close every expired idle connection; return the earliest remaining deadline.
-fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> Option<Instant> {
+/// Close every expired idle connection; return the earliest remaining deadline, and whether
+/// closing them left the pool vacant.
+fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> (Option<Instant>, bool) {
     let mut st = inner.lock();
     let max_lifetime = st.limits.max_lifetime;
     let idle_timeout = st.limits.idle_timeout;
@@ -58,6 +66,6 @@ fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> Option<Instant> {
         .min();
     st.reaper_at = next;
     drop(st);
-    inner.close(doomed);
-    next
+    let vacant = inner.close(doomed);
+    (next, vacant)
 }

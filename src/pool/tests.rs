@@ -441,6 +441,40 @@ async fn drain_closes_idle_now_and_busy_on_return() {
     assert_eq!(p.open(), 0);
 }
 
+/// SPEC §8: after a reload changes what the upstream may reach, idle connections made before
+/// it close at once, busy ones after their request, and one dialed by a request still running
+/// under the old config serves that request only; connections made under the new one pool.
+#[tokio::test(start_paused = true)]
+async fn a_new_reach_closes_connections_made_under_the_old_one() {
+    let (p, m) = pool(limits(8));
+    let busy = dial(&p, 1).await;
+    dial(&p, 2).await.release();
+    let old_handle = p.clone();
+    assert!(p.set_reach(7, CloseReason::Shutdown));
+    assert!(
+        !p.set_reach(7, CloseReason::Shutdown),
+        "no change, nothing closed"
+    );
+    assert_eq!(closed(&m, "shutdown"), 1, "the idle one, at once");
+    assert_eq!(p.snapshot().idle, 0);
+    busy.release();
+    assert_eq!(closed(&m, "shutdown"), 2, "the busy one, after its request");
+
+    // A request still holding the old config's handle dials: its connection is not pooled.
+    let stale = dial(&old_handle, 3).await;
+    stale.release();
+    assert_eq!(closed(&m, "shutdown"), 3);
+    // One under the new config is, and is reused by requests of either.
+    let fresh = p.clone().for_reach(7);
+    dial(&fresh, 4).await.release();
+    assert_eq!(p.snapshot().idle, 1);
+    let mut again = reuse(&old_handle, None).await.expect("the new connection");
+    assert_eq!(again.conn().n, 4);
+    again.release();
+    assert_eq!(closed(&m, "shutdown"), 3);
+    assert_eq!(p.open(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn gauges_follow_the_connections() {
     let (p, m) = pool(limits(4));

@@ -28,10 +28,10 @@ use crate::metrics::CloseReason;
 use crate::policy::{Allowed, Want};
 use crate::pool::{Checkout, Pool, Pooled, Reuse};
 use crate::retry::{self, Facts};
+pub use crate::target::origin_form;
 use crate::target::{self, TargetError};
 use crate::upstream::{ReqBody, UpstreamConn};
 use body::ClientBody;
-pub use request::origin_form;
 
 /// Where a request goes and how it is addressed there, decided before anything is sent.
 pub struct Route {
@@ -141,7 +141,7 @@ fn route_absolute(
     Ok(Route {
         allowed,
         host,
-        origin_form: request::origin_form(&uri),
+        origin_form: target::origin_form(&uri),
     })
 }
 

@@ -225,9 +225,8 @@ async fn open(
     // Answered without dialing now: the destination is checked as a dial would check it.
     let check = |dialed: u16, outcome: &mut Outcome<'_>| {
         outcome.port = dialed;
-        let settings = &upstream.settings;
-        let deadline = Instant::now() + settings.connect_timeout;
-        ctx.shared.connector.resolve(&host, settings, deadline)
+        let deadline = Instant::now() + upstream.settings.connect_timeout;
+        ctx.shared.connector.resolve(&host, upstream, deadline)
     };
     match plan {
         ConnectPlan::Originate { port: dialed } => {

@@ -30,6 +30,8 @@ struct Zone {
     /// Lower-case name without the trailing dot, in insertion order.
     records: Mutex<Vec<(String, IpAddr)>>,
     hang: Mutex<HashSet<String>>,
+    /// (suffix, address): any name ending in the suffix without records of its own.
+    under: Mutex<Vec<(String, IpAddr)>>,
     servfail: Mutex<HashSet<String>>,
     /// Every question received, UDP or TCP, answered or not.
     log: Mutex<Vec<(String, RecordType)>>,
@@ -65,6 +67,12 @@ impl TestDns {
         let mut records = lock(&self.zone.records);
         records.retain(|(n, _)| *n != name);
         records.extend(ips.iter().map(|ip| (name.clone(), *ip)));
+    }
+
+    /// Every name ending in `suffix` (e.g. `.any.test`) that has no records of its own is
+    /// answered with `ip`: endless distinct names without listing them.
+    pub fn answer_under(&self, suffix: &str, ip: IpAddr) {
+        lock(&self.zone.under).push((normalize(suffix), ip));
     }
 
     /// Questions received so far, all names and types.
@@ -194,11 +202,18 @@ impl Zone {
             response.set_response_code(ResponseCode::ServFail);
             return response.to_vec().ok();
         }
-        let ips: Vec<IpAddr> = lock(&self.records)
+        let mut ips: Vec<IpAddr> = lock(&self.records)
             .iter()
             .filter(|(n, _)| *n == name)
             .map(|(_, ip)| *ip)
             .collect();
+        if ips.is_empty() {
+            ips = lock(&self.under)
+                .iter()
+                .filter(|(suffix, _)| name.ends_with(suffix.as_str()))
+                .map(|(_, ip)| *ip)
+                .collect();
+        }
         if ips.is_empty() {
             response.set_response_code(ResponseCode::NXDomain);
             return response.to_vec().ok();

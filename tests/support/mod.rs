@@ -20,9 +20,11 @@
 //! - [`Firewall::spawn(upstream, idle_limit)`](Firewall::spawn): forgets idle flows, RSTs
 //!   their next client bytes; `flows_forgotten()`, `resets_sent()`, `flows_open()`.
 //! - [`TestDns::spawn(&[(name, ip)])`](TestDns::spawn): A/AAAA with TTL 1, NXDOMAIN otherwise;
-//!   `hang(name)`, `servfail(name)`, `set_records`, `queries()`.
+//!   `hang(name)`, `servfail(name)`, `set_records`, `answer_under(suffix, ip)`, `queries()`.
 //! - [`InterceptCaFiles::new(&hosts)`](InterceptCaFiles::new): an intercept CA made by `ca init`'s
 //!   generator; `proxy_lines()` for `[proxy]`, `client_config()` trusting only it, `rotate`.
+//! - [`Blackhole::spawn(ip, port)`](Blackhole::spawn): a loopback address whose connects hang
+//!   unanswered (a full accept queue), like a blackholed address.
 //! - [`spawn_proxy`] / [`spawn_proxy_with`]: portcullis in process on port 0 (`tls` is the TLS
 //!   listener's address with `tls_listen = "127.0.0.1:0"`); [`spawn_proxy_file`] starts from a
 //!   file that `Proxy::reload` re-reads; [`Proxy`] reads `/metrics` ([`Proxy::metric`]),
@@ -36,6 +38,7 @@
 #![allow(dead_code)]
 
 mod apps;
+mod blackhole;
 mod census;
 mod client;
 mod dns;
@@ -52,6 +55,8 @@ mod wire;
 
 #[allow(unused_imports)]
 pub use apps::{java_http_client, java_trust_store, python_requests, AppRequest, AppResponse};
+#[allow(unused_imports)]
+pub use blackhole::Blackhole;
 #[allow(unused_imports)]
 pub use client::{
     absolute_get, curl, exchange_on, proxy_get, raw_exchange, CurlResult, ProxyConn, RawResponse,
@@ -74,7 +79,7 @@ pub use process::{
 };
 #[allow(unused_imports)]
 pub use proxy::{
-    local_upstream, metric_in, spawn_proxy, spawn_proxy_file, spawn_proxy_with, Proxy,
+    local_upstream, metric_in, spawn_proxy, spawn_proxy_file, spawn_proxy_with, write_config, Proxy,
 };
 #[allow(unused_imports)]
 pub use reply::Reply;

@@ -41,6 +41,14 @@ pub async fn spawn_proxy_file(path: &Path) -> Proxy {
     Proxy::started(config, Some(path.to_path_buf())).await
 }
 
+/// Writes a config file for [`spawn_proxy_file`]: `[proxy]` on loopback port 0 and `rest`.
+pub fn write_config(path: &std::path::Path, rest: &str) {
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n{rest}"
+    );
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
 /// [`spawn_proxy_with`] with nothing extra in `[proxy]`.
 pub async fn spawn_proxy(rest: &str) -> Proxy {
     spawn_proxy_with("", rest).await

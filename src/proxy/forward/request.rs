@@ -32,15 +32,6 @@ pub fn prepare(head: &RequestHead, route: &Route) -> Prepared {
     }
 }
 
-/// The origin-form target of an absolute URI: its parsed path and query, shared (not
-/// re-parsed or copied); `/` when it has neither.
-pub fn origin_form(uri: &Uri) -> Uri {
-    match uri.path_and_query() {
-        Some(pq) if !pq.as_str().is_empty() => Uri::from(pq.clone()),
-        _ => Uri::from_static("/"),
-    }
-}
-
 impl Prepared {
     /// The request with `body`; `Content-Length` from the body when its size is known.
     pub fn build(self, body: ReqBody) -> Request<ReqBody> {
