@@ -12,25 +12,23 @@
 //! CPU is the proxy process's own (utime + stime from /proc), so the load generator's share of
 //! the machine does not count; on a small machine the generator still limits the rates.
 
+#[path = "harness.rs"]
+mod harness;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
-const CONCURRENCY: usize = 16;
-
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+use harness::{free_port, measure, one_request, row, spawn_origin, ProxyProcess, Res, Stop};
 
 #[tokio::main]
 async fn main() -> Res<()> {
@@ -45,8 +43,8 @@ async fn main() -> Res<()> {
     let dir = std::env::temp_dir().join(format!("portcullis-tls-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let pki = Pki::write(&dir)?;
-    let origin = spawn_origin().await?;
-    let url = format!("http://{origin}/x");
+    let origin = spawn_origin(None).await?;
+    let request = format!("GET http://{origin}/x HTTP/1.1\r\nHost: x\r\n\r\n");
 
     let mut rows = Vec::new();
     let tls13 = Some(&rustls::version::TLS13);
@@ -62,10 +60,10 @@ async fn main() -> Res<()> {
     for (what, version, mtls) in cases {
         let proxy = Proxy::start(&bin, &dir, &pki, origin.port(), mtls)?;
         let config = pki.client_config(version, mtls.then_some(&pki.client));
-        let (n, cpu) = measure(&proxy, cell, |stop| {
+        let (n, cpu) = measure(&proxy.process, cell, |stop| {
             handshakes(proxy.tls, config.clone(), stop)
         })
-        .await;
+        .await?;
         rows.push(format!(
             "| full handshakes (c=16), {what} | {:.0}/s | {:.0} µs per handshake |",
             n as f64 / cell.as_secs_f64(),
@@ -74,41 +72,43 @@ async fn main() -> Res<()> {
     }
     let proxy = Proxy::start(&bin, &dir, &pki, origin.port(), true)?;
     let tls_config = pki.client_config(Some(&rustls::version::TLS13), Some(&pki.client));
-    let (n, cpu) = measure(&proxy, cell, |stop| {
-        requests_tls(proxy.tls, tls_config.clone(), url.clone(), stop)
+    let (n, cpu) = measure(&proxy.process, cell, |stop| {
+        requests_tls(proxy.tls, tls_config.clone(), request.clone(), stop)
     })
-    .await;
-    rows.push(per_request(
+    .await?;
+    rows.push(row(
         "requests over reused TLS 1.3 connections (c=16)",
+        "request",
         n,
         cpu,
         cell,
     ));
-    let (n, cpu) = measure(&proxy, cell, |stop| {
-        requests_plain(proxy.plain, url.clone(), stop)
+    let (n, cpu) = measure(&proxy.process, cell, |stop| {
+        requests_plain(proxy.plain, request.clone(), stop)
     })
-    .await;
-    rows.push(per_request(
+    .await?;
+    rows.push(row(
         "requests over reused plain connections (c=16)",
+        "request",
         n,
         cpu,
         cell,
     ));
 
-    let plain_kib = idle_cost(&proxy, idle, || {
-        let (addr, url) = (proxy.plain, url.clone());
+    let plain_kib = idle_cost(&proxy.process, idle, || {
+        let (addr, request) = (proxy.plain, request.clone());
         async move {
             let mut s = TcpStream::connect(addr).await?;
-            one_request(&mut s, &url).await?;
+            one_request(&mut s, request.as_bytes()).await?;
             Ok(Box::new(s) as Box<dyn Send>)
         }
     })
     .await?;
-    let tls_kib = idle_cost(&proxy, idle, || {
-        let (addr, config, url) = (proxy.tls, tls_config.clone(), url.clone());
+    let tls_kib = idle_cost(&proxy.process, idle, || {
+        let (addr, config, request) = (proxy.tls, tls_config.clone(), request.clone());
         async move {
             let mut s = connect_tls(addr, config).await?;
-            one_request(&mut s, &url).await?;
+            one_request(&mut s, request.as_bytes()).await?;
             Ok(Box::new(s) as Box<dyn Send>)
         }
     })
@@ -126,52 +126,6 @@ async fn main() -> Res<()> {
         println!("{r}");
     }
     Ok(())
-}
-
-fn per_request(what: &str, n: u64, cpu: Duration, cell: Duration) -> String {
-    format!(
-        "| {what} | {:.0} req/s | {:.1} µs per request |",
-        n as f64 / cell.as_secs_f64(),
-        cpu.as_micros() as f64 / n.max(1) as f64
-    )
-}
-
-/// Runs `CONCURRENCY` copies of `work` for `cell`; (operations done, proxy CPU used).
-async fn measure<F, Fut>(proxy: &Proxy, cell: Duration, work: F) -> (u64, Duration)
-where
-    F: Fn(Arc<Stop>) -> Fut,
-    Fut: std::future::Future<Output = Res<()>> + Send + 'static,
-{
-    let stop = Arc::new(Stop::default());
-    let before = proxy.cpu();
-    let tasks: Vec<_> = (0..CONCURRENCY)
-        .map(|_| tokio::spawn(work(stop.clone())))
-        .collect();
-    tokio::time::sleep(cell).await;
-    stop.until.store(1, Ordering::SeqCst);
-    let cpu = proxy.cpu().saturating_sub(before);
-    let done = stop.done.load(Ordering::SeqCst);
-    for t in tasks {
-        if let Ok(Err(e)) = t.await {
-            eprintln!("a load task failed: {e}");
-        }
-    }
-    (done, cpu)
-}
-
-#[derive(Default)]
-struct Stop {
-    until: AtomicU64,
-    done: AtomicU64,
-}
-
-impl Stop {
-    fn running(&self) -> bool {
-        self.until.load(Ordering::Relaxed) == 0
-    }
-    fn count(&self) {
-        self.done.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 /// Full handshakes (no resumption), each on a new connection closed right after.
@@ -193,22 +147,22 @@ async fn handshakes(addr: SocketAddr, config: Arc<ClientConfig>, stop: Arc<Stop>
 async fn requests_tls(
     addr: SocketAddr,
     config: Arc<ClientConfig>,
-    url: String,
+    request: String,
     stop: Arc<Stop>,
 ) -> Res<()> {
     let mut s = connect_tls(addr, config).await?;
     while stop.running() {
-        one_request(&mut s, &url).await?;
+        one_request(&mut s, request.as_bytes()).await?;
         stop.count();
     }
     Ok(())
 }
 
-async fn requests_plain(addr: SocketAddr, url: String, stop: Arc<Stop>) -> Res<()> {
+async fn requests_plain(addr: SocketAddr, request: String, stop: Arc<Stop>) -> Res<()> {
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     while stop.running() {
-        one_request(&mut s, &url).await?;
+        one_request(&mut s, request.as_bytes()).await?;
         stop.count();
     }
     Ok(())
@@ -224,32 +178,8 @@ async fn connect_tls(
     Ok(TlsConnector::from(config).connect(name, tcp).await?)
 }
 
-/// One absolute-form GET and its whole response (the origin's: Content-Length 3).
-async fn one_request<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, url: &str) -> Res<()> {
-    let req = format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n");
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::with_capacity(256);
-    loop {
-        let mut chunk = [0u8; 512];
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Err("closed mid-response".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            if !head.starts_with("http/1.1 200") {
-                return Err(format!("unexpected response: {head}").into());
-            }
-            if buf.len() >= end + 4 + 3 {
-                return Ok(());
-            }
-        }
-    }
-}
-
 /// KiB of proxy RSS per connection while `n` connections made by `open` sit idle.
-async fn idle_cost<F, Fut>(proxy: &Proxy, n: usize, open: F) -> Res<f64>
+async fn idle_cost<F, Fut>(proxy: &ProxyProcess, n: usize, open: F) -> Res<f64>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Res<Box<dyn Send>>> + Send + 'static,
@@ -268,34 +198,6 @@ where
     drop(held);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     Ok(after.saturating_sub(before) as f64 / n as f64)
-}
-
-/// A keep-alive origin answering every request head with 3 bytes.
-async fn spawn_origin() -> Res<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = l.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let _ = s.set_nodelay(true);
-                let mut buf = Vec::with_capacity(1024);
-                loop {
-                    while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..i + 4);
-                        if s.write_all(RESPONSE).await.is_err() {
-                            return;
-                        }
-                    }
-                    let mut chunk = [0u8; 1024];
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
-    Ok(addr)
 }
 
 /// Throw-away CAs: the proxy's certificate, and a client certificate with a SPIFFE ID.
@@ -373,19 +275,14 @@ impl Pki {
 /// The proxy binary with a plain and a TLS listener; with `client_ca`, every TLS client must
 /// present a certificate (no `[[client]]` entry, so any verified one may use the origin).
 struct Proxy {
-    child: Child,
+    process: ProxyProcess,
     plain: SocketAddr,
     tls: SocketAddr,
 }
 
 impl Proxy {
     fn start(bin: &Path, dir: &Path, pki: &Pki, origin_port: u16, client_ca: bool) -> Res<Proxy> {
-        let port = || -> Res<u16> {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port())
-        };
-        let (plain, admin, tls) = (port()?, port()?, port()?);
+        let (plain, admin, tls) = (free_port()?, free_port()?, free_port()?);
         let config = dir.join("portcullis.toml");
         let mut f = std::fs::File::create(&config)?;
         writeln!(
@@ -402,61 +299,11 @@ impl Proxy {
             "\n[[upstream]]\nname = \"origin\"\nhosts = [\"127.0.0.1\"]\nports = [{origin_port}]\nallow_private = true"
         )?;
         drop(f);
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| {
-                format!(
-                    "{}: {e} (cargo build --release --bin portcullis)",
-                    bin.display()
-                )
-            })?;
-        let proxy = Proxy {
-            child,
+        let tls: SocketAddr = ([127, 0, 0, 1], tls).into();
+        Ok(Proxy {
+            process: ProxyProcess::start(bin, &config, tls)?,
             plain: ([127, 0, 0, 1], plain).into(),
-            tls: ([127, 0, 0, 1], tls).into(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(proxy.tls).is_err() {
-            if Instant::now() > deadline {
-                return Err("the proxy did not start".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(proxy)
-    }
-
-    /// utime + stime of the proxy process.
-    fn cpu(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-        let fields: Vec<u64> = rest.split(' ').map(|f| f.parse().unwrap_or(0)).collect();
-        let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
-        // USER_HZ is 100 on Linux.
-        Duration::from_millis(ticks * 10)
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            tls,
+        })
     }
 }
