@@ -16,7 +16,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis::config::Config;
 use portcullis::intercept::{constraints::Constraints, init, leaf};
 use portcullis::metrics::Metrics;
-use portcullis::policy::host::HostPattern;
+use portcullis::pattern::HostPattern;
 use portcullis::proxy::intercept::Interceptor;
 use portcullis::target::{parse_host, Host};
 use rustls::pki_types::ServerName;

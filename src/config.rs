@@ -20,8 +20,7 @@ use ipnet::IpNet;
 use rustls::pki_types::CertificateDer;
 
 use crate::intercept::ca::InterceptCa;
-use crate::policy::host::HostPattern;
-use crate::policy::identity::CertNamePattern;
+use crate::pattern::{CertNamePattern, HostPattern};
 use crate::server_tls::ServerTls;
 use raw::{RawClient, RawConfig, RawProxy, RawSettings, RawUpstream};
 

@@ -13,6 +13,7 @@ pub mod intercept;
 pub mod learn;
 pub mod log_writer;
 pub mod metrics;
+pub mod pattern;
 pub mod policy;
 pub mod pool;
 pub mod proxy;

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use portcullis::config::Config;
 use portcullis::http1::{BodyState, ClientReader, HeadError, HEAD_READ, MAX_BODY_CHUNK};
-use portcullis::policy::host::HostPattern;
+use portcullis::pattern::HostPattern;
 use portcullis::target::{origin_form, parse_absolute, parse_connect, parse_host, Host};
 use tokio::io::{AsyncRead, ReadBuf};
 
