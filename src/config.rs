@@ -4,7 +4,6 @@
 //! `Raw*` → the effective `Config` with every `[defaults]` key resolved per upstream.
 //! Every problem found is collected, so a bad file is fixed in one round.
 
-pub mod file;
 pub mod lint;
 pub mod raw;
 pub mod reach;
@@ -32,6 +31,9 @@ const TCP_KEEPALIVE_RANGE: std::ops::RangeInclusive<Duration> =
 pub const BUILTIN: &str = include_str!("../config/portcullis.toml");
 /// How the built-in config is named in messages.
 pub const BUILTIN_NAME: &str = "<built-in config/portcullis.toml>";
+
+/// What a `ca_file` without certificates should hold.
+const CA_FILE_FIX: &str = "give the CA certificates that the upstream's certificate chains to";
 
 /// The most `max_replay_body` may be (1 GiB). A body up to it is held in memory until its
 /// request is done (for a replay), so it bounds what one client's request can make us hold.
@@ -136,6 +138,9 @@ pub struct Upstream {
     /// The certificates `ca_file` held when the config was loaded: what TLS verifies against,
     /// so a connection is verified against exactly what the config was checked with.
     pub ca_roots: Arc<[CertificateDer<'static>]>,
+    /// The system roots plus `ca_roots`, built as the config was loaded: what a dial hands
+    /// rustls, so no request reads a file or builds a root store.
+    pub tls_client: Arc<rustls::ClientConfig>,
     /// The remote firewall's idle limit, when known; all our timers stay below it.
     pub remote_idle_limit: Option<Duration>,
     pub settings: Settings,
@@ -241,9 +246,11 @@ impl Config {
 
     fn read_file(path: &Path, intercept_ca: bool) -> Result<Config, ConfigError> {
         let source = path.display().to_string();
-        let text = file::read_text(path, file::MAX_CONFIG_BYTES).map_err(|e| ConfigError {
-            source: source.clone(),
-            problems: vec![format!("cannot read the file: {e}")],
+        let text = crate::file::read_text(path, crate::file::MAX_CONFIG_BYTES).map_err(|e| {
+            ConfigError {
+                source: source.clone(),
+                problems: vec![format!("cannot read the file: {e}")],
+            }
         })?;
         Config::parse(&text, &source, intercept_ca)
     }
@@ -417,13 +424,21 @@ fn resolve_upstream(
     let ca_file = raw.ca_file.map(|p| relative_to(source, &p));
     let ca_roots: Arc<[CertificateDer<'static>]> = match &ca_file {
         None => Arc::from([]),
-        Some(path) => match crate::connect::tls::read_pem_roots(path) {
+        Some(path) => match crate::pem::certificates(path, CA_FILE_FIX) {
             Ok(roots) => roots.into(),
             Err(e) => {
                 problems.push(format!("{label}: ca_file {}: {e}", path.display()));
                 Arc::from([])
             }
         },
+    };
+    let tls_client = match crate::trust::client_config(&ca_roots) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            let file = ca_file.as_deref().unwrap_or(Path::new("(system roots)"));
+            problems.push(format!("{label}: ca_file {}: {e}", file.display()));
+            None
+        }
     };
     let remote_idle_limit = match raw.remote_idle_limit.as_deref().map(raw::parse_duration) {
         None => None,
@@ -451,6 +466,8 @@ fn resolve_upstream(
     if problems.len() > before {
         return None;
     }
+    // Never `None` here: a failed build was one of the problems.
+    let tls_client = tls_client?;
     let reach = reach::Reach {
         hosts: &hosts,
         ports: &ports,
@@ -469,6 +486,7 @@ fn resolve_upstream(
         connect,
         ca_file,
         ca_roots,
+        tls_client,
         remote_idle_limit,
         settings,
         reach,

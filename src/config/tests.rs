@@ -751,3 +751,23 @@ fn ipv4_mapped_cidrs_are_read_as_ipv4() {
         assert!(shown.contains(&format!("cidrs = [\"{want}\"]")), "{shown}");
     }
 }
+
+/// TLS client configs are built while the config loads, never on a dial: upstreams without a
+/// `ca_file` share the one system-roots config; one with a `ca_file` gets its own, made anew
+/// by each load (a reload re-reads the file).
+#[test]
+fn tls_client_configs_are_built_at_load() {
+    let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config/valid/extra-ca.pem");
+    let text = format!(
+        "{ONE}[[upstream]]\nname = \"two\"\nhosts = [\"two.example.com\"]\n\
+         [[upstream]]\nname = \"own\"\nhosts = [\"own.example.com\"]\nca_file = {:?}\n",
+        ca.display().to_string()
+    );
+    let (first, second) = (parse(&text), parse(&text));
+    let tls = |c: &Config, name: &str| upstream(c, name).tls_client.clone();
+    assert!(Arc::ptr_eq(&tls(&first, "one"), &tls(&first, "two")));
+    assert!(Arc::ptr_eq(&tls(&first, "one"), &tls(&second, "one")));
+    assert!(!Arc::ptr_eq(&tls(&first, "own"), &tls(&first, "one")));
+    assert!(!Arc::ptr_eq(&tls(&first, "own"), &tls(&second, "own")));
+    assert_eq!(upstream(&first, "own").ca_roots.len(), 1);
+}
