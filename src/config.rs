@@ -5,6 +5,7 @@
 //! Every problem found is collected, so a bad file is fixed in one round.
 
 pub mod lint;
+mod print;
 pub mod raw;
 pub mod reach;
 mod tls;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use rustls::pki_types::CertificateDer;
+use serde::Serialize;
 
 use crate::intercept::ca::InterceptCa;
 use crate::pattern::{CertNamePattern, HostPattern};
@@ -85,22 +87,30 @@ pub struct TlsListen {
     pub server: ServerTls,
 }
 
-/// Every `[defaults]` key, resolved for one upstream.
-#[derive(Debug, Clone, PartialEq)]
+/// Every `[defaults]` key, resolved for one upstream; serialized as `check` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
+    #[serde(serialize_with = "print::duration")]
     pub connect_timeout: Duration,
+    #[serde(serialize_with = "print::duration")]
     pub response_timeout: Duration,
     pub max_connections: usize,
     pub max_idle: usize,
+    #[serde(serialize_with = "print::duration")]
     pub idle_timeout: Duration,
+    #[serde(serialize_with = "print::duration")]
     pub max_lifetime: Duration,
+    #[serde(serialize_with = "print::duration")]
     pub acquire_timeout: Duration,
     /// `None` when `tcp_keepalive = "off"`.
+    #[serde(serialize_with = "print::keepalive")]
     pub tcp_keepalive: Option<Duration>,
     pub retry_on_reset: bool,
     pub retry_non_idempotent: bool,
+    #[serde(serialize_with = "print::duration")]
     pub unsafe_reuse_max_idle: Duration,
     pub max_replay_body: usize,
+    #[serde(serialize_with = "print::duration")]
     pub tunnel_idle_timeout: Duration,
     pub allow_private: bool,
     /// Lower idle timeouts below the remote idle limits that stale reuses reveal (SPEC §11).
@@ -108,7 +118,8 @@ pub struct Settings {
 }
 
 /// How an upstream gets TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TlsMode {
     /// portcullis opens TLS to the destination for plain `http://` requests.
     Originate,
@@ -117,7 +128,8 @@ pub enum TlsMode {
 }
 
 /// What a CONNECT to an upstream becomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ConnectMode {
     /// Bytes copied both ways; the app's TLS is end to end.
     Tunnel,
@@ -140,7 +152,7 @@ pub struct Upstream {
     pub ca_roots: Arc<[CertificateDer<'static>]>,
     /// The system roots plus `ca_roots`, built as the config was loaded: what a dial hands
     /// rustls, so no request reads a file or builds a root store.
-    pub tls_client: Arc<rustls::ClientConfig>,
+    pub tls_client: crate::trust::ClientTls,
     /// The remote firewall's idle limit, when known; all our timers stay below it.
     pub remote_idle_limit: Option<Duration>,
     pub settings: Settings,
@@ -326,11 +338,6 @@ fn resolve(raw: RawConfig, source: &str, intercept_ca: bool, problems: &mut Vec<
         upstreams,
         clients,
     }
-}
-
-/// A string as a TOML basic string, escaped.
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
 }
 
 /// Names label metrics and log lines: keep them to characters that need no quoting anywhere.
@@ -803,118 +810,6 @@ impl Settings {
             }
         }
         s
-    }
-}
-
-impl fmt::Display for Config {
-    /// The effective settings, as `portcullis check` prints them (secrets never shown).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = raw::show_duration;
-        let p = &self.proxy;
-        writeln!(f, "# effective config from {}", self.source)?;
-        writeln!(f, "[proxy]")?;
-        writeln!(f, "listen = \"{}\"", p.listen)?;
-        writeln!(f, "admin_listen = \"{}\"", p.admin_listen)?;
-        writeln!(f, "max_client_connections = {}", p.max_client_connections)?;
-        writeln!(f, "client_idle_timeout = \"{}\"", d(p.client_idle_timeout))?;
-        writeln!(f, "header_read_timeout = \"{}\"", d(p.header_read_timeout))?;
-        writeln!(
-            f,
-            "client_stall_timeout = \"{}\"",
-            d(p.client_stall_timeout)
-        )?;
-        writeln!(f, "max_header_bytes = {}", p.max_header_bytes)?;
-        writeln!(f, "shutdown_grace = \"{}\"", d(p.shutdown_grace))?;
-        if !p.dns_servers.is_empty() {
-            let list: Vec<String> = p.dns_servers.iter().map(|a| format!("\"{a}\"")).collect();
-            writeln!(f, "dns_servers = [{}]", list.join(", "))?;
-        }
-        if let Some(ca) = &p.intercept_ca {
-            let path = |p: &Path| toml_str(&p.display().to_string());
-            writeln!(f, "intercept_ca_cert = {}", path(ca.cert_path()))?;
-            writeln!(f, "intercept_ca_key = {}", path(ca.key_path()))?;
-        }
-        if let Some(t) = &p.tls {
-            let path = |p: &Path| toml_str(&p.display().to_string());
-            writeln!(f, "tls_listen = \"{}\"", t.listen)?;
-            writeln!(f, "tls_cert = {}", path(&t.cert))?;
-            writeln!(f, "tls_key = {}", path(&t.key))?;
-            if let Some(ca) = &t.client_ca {
-                writeln!(f, "client_ca = {}", path(ca))?;
-            }
-        }
-        for u in &self.upstreams {
-            let s = &u.settings;
-            writeln!(f, "\n[[upstream]]")?;
-            writeln!(f, "name = {}", toml_str(&u.name))?;
-            let hosts: Vec<String> = u.hosts.iter().map(|h| format!("\"{h}\"")).collect();
-            writeln!(f, "hosts = [{}]", hosts.join(", "))?;
-            let ports: Vec<String> = u.ports.iter().map(u16::to_string).collect();
-            writeln!(f, "ports = [{}]", ports.join(", "))?;
-            let tls = match u.tls {
-                TlsMode::Originate => "originate",
-                TlsMode::AsRequested => "as-requested",
-            };
-            writeln!(f, "tls = \"{tls}\"")?;
-            let connect = match u.connect {
-                ConnectMode::Tunnel => "tunnel",
-                ConnectMode::Intercept => "intercept",
-            };
-            writeln!(f, "connect = \"{connect}\"")?;
-            if let Some(ca) = &u.ca_file {
-                writeln!(f, "ca_file = {}", toml_str(&ca.display().to_string()))?;
-            }
-            if let Some(l) = u.remote_idle_limit {
-                writeln!(f, "remote_idle_limit = \"{}\"", d(l))?;
-            }
-            writeln!(f, "connect_timeout = \"{}\"", d(s.connect_timeout))?;
-            writeln!(f, "response_timeout = \"{}\"", d(s.response_timeout))?;
-            writeln!(f, "max_connections = {}", s.max_connections)?;
-            writeln!(f, "max_idle = {}", s.max_idle)?;
-            writeln!(f, "idle_timeout = \"{}\"", d(s.idle_timeout))?;
-            writeln!(f, "max_lifetime = \"{}\"", d(s.max_lifetime))?;
-            writeln!(f, "acquire_timeout = \"{}\"", d(s.acquire_timeout))?;
-            match s.tcp_keepalive {
-                Some(k) => writeln!(f, "tcp_keepalive = \"{}\"", d(k))?,
-                None => writeln!(f, "tcp_keepalive = \"off\"")?,
-            }
-            writeln!(f, "retry_on_reset = {}", s.retry_on_reset)?;
-            writeln!(f, "retry_non_idempotent = {}", s.retry_non_idempotent)?;
-            writeln!(
-                f,
-                "unsafe_reuse_max_idle = \"{}\"",
-                d(s.unsafe_reuse_max_idle)
-            )?;
-            writeln!(f, "max_replay_body = {}", s.max_replay_body)?;
-            writeln!(f, "tunnel_idle_timeout = \"{}\"", d(s.tunnel_idle_timeout))?;
-            writeln!(f, "allow_private = {}", s.allow_private)?;
-            writeln!(f, "learn_idle_limit = {}", s.learn_idle_limit)?;
-        }
-        for c in &self.clients {
-            writeln!(f, "\n[[client]]")?;
-            writeln!(f, "name = {}", toml_str(&c.name))?;
-            if !c.cidrs.is_empty() {
-                let cidrs: Vec<String> = c.cidrs.iter().map(|n| format!("\"{n}\"")).collect();
-                writeln!(f, "cidrs = [{}]", cidrs.join(", "))?;
-            }
-            if !c.cert_names.is_empty() {
-                let names: Vec<String> = c
-                    .cert_names
-                    .iter()
-                    .map(|n| toml_str(&n.to_string()))
-                    .collect();
-                writeln!(f, "cert_names = [{}]", names.join(", "))?;
-            }
-            if let Some(u) = &c.username {
-                writeln!(f, "username = {}", toml_str(u))?;
-                if let Some(var) = &c.password_env {
-                    writeln!(f, "password_env = {}", toml_str(var))?;
-                }
-            }
-            let ups: Vec<String> = c.upstreams.iter().map(|u| format!("\"{u}\"")).collect();
-            writeln!(f, "upstreams = [{}]", ups.join(", "))?;
-        }
-        Ok(())
     }
 }
 

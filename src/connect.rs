@@ -140,7 +140,7 @@ impl Connector {
             host: target.host.to_string(),
             detail: e.to_string(),
         })?;
-        let handshake = TlsConnector::from(upstream.tls_client.clone()).connect(server_name, tcp);
+        let handshake = TlsConnector::from(upstream.tls_client.0.clone()).connect(server_name, tcp);
         match timeout_at(deadline, handshake).await {
             Err(_) => Err(ProxyError::ConnectTimeout {
                 addr: target.authority(),

@@ -4,10 +4,21 @@
 //! from disk once per process, and an upstream's client config is made once per config load,
 //! so a dial only clones an `Arc`, and a `ca_file` rustls refuses is a config error.
 
+use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
+
+/// An upstream's client config; `Debug` does not list the ~150 system roots.
+#[derive(Clone)]
+pub struct ClientTls(pub Arc<ClientConfig>);
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientTls(..)")
+    }
+}
 
 /// The system's trust roots, loaded once per process; Mozilla's bundle when the system has none.
 fn system_roots() -> &'static RootCertStore {
@@ -26,8 +37,8 @@ fn system_roots() -> &'static RootCertStore {
 
 /// The client config of an upstream whose `ca_file` holds `extra` (empty without one). The
 /// system-roots-only config is the same for every upstream and config: it is built once.
-pub fn client_config(extra: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>, String> {
-    static SYSTEM_ONLY: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+pub fn client_config(extra: &[CertificateDer<'static>]) -> Result<ClientTls, String> {
+    static SYSTEM_ONLY: OnceLock<ClientTls> = OnceLock::new();
     if extra.is_empty() {
         if let Some(config) = SYSTEM_ONLY.get() {
             return Ok(config.clone());
@@ -44,7 +55,7 @@ pub fn client_config(extra: &[CertificateDer<'static>]) -> Result<Arc<ClientConf
     build(roots)
 }
 
-fn build(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
+fn build(roots: RootCertStore) -> Result<ClientTls, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -52,5 +63,5 @@ fn build(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(ClientTls(Arc::new(config)))
 }

@@ -764,7 +764,7 @@ fn tls_client_configs_are_built_at_load() {
         ca.display().to_string()
     );
     let (first, second) = (parse(&text), parse(&text));
-    let tls = |c: &Config, name: &str| upstream(c, name).tls_client.clone();
+    let tls = |c: &Config, name: &str| upstream(c, name).tls_client.0.clone();
     assert!(Arc::ptr_eq(&tls(&first, "one"), &tls(&first, "two")));
     assert!(Arc::ptr_eq(&tls(&first, "one"), &tls(&second, "one")));
     assert!(!Arc::ptr_eq(&tls(&first, "own"), &tls(&first, "one")));
