@@ -1,5 +1,6 @@
 //! Config parsing and validation tests.
 
+use super::resolve::relative_to;
 use super::*;
 
 use std::sync::Once;
