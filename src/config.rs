@@ -155,16 +155,9 @@ pub struct Upstream {
     pub remote_idle_limit: Option<Duration>,
     pub settings: Settings,
     /// Fingerprint of what this upstream may reach and how ([`reach::Reach`]): pooled
-    /// connections made under another one are closed.
+    /// connections made under another one are closed (SPEC §8: a reload that changes it
+    /// closes the upstream's pooled connections).
     pub reach: u64,
-}
-
-impl Upstream {
-    /// Whether `other` may reach the same destinations in the same way (SPEC §8): if not, a
-    /// reload from one to the other closes the upstream's pooled connections.
-    pub fn same_reach(&self, other: &Upstream) -> bool {
-        self.reach == other.reach
-    }
 }
 
 /// One `[[client]]`: an identity and what it may reach.

@@ -8,7 +8,6 @@ pub mod race;
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, Protocol, ResolverConfig, ResolverOpts};
@@ -232,6 +231,3 @@ fn tls_error(host: &Host, e: &std::io::Error) -> ProxyError {
         },
     }
 }
-
-/// Shared handle type.
-pub type SharedConnector = Arc<Connector>;
