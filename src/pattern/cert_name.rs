@@ -114,23 +114,24 @@ impl fmt::Display for CertNamePattern {
     }
 }
 
+/// Patterns and names for table tests (also `policy::identity`'s).
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn pattern(s: &str) -> CertNamePattern {
+    pub(crate) fn pattern(s: &str) -> CertNamePattern {
         CertNamePattern::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
-    fn uri(s: &str) -> CertName {
+    pub(crate) fn uri(s: &str) -> CertName {
         CertName::Uri(s.to_string())
     }
 
-    fn dns(s: &str) -> CertName {
+    pub(crate) fn dns(s: &str) -> CertName {
         CertName::Dns(s.to_string())
     }
 
-    fn cn(s: &str) -> CertName {
+    pub(crate) fn cn(s: &str) -> CertName {
         CertName::CommonName(s.to_string())
     }
 

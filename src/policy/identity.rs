@@ -69,21 +69,7 @@ mod tests {
 
     use rcgen::{CertificateParams, DnType, KeyPair, SanType};
 
-    fn pattern(s: &str) -> CertNamePattern {
-        CertNamePattern::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
-    }
-
-    fn uri(s: &str) -> CertName {
-        CertName::Uri(s.to_string())
-    }
-
-    fn dns(s: &str) -> CertName {
-        CertName::Dns(s.to_string())
-    }
-
-    fn cn(s: &str) -> CertName {
-        CertName::CommonName(s.to_string())
-    }
+    use crate::pattern::cert_name::tests::{cn, dns, pattern, uri};
 
     #[test]
     fn any_identity_matching_any_pattern() {
