@@ -14,10 +14,10 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis::config::Config;
+use portcullis::intercept::server::Interceptor;
 use portcullis::intercept::{constraints::Constraints, init, leaf};
 use portcullis::metrics::Metrics;
-use portcullis::policy::host::HostPattern;
-use portcullis::proxy::intercept::Interceptor;
+use portcullis::pattern::HostPattern;
 use portcullis::target::{parse_host, Host};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};

@@ -15,7 +15,7 @@ use std::fmt;
 
 use crate::config::{Config, ConnectMode};
 use crate::http1::{HEAD_READ, MAX_BODY_CHUNK};
-use crate::policy::host::HostPattern;
+use crate::pattern::HostPattern;
 use crate::upstream::MAX_BUF_SIZE;
 
 const KIB: u64 = 1024;

@@ -5,11 +5,9 @@
 
 pub mod io;
 pub mod race;
-pub mod tls;
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, Protocol, ResolverConfig, ResolverOpts};
@@ -23,7 +21,6 @@ use crate::error::ProxyError;
 use crate::policy;
 use crate::target::{Host, Target};
 pub use io::UpstreamIo;
-use tls::TlsClients;
 
 /// A dialed upstream stream and the address it reached.
 pub struct Dialed {
@@ -34,7 +31,6 @@ pub struct Dialed {
 /// Everything needed to open upstream connections; shared by all requests.
 pub struct Connector {
     resolver: TokioAsyncResolver,
-    tls: TlsClients,
 }
 
 impl Connector {
@@ -65,13 +61,11 @@ impl Connector {
         }
         Connector {
             resolver: TokioAsyncResolver::tokio(config, opts),
-            tls: TlsClients::new(),
         }
     }
 
     /// Drop cached state that a reload may have made stale.
     pub fn reload(&self) {
-        self.tls.clear();
         self.resolver.clear_cache();
     }
 
@@ -137,13 +131,6 @@ impl Connector {
                 peer,
             });
         }
-        let config =
-            self.tls
-                .get(&upstream.ca_roots)
-                .map_err(|detail| ProxyError::TlsHandshake {
-                    host: target.host.to_string(),
-                    detail,
-                })?;
         let server_name = match &target.host {
             Host::Name(n) => rustls::pki_types::ServerName::try_from(n.clone()),
             Host::Ip(ip) => Ok(rustls::pki_types::ServerName::IpAddress((*ip).into())),
@@ -152,7 +139,7 @@ impl Connector {
             host: target.host.to_string(),
             detail: e.to_string(),
         })?;
-        let handshake = TlsConnector::from(config).connect(server_name, tcp);
+        let handshake = TlsConnector::from(upstream.tls_client.0.clone()).connect(server_name, tcp);
         match timeout_at(deadline, handshake).await {
             Err(_) => Err(ProxyError::ConnectTimeout {
                 addr: target.authority(),
@@ -244,6 +231,3 @@ fn tls_error(host: &Host, e: &std::io::Error) -> ProxyError {
         },
     }
 }
-
-/// Shared handle type.
-pub type SharedConnector = Arc<Connector>;

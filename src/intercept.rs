@@ -1,17 +1,18 @@
-//! The interception CA and the leaves it signs (SPEC §9); the TLS server side is `proxy::intercept`.
+//! TLS interception (SPEC §9): the CA, the leaves it signs, and the TLS server side of an intercepted CONNECT.
 //!
 //! - [`ca::InterceptCa::load`] reads and checks `intercept_ca_cert` / `intercept_ca_key`; config
 //!   loading calls it, so `Config.proxy.intercept_ca` is a CA known to work (or `None`).
 //! - [`init::init`] is `portcullis ca init`: a new CA whose name constraints
 //!   ([`constraints::Constraints`]) permit only the hosts of the intercept upstreams.
 //! - [`leaf::LeafCache`] issues, caches and renews one leaf per host; `Shared` owns it (through
-//!   `proxy::intercept::Interceptor`) and hands it a new CA on reload.
+//!   [`server::Interceptor`]) and hands it a new CA on reload.
 //! - [`warnings`]: `check`'s lines for intercept hosts the CA may not sign for.
 
 pub mod ca;
 pub mod constraints;
 pub mod init;
 pub mod leaf;
+pub mod server;
 
 use crate::config::{Config, ConnectMode};
 

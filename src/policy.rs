@@ -2,7 +2,6 @@
 //!
 //! Policy never sees the pool: it turns (client address, certificate identity, credentials,
 //! requested host and port) into an allowed upstream and dial target, or a denial.
-pub mod host;
 pub mod identity;
 pub mod ip;
 
@@ -13,6 +12,7 @@ use base64::Engine;
 
 use crate::config::{Client, Config, ConnectMode, TlsMode, Upstream};
 use crate::error::{DenyReason, ProxyError};
+use crate::pattern::HostPattern;
 use crate::target::{Host, Scheme, Target};
 use identity::PeerIdentity;
 
@@ -205,7 +205,7 @@ fn lists_literally(upstream: &Upstream, addr: IpAddr) -> bool {
     upstream
         .hosts
         .iter()
-        .any(|p| matches!(p, host::HostPattern::Ip(listed) if *listed == addr))
+        .any(|p| matches!(p, HostPattern::Ip(listed) if *listed == addr))
 }
 
 /// Which `[[client]]` is asking. With no clients configured, everyone is anonymous and allowed.

@@ -4,7 +4,6 @@ pub mod access;
 pub mod forward;
 pub mod headers;
 pub mod inside;
-pub mod intercept;
 pub mod limit;
 pub mod outcome;
 pub mod respond;

@@ -8,15 +8,11 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::PrivateKeyDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
-/// The one way certificate, key and CA files are read: bounded, and never blocking on a FIFO
-/// or a device (`config::file`).
-pub fn read_file(path: &Path) -> Result<Vec<u8>, String> {
-    crate::config::file::read_limited(path, crate::config::file::MAX_PEM_BYTES)
-}
+use crate::pem;
 
 /// A built listener config; `Debug` does not print key material.
 #[derive(Clone)]
@@ -38,7 +34,7 @@ pub struct Files<'a> {
 /// Build the listener config; each problem names the key, the file and the fix.
 pub fn load(files: &Files) -> Result<ServerTls, Vec<String>> {
     let mut problems = Vec::new();
-    let chain = certificates(files.cert, "give the certificate chain, leaf first")
+    let chain = pem::certificates(files.cert, "give the certificate chain, leaf first")
         .map_err(|e| problems.push(format!("tls_cert {}: {e}", files.cert.display())))
         .ok();
     let key = private_key(files.key)
@@ -80,30 +76,9 @@ pub fn load(files: &Files) -> Result<ServerTls, Vec<String>> {
     Ok(ServerTls(Arc::new(config)))
 }
 
-/// The certificates in a PEM file, in file order; `fix` says what the file should hold.
-fn certificates(path: &Path, fix: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let data = read_file(path).map_err(|e| format!("cannot read: {e}"))?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
-    let certs = certs.map_err(|e| format!("not valid PEM: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "holds no PEM certificate (-----BEGIN CERTIFICATE-----); {fix}"
-        ));
-    }
-    for (i, cert) in certs.iter().enumerate() {
-        if x509_parser::parse_x509_certificate(cert).is_err() {
-            return Err(format!(
-                "certificate #{} does not parse as X.509; replace the file",
-                i + 1
-            ));
-        }
-    }
-    Ok(certs)
-}
-
 /// The one private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
 fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let data = read_file(path).map_err(|e| format!("cannot read: {e}"))?;
+    let data = pem::read(path)?;
     match rustls_pemfile::private_key(&mut data.as_slice()) {
         Ok(Some(key)) => Ok(key),
         Ok(None) => Err(
@@ -118,7 +93,7 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 fn client_verifier(
     path: &Path,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
-    let certs = certificates(
+    let certs = pem::certificates(
         path,
         "give the CA certificates that issue client certificates",
     )?;

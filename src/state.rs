@@ -6,9 +6,9 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::connect::Connector;
+use crate::intercept::server::Interceptor;
 use crate::metrics::Metrics;
 use crate::pool::Pools;
-use crate::proxy::intercept::Interceptor;
 use crate::upstream::UpstreamConn;
 
 /// Where the process is in its life.

@@ -1,9 +1,15 @@
-//! Every file under `tests/fixtures/config/`: valid ones load and survive a `Display` round trip,
-//! invalid ones fail with the message their `# expect:` lines give.
+//! Every file under `tests/fixtures/config/` and the shipped `config/*.toml`: valid ones load
+//! and survive a round trip through what `portcullis check` prints, invalid ones fail with the
+//! message their `# expect:` lines give. (The saved `config_load` fuzz crashes take the same
+//! round trip in `tests/fuzz_regressions.rs`.)
+
+#[path = "../fuzz/src/round_trip.rs"]
+mod round_trip;
 
 use std::path::{Path, PathBuf};
 
 use portcullis::config::{Config, ConfigError};
+use round_trip::config_round_trip;
 
 /// Set for the fixtures whose clients log in with a password.
 const PASSWORD_VAR: &str = "PORTCULLIS_TEST_FIXTURE_PW";
@@ -61,12 +67,32 @@ fn config_fixtures() {
     );
 }
 
+/// The shipped configs (the built-in one is `config/portcullis.toml`) take the round trip too.
+#[test]
+fn shipped_configs_round_trip() {
+    let shipped = toml_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config"));
+    assert!(!shipped.is_empty(), "no config/*.toml");
+    let failures: Vec<String> = shipped
+        .iter()
+        .filter_map(|p| check_valid(p).err())
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    let builtin = Config::load(None).expect("the built-in config loads");
+    config_round_trip(&builtin).expect("the built-in config round-trips");
+}
+
 /// The `*.toml` files of one fixture folder, by absolute path, sorted.
 fn fixtures(kind: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/config")
-        .join(kind);
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+    toml_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/config")
+            .join(kind),
+    )
+}
+
+/// The `*.toml` files directly in `dir`, sorted.
+fn toml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|entry| entry.expect("read_dir entry").path())
         .filter(|p| p.extension().is_some_and(|ext| ext == "toml"))
@@ -89,7 +115,7 @@ fn expectations(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Loads, and its `Display` parses back to the same effective config.
+/// Loads, and what `check` prints for it loads back to the same effective config.
 fn check_valid(path: &Path) -> Result<(), String> {
     let name = path.display().to_string();
     if !expectations(path).is_empty() {
@@ -108,57 +134,7 @@ fn check_valid(path: &Path) -> Result<(), String> {
             "{name}: Display does not start with {header:?}:\n{shown}"
         ));
     }
-    let again = Config::from_toml(&shown, &config.source).map_err(|e| {
-        format!("{name}: Display output does not parse back:\n{e}\n--- output:\n{shown}")
-    })?;
-    let shown_again = again.to_string();
-    if shown_again != shown {
-        return Err(format!(
-            "{name}: round trip changed the effective config\n--- first:\n{shown}\n--- again:\n{shown_again}"
-        ));
-    }
-    same_effective(&config, &again).map_err(|what| format!("{name}: round trip changed {what}"))
-}
-
-/// The parts `Display` could lose without its own output changing (passwords are never shown).
-fn same_effective(a: &Config, b: &Config) -> Result<(), String> {
-    let tls = |c: &Config| {
-        c.proxy
-            .tls
-            .as_ref()
-            .map(|t| (t.listen, t.cert.clone(), t.key.clone(), t.client_ca.clone()))
-    };
-    if tls(a) != tls(b) {
-        return Err(format!("the TLS listener: {:?} vs {:?}", tls(a), tls(b)));
-    }
-    if a.upstreams.len() != b.upstreams.len() || a.clients.len() != b.clients.len() {
-        return Err("the number of upstreams or clients".into());
-    }
-    for (x, y) in a.upstreams.iter().zip(&b.upstreams) {
-        let same = x.name == y.name
-            && x.hosts == y.hosts
-            && x.ports == y.ports
-            && x.tls == y.tls
-            && x.connect == y.connect
-            && x.ca_file == y.ca_file
-            && x.remote_idle_limit == y.remote_idle_limit
-            && x.settings == y.settings;
-        if !same {
-            return Err(format!("upstream {:?}: {x:?} vs {y:?}", x.name));
-        }
-    }
-    for (x, y) in a.clients.iter().zip(&b.clients) {
-        let same = x.name == y.name
-            && x.cidrs == y.cidrs
-            && x.username == y.username
-            && x.password == y.password
-            && x.cert_names == y.cert_names
-            && x.upstreams == y.upstreams;
-        if !same {
-            return Err(format!("client {:?}: {x:?} vs {y:?}", x.name));
-        }
-    }
-    Ok(())
+    config_round_trip(&config).map_err(|e| format!("{name}: {e}"))
 }
 
 /// Fails, naming the file on every line, with one problem per `# expect:` line.

@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::{Client, Config, Upstream};
-use crate::policy::host::HostPattern;
+use crate::pattern::HostPattern;
 
 /// One finding. Names and patterns are as the config spells them (normalised).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use std::path::Path;
 use rustls::pki_types::CertificateDer;
 
 use super::{ConnectMode, TlsMode};
-use crate::policy::host::HostPattern;
+use crate::pattern::HostPattern;
 
 /// The keys that decide what an upstream may reach and how, as loaded.
 pub struct Reach<'a> {

@@ -1,5 +1,6 @@
 //! Config parsing and validation tests.
 
+use super::resolve::relative_to;
 use super::*;
 
 use std::sync::Once;
@@ -572,7 +573,7 @@ fn reach_changes_with_exactly_the_keys_that_decide_it() {
         )
     };
     let base = parse(&upstream_text(""));
-    let same = |text: String| upstream(&parse(&text), "u").same_reach(upstream(&base, "u"));
+    let same = |text: String| upstream(&parse(&text), "u").reach == upstream(&base, "u").reach;
     let cases: Vec<(&str, String, bool)> = vec![
         ("unchanged", upstream_text(""), true),
         ("idle_timeout", upstream_text("idle_timeout = \"5s\""), true),
@@ -750,4 +751,24 @@ fn ipv4_mapped_cidrs_are_read_as_ipv4() {
         let shown = config.to_string();
         assert!(shown.contains(&format!("cidrs = [\"{want}\"]")), "{shown}");
     }
+}
+
+/// TLS client configs are built while the config loads, never on a dial: upstreams without a
+/// `ca_file` share the one system-roots config; one with a `ca_file` gets its own, made anew
+/// by each load (a reload re-reads the file).
+#[test]
+fn tls_client_configs_are_built_at_load() {
+    let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config/valid/extra-ca.pem");
+    let text = format!(
+        "{ONE}[[upstream]]\nname = \"two\"\nhosts = [\"two.example.com\"]\n\
+         [[upstream]]\nname = \"own\"\nhosts = [\"own.example.com\"]\nca_file = {:?}\n",
+        ca.display().to_string()
+    );
+    let (first, second) = (parse(&text), parse(&text));
+    let tls = |c: &Config, name: &str| upstream(c, name).tls_client.0.clone();
+    assert!(Arc::ptr_eq(&tls(&first, "one"), &tls(&first, "two")));
+    assert!(Arc::ptr_eq(&tls(&first, "one"), &tls(&second, "one")));
+    assert!(!Arc::ptr_eq(&tls(&first, "own"), &tls(&first, "one")));
+    assert!(!Arc::ptr_eq(&tls(&first, "own"), &tls(&second, "own")));
+    assert_eq!(upstream(&first, "own").ca_roots.len(), 1);
 }

@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 
 use super::raw::RawProxy;
-use super::{relative_to, ProxySettings, TlsListen};
+use super::resolve::relative_to;
+use super::{ProxySettings, TlsListen};
 use crate::server_tls;
 
 /// `tls_listen` and its files: each is needed by, and only useful with, the others.

@@ -14,12 +14,6 @@ pub enum UpstreamIo {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl UpstreamIo {
-    pub fn is_tls(&self) -> bool {
-        matches!(self, UpstreamIo::Tls(_))
-    }
-}
-
 impl AsyncRead for UpstreamIo {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -60,7 +60,7 @@ impl InterceptCa {
         };
 
         check_private(key_path).map_err(key_err)?;
-        let pem = crate::config::file::read_text(key_path, crate::config::file::MAX_PEM_BYTES)
+        let pem = crate::file::read_text(key_path, crate::file::MAX_PEM_BYTES)
             .map_err(|e| key_err(format!("cannot read: {e}")))?;
         let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| {
             key_err(format!(
@@ -150,7 +150,7 @@ impl fmt::Debug for InterceptCa {
 
 /// The one certificate of a PEM file.
 fn read_one_cert(path: &Path) -> Result<CertificateDer<'static>, String> {
-    let mut certs = crate::connect::tls::read_pem_roots(path)?;
+    let mut certs = crate::pem::certificates(path, "give the intercept CA certificate")?;
     if certs.len() > 1 {
         return Err(format!(
             "holds {} certificates; it must hold only the CA certificate",

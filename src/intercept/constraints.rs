@@ -17,7 +17,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::policy::host::HostPattern;
+use crate::pattern::HostPattern;
 
 /// The DNS and IP subtrees of a CA's NameConstraints extension.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::ca::InterceptCa;
 use super::constraints::Constraints;
-use crate::policy::host::HostPattern;
+use crate::pattern::HostPattern;
 
 /// A new empty folder under the system's temp folder.
 pub fn temp_dir(tag: &str) -> PathBuf {

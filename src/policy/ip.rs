@@ -28,21 +28,6 @@ pub fn classify(ip: IpAddr) -> Option<Private> {
     }
 }
 
-/// The label of [`classify`], or `None` when the address is public.
-pub fn private_class(ip: IpAddr) -> Option<&'static str> {
-    classify(ip).map(|p| p.class)
-}
-
-/// Whether a destination at this address needs `allow_private = true`.
-pub fn is_private(ip: IpAddr) -> bool {
-    classify(ip).is_some()
-}
-
-/// Whether this address is link-local in any form (see [`Private::link_local`]).
-pub fn is_link_local(ip: IpAddr) -> bool {
-    classify(ip).is_some_and(|p| p.link_local)
-}
-
 /// The IPv4 ranges that are private, whichever way the address is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum V4Class {
@@ -347,8 +332,7 @@ mod tests {
         ];
         for &(text, want) in cases {
             let ip: IpAddr = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
-            assert_eq!(private_class(ip), want, "{text}");
-            assert_eq!(is_private(ip), want.is_some(), "{text}");
+            assert_eq!(classify(ip).map(|p| p.class), want, "{text}");
         }
     }
 
@@ -469,7 +453,7 @@ mod tests {
         ];
         for &(text, want) in cases {
             let ip: IpAddr = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
-            assert_eq!(is_link_local(ip), want, "{text}");
+            assert_eq!(classify(ip).is_some_and(|p| p.link_local), want, "{text}");
         }
     }
 }

@@ -457,7 +457,7 @@ fn client(name: &str, cidrs: &[&str], user: Option<&str>, cert_names: &[&str]) -
         password_env: user.map(|_| PASSWORD_VAR.to_string()),
         cert_names: cert_names
             .iter()
-            .map(|n| identity::CertNamePattern::parse(n).expect("pattern"))
+            .map(|n| crate::pattern::CertNamePattern::parse(n).expect("pattern"))
             .collect(),
         upstreams: vec![],
     }
@@ -465,7 +465,7 @@ fn client(name: &str, cidrs: &[&str], user: Option<&str>, cert_names: &[&str]) -
 
 #[test]
 fn certificate_identity_is_one_criterion_among_others() {
-    use identity::CertName::{CommonName, Dns, Uri};
+    use crate::pattern::CertName::{CommonName, Dns, Uri};
     let spiffe = "spiffe://prod/ns/payments/sa/connector";
     let clients = vec![
         client("connector", &[], None, &[spiffe]),
@@ -473,7 +473,7 @@ fn certificate_identity_is_one_criterion_among_others() {
         client("batch", &[], Some("batch"), &["batch.internal"]),
         client("office", &["192.168.0.0/16"], None, &[]),
     ];
-    let id = |names: Vec<identity::CertName>| Some(PeerIdentity { names });
+    let id = |names: Vec<crate::pattern::CertName>| Some(PeerIdentity { names });
     let s = |t: &str| t.to_string();
     let creds = Some(basic("batch", PASSWORD));
     let cases: Vec<CertCase> = vec![
@@ -603,7 +603,7 @@ fn certificate_refusals_say_what_was_presented() {
         "{text}"
     );
     let names = (0..5)
-        .map(|i| identity::CertName::Uri(format!("spiffe://prod/{i}\n")))
+        .map(|i| crate::pattern::CertName::Uri(format!("spiffe://prod/{i}\n")))
         .collect();
     let text = refuse(Some(&PeerIdentity { names }));
     assert!(

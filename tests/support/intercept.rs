@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use portcullis::intercept::constraints::Constraints;
 use portcullis::intercept::init;
-use portcullis::policy::host::HostPattern;
+use portcullis::pattern::HostPattern;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 

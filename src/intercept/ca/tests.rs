@@ -17,9 +17,7 @@ fn a_ca_made_by_ca_init_loads_with_its_fingerprint_and_constraints() {
     let ca = InterceptCa::load(&cert, &key).unwrap();
     assert_eq!(ca.cert_path(), cert);
     assert_eq!(ca.key_path(), key);
-    let der = crate::connect::tls::read_pem_roots(&cert)
-        .unwrap()
-        .remove(0);
+    let der = crate::pem::certificates(&cert, "").unwrap().remove(0);
     assert_eq!(ca.cert_der(), &der);
     assert_eq!(ca.fingerprint(), colon_hex(&sha256(&der)));
     assert_eq!(ca.fingerprint().len(), 32 * 3 - 1);

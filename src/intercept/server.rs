@@ -28,8 +28,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
+use super::leaf::{LeafCache, LeafError};
 use crate::config::{Config, ConnectMode};
-use crate::intercept::leaf::{LeafCache, LeafError};
 use crate::metrics::Metrics;
 use crate::target::Host;
 pub use rejections::RejectLog;
