@@ -4,6 +4,8 @@ pub mod access;
 pub mod forward;
 pub mod headers;
 pub mod inside;
+#[doc(hidden)]
+pub mod layout;
 pub mod limit;
 pub mod outcome;
 pub mod respond;
@@ -345,77 +347,4 @@ async fn refuse_head<W: tokio::io::AsyncWrite + Unpin>(
     let mut outcome = Outcome::new(mode, Instant::now(), None, "");
     outcome.bytes_out = respond::error(ctx, writer, Version::HTTP_11, err, true).await;
     outcome.record(ctx, err.status(), Some(err));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Most of what an idle client connection costs is its task, sized by the largest state
-    /// of the request loop. A 4 KiB drain buffer on the linger path once made every task
-    /// 5.8 KiB; rare paths keep their bulk on the heap, so the whole task stays under 2 KiB.
-    #[tokio::test]
-    async fn a_client_connection_task_stays_small() {
-        let text = "[[upstream]]\nname = \"a\"\nhosts = [\"example.com\"]\n";
-        let config = Config::from_toml(text, "unit.toml").expect("valid config");
-        let shared = Shared::new(config, Metrics::new());
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (stream, peer) = l.accept().await.unwrap();
-        let permit = ClientLimit::new(1).acquire().await.unwrap();
-        let slot = Slot::new(permit, &shared.metrics);
-        let task = serve_client(shared, stream::tcp_halves(stream), peer, None, slot);
-        let size = std::mem::size_of_val(&task);
-        assert!(size <= 2048, "the connection task's future is {size} bytes");
-    }
-
-    /// The same bound holds for a TLS connection's task once its handshake is done: it is
-    /// the plain listener's loop over the halves of the TLS stream (rustls's state sits behind
-    /// the split's `Arc`), and the handshake ran in a task of its own.
-    #[tokio::test]
-    async fn a_tls_client_connection_task_stays_small() {
-        use rustls::pki_types::{PrivateKeyDer, ServerName};
-        let text = "[[upstream]]\nname = \"a\"\nhosts = [\"example.com\"]\n";
-        let config = Config::from_toml(text, "unit.toml").expect("valid config");
-        let shared = Shared::new(config, Metrics::new());
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec!["proxy.test".to_string()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("cert");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .expect("server config");
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.der().clone()).expect("root");
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let tcp = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let name = ServerName::try_from("proxy.test").expect("name");
-        let connecting = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, tcp);
-        let (stream, peer) = l.accept().await.unwrap();
-        let accepting = tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(stream);
-        let (_client, stream) = tokio::join!(connecting, accepting);
-        let stream = stream.expect("handshake");
-        let permit = ClientLimit::new(1).acquire().await.unwrap();
-        let slot = Slot::new(permit, &shared.metrics);
-        let identity = Some(Arc::new(PeerIdentity::default()));
-        let task = serve_client(shared, stream::tls_halves(stream), peer, identity, slot);
-        let size = std::mem::size_of_val(&task);
-        assert!(
-            size <= 2048,
-            "the TLS connection task's future is {size} bytes"
-        );
-    }
 }

@@ -4,6 +4,7 @@ mod support;
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::*;
@@ -54,17 +55,34 @@ async fn accept_survives_running_out_of_file_descriptors() {
         .spawn()
         .expect("spawn portcullis");
     let mut guard = Guard(child);
+    // Its log, read as it is written, so that the test can wait for a line.
+    let log = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let (log, mut stderr) = (log.clone(), guard.0.stderr.take().expect("piped stderr"));
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                log.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_str(&text);
+            }
+        })
+    };
+    let logged = |what: &str| log.lock().unwrap_or_else(|e| e.into_inner()).contains(what);
     let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let url = o.url("/");
-    let mut up = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(proxy).await.is_ok() {
-            up = true;
-            break;
-        }
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while tokio::net::TcpStream::connect(proxy).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "portcullis did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(up, "portcullis did not start");
 
     // Hold 120 client connections open, each with a request in flight, far past the limit.
     let mut held = Vec::new();
@@ -75,32 +93,30 @@ async fn accept_survives_running_out_of_file_descriptors() {
             held.push(s);
         }
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until accept has met the limit (was a fixed 500 ms).
+    assert!(
+        eventually(WITHIN, || logged("accept failed")).await,
+        "the descriptor exhaustion was never logged"
+    );
     drop(held);
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // Once descriptors free up, the proxy serves again.
-    let mut served = false;
-    for _ in 0..40 {
-        let r = proxy_get(proxy, &url).await;
-        if r.status == 200 {
-            served = true;
+    // Once descriptors free up, the proxy serves again (bounded retries).
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        if proxy_get(proxy, &url).await.status == 200 {
             break;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no request served after descriptors were freed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(served, "no request served after descriptors were freed");
 
     let _ = guard.0.kill();
     let _ = guard.0.wait();
-    let mut log = String::new();
-    guard
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    reader.join().expect("stderr reader");
+    let log = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
     let errors = log.lines().filter(|l| l.contains("accept failed")).count();
     assert!(
         errors >= 1,

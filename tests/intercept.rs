@@ -88,13 +88,19 @@ impl Bank {
             .collect()
     }
 
-    /// Wait until the firewall has forgotten one more flow than now (the pooled one).
-    async fn one_more_forgotten(&self) {
-        let n = self.firewall.flows_forgotten() + 1;
+    /// Wait until the firewall has forgotten a flow since it had forgotten `before` and
+    /// remembers none: every pooled connection to the bank is now a forgotten flow. `before`
+    /// is read before the request that pooled the connection: a client process slow to exit
+    /// can hand back control after the firewall already forgot its flow, and a count read
+    /// then would wait for one more that never comes.
+    async fn forgotten_since(&self, before: usize) {
+        let fw = &self.firewall;
+        let all_forgotten = || fw.flows_forgotten() > before && fw.flows_open() == 0;
         assert!(
-            self.firewall.wait_for_forgotten(n, WAIT).await,
-            "the firewall forgot {} flows, not {n}",
-            self.firewall.flows_forgotten()
+            eventually(WAIT, all_forgotten).await,
+            "the firewall forgot {} flows (had {before}) and still remembers {}",
+            fw.flows_forgotten(),
+            fw.flows_open()
         );
     }
 }
@@ -213,13 +219,14 @@ async fn a_get_on_a_dropped_connection_is_retried_and_succeeds() {
                 }
             }
         };
+        let forgotten = b.firewall.flows_forgotten();
         assert_eq!(
             fetch(warm.clone()).await,
             (200, format!("GET {warm} ")),
             "{client}"
         );
         // The connection that served it is pooled; the firewall forgets it.
-        b.one_more_forgotten().await;
+        b.forgotten_since(forgotten).await;
         let resets = b.firewall.resets_sent();
         let retries = b
             .proxy
@@ -260,6 +267,7 @@ async fn a_plain_post_on_a_long_idle_connection_goes_out_fresh() {
     let store = java_trust_store(&b.ca_pem(), &b.ca.dir).await;
     for client in ["curl", "python", "java"] {
         let pay = format!("/{client}/pay");
+        let forgotten = b.firewall.flows_forgotten();
         let warm = python_requests(
             &b.proxy_url(),
             Some(&b.ca_pem()),
@@ -267,7 +275,7 @@ async fn a_plain_post_on_a_long_idle_connection_goes_out_fresh() {
         )
         .await;
         assert_eq!(warm[0].status, Some(200), "{warm:?}");
-        b.one_more_forgotten().await;
+        b.forgotten_since(forgotten).await;
         let (accepted, resets) = (b.origin.connections_accepted(), b.firewall.resets_sent());
         let status = match client {
             "curl" => b.curl(&["-d", "amount=10"], &b.url(&pay)).await.status,
