@@ -65,6 +65,9 @@ pub struct Metrics {
     pub intercepts: IntCounterVec,
     pub stale_reuses: IntCounterVec,
     pub client_tls_handshakes: IntCounterVec,
+    /// Tells this set of collectors (and its clones, which share them) from any other in the
+    /// process, for the per-thread cache of request handles.
+    id: u64,
 }
 
 /// Handles for one upstream's pool, resolved once so checkout and return never hash label sets.
@@ -121,7 +124,9 @@ impl Metrics {
         let idle_buckets = vec![
             0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
         ];
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let m = Metrics {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             registry: Registry::new(),
             requests: counter(
                 "portcullis_requests_total",
@@ -252,6 +257,26 @@ impl Metrics {
             m.client_tls_handshakes.with_label_values(&[result.label()]);
         }
         m
+    }
+
+    /// Count one finished request or tunnel: `portcullis_requests_total` and its duration
+    /// (a tunnel's only when it was opened). The labelled handles come from a small cache per
+    /// worker thread: looking them up in the vecs hashes the label values and takes a lock,
+    /// on every request, for a handful of distinct label sets.
+    pub fn request_done(
+        &self,
+        upstream: &str,
+        method: &'static str,
+        status: http::StatusCode,
+        tunnel: bool,
+        elapsed: std::time::Duration,
+    ) {
+        RequestHandles::with(self, upstream, method, status, tunnel, |h| {
+            h.requests.inc();
+            if let Some(duration) = &h.duration {
+                duration.observe(elapsed.as_secs_f64());
+            }
+        });
     }
 
     /// Pre-labelled handles for one upstream (creating the series at zero so alerts see them).
@@ -394,6 +419,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn request_handles_are_cached_per_set_of_collectors() {
+        use http::StatusCode;
+        let ms = std::time::Duration::from_millis;
+        let (a, b) = (Metrics::new(), Metrics::new());
+        let count = |m: &Metrics, u: &str, code: &str| {
+            m.requests.with_label_values(&[u, "GET", code]).get()
+        };
+        for _ in 0..3 {
+            a.request_done("u", "GET", StatusCode::OK, false, ms(5));
+        }
+        a.request_done("v", "GET", StatusCode::OK, false, ms(5));
+        a.request_done("u", "GET", StatusCode::BAD_GATEWAY, false, ms(5));
+        b.request_done("u", "GET", StatusCode::OK, false, ms(5));
+        assert_eq!((count(&a, "u", "200"), count(&a, "v", "200")), (3, 1));
+        assert_eq!(count(&a, "u", "502"), 1);
+        assert_eq!(count(&b, "u", "200"), 1, "another registry, its own series");
+        let h = |m: &Metrics, u: &str| {
+            m.request_duration
+                .with_label_values(&[u])
+                .get_sample_count()
+        };
+        assert_eq!((h(&a, "u"), h(&b, "u")), (4, 1));
+        // Tunnels: their own histogram, and only when opened.
+        a.request_done("u", "CONNECT", StatusCode::OK, true, ms(5));
+        a.request_done("u", "CONNECT", StatusCode::FORBIDDEN, true, ms(5));
+        let t = a
+            .tunnel_duration
+            .with_label_values(&["u"])
+            .get_sample_count();
+        assert_eq!((t, h(&a, "u")), (1, 4));
+        // More label sets than the cache holds: still every one counted.
+        for i in 0..100 {
+            a.request_done(&format!("w{i}"), "GET", StatusCode::OK, false, ms(1));
+            a.request_done("u", "GET", StatusCode::OK, false, ms(1));
+        }
+        assert_eq!(count(&a, "u", "200"), 103);
+        assert_eq!(count(&a, "w99", "200"), 1);
+    }
+
+    #[test]
     fn pool_utilization_is_the_fullest_destination_not_the_sum() {
         type Pools = &'static [(&'static str, usize, usize)];
         type Want = &'static [(&'static str, f64)];
@@ -490,5 +555,70 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
+    }
+}
+
+/// The series one kind of request ends in, resolved once per worker thread.
+struct RequestHandles {
+    metrics: u64,
+    upstream: Box<str>,
+    method: &'static str,
+    status: http::StatusCode,
+    tunnel: bool,
+    requests: IntCounter,
+    /// `None` for a tunnel that was not opened: it has no duration.
+    duration: Option<Histogram>,
+}
+
+impl RequestHandles {
+    /// At most this many label sets per thread; past it the cache starts over (a cost only
+    /// for configurations with that many upstreams in use at once).
+    const CACHED: usize = 32;
+
+    /// Run `f` on the handles for this label set (looked up in the vecs only when new here).
+    fn with(
+        m: &Metrics,
+        upstream: &str,
+        method: &'static str,
+        status: http::StatusCode,
+        tunnel: bool,
+        f: impl FnOnce(&RequestHandles),
+    ) {
+        thread_local! {
+            static CACHE: std::cell::RefCell<Vec<RequestHandles>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if let Some(h) = cache.iter().find(|h| {
+                h.metrics == m.id
+                    && h.status == status
+                    && h.tunnel == tunnel
+                    && h.method == method
+                    && *h.upstream == *upstream
+            }) {
+                return f(h);
+            }
+            let h = RequestHandles {
+                metrics: m.id,
+                upstream: upstream.into(),
+                method,
+                status,
+                tunnel,
+                requests: m
+                    .requests
+                    .with_label_values(&[upstream, method, status.as_str()]),
+                duration: match (tunnel, status == http::StatusCode::OK) {
+                    (false, _) => Some(m.request_duration.with_label_values(&[upstream])),
+                    (true, true) => Some(m.tunnel_duration.with_label_values(&[upstream])),
+                    (true, false) => None,
+                },
+            };
+            if cache.len() >= Self::CACHED {
+                cache.clear();
+            }
+            f(&h);
+            cache.push(h);
+        })
     }
 }

@@ -9,6 +9,9 @@
 //!   oldest is evicted first. A reaper closes each idle one the moment its idle time or
 //!   lifetime runs out — not when next checked out, since a silent firewall kills exactly the
 //!   connection left open past its time. A connection the upstream closed is never handed out.
+//! - Up to `max_idle` connections idle until their time runs out; above it, a released one is
+//!   kept as surplus for at most a second (see [`surplus`]), so that a load hovering above
+//!   `max_idle` reuses its connections instead of closing and dialing them on every burst.
 //! - When every slot is taken, requests queue first come, first served; a released connection
 //!   or a freed slot is handed straight to the oldest waiter, bounded by `acquire_timeout`.
 //! - [`Pooled`] goes back to the pool on `release` and is closed on `discard` or on drop.
@@ -17,23 +20,28 @@
 //!   being dialed) it is *vacant*, and says so through a hook, outside its lock, to whoever
 //!   made it: the registry then forgets it (SPEC §5), so that names seen once leave nothing.
 
+mod pooled;
 mod reaper;
 pub mod registry;
 pub mod reuse;
+mod state;
+pub mod surplus;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::metrics::{CloseReason, PoolMetrics};
+pub use pooled::{Pooled, Slot};
 pub use registry::Pools;
 use reuse::{Life, Verdict};
+use state::{Idle, Inner, State};
+use surplus::Surplus;
 
 /// What the pool needs to know about a connection.
 pub trait Poolable: Send + 'static {
@@ -72,9 +80,6 @@ impl Limits {
         }
     }
 }
-
-/// Connection ids are unique for the life of the process (they appear in logs and `/pools`).
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A handle to the pool for one destination.
 pub struct Pool<C: Poolable> {
@@ -116,47 +121,6 @@ impl<C: Poolable> Drop for Pool<C> {
             self.inner.vacated();
         }
     }
-}
-
-struct Inner<C: Poolable> {
-    state: Mutex<State<C>>,
-    metrics: PoolMetrics,
-    /// Wakes the reaper when an idle connection arrives (its deadline may be the next one).
-    wake_reaper: Arc<Notify>,
-    /// Told when the pool may have become vacant (the registry forgets it then).
-    on_vacant: Option<VacancyHook>,
-}
-
-impl<C: Poolable> Drop for Inner<C> {
-    fn drop(&mut self) {
-        // Lets the reaper see that the pool is gone and end.
-        self.wake_reaper.notify_one();
-    }
-}
-
-struct State<C: Poolable> {
-    limits: Limits,
-    /// Oldest first; checkout pops from the end (most recently used).
-    idle: Vec<Idle<C>>,
-    /// Slots taken: connecting + busy + idle.
-    open: usize,
-    waiters: VecDeque<oneshot::Sender<Grant<C>>>,
-    /// Every open connection, for `/pools`.
-    conns: HashMap<u64, ConnInfo>,
-    /// Drained (shutdown or upstream removed): releases close instead of pooling.
-    closing: bool,
-    /// Live counted [`Pool`] handles: requests that may still check out or wait.
-    holders: usize,
-    /// The reach connections must have been dialed under to be pooled (see [`Pool::set_reach`]).
-    reach: u64,
-    /// The deadline the reaper sleeps until (`None`: until woken). A returned connection wakes
-    /// it only when its own deadline is earlier, not on every release.
-    reaper_at: Option<Instant>,
-}
-
-struct Idle<C> {
-    conn: C,
-    meta: Meta,
 }
 
 /// A connection's identity and history.
@@ -249,6 +213,7 @@ impl<C: Poolable> Pool<C> {
                 holders: 1,
                 reach,
                 reaper_at: None,
+                surplus: Surplus::default(),
             }),
             metrics,
             wake_reaper: Arc::new(Notify::new()),
@@ -295,6 +260,7 @@ impl<C: Poolable> Pool<C> {
                 .into_iter()
                 .partition(|e| e.meta.reach != reach);
             st.idle = kept;
+            st.fit_surplus();
             for e in &stale {
                 // Its slot stays counted until it is closed, after the lock.
                 st.forget(e.meta.id);
@@ -349,6 +315,7 @@ impl<C: Poolable> Pool<C> {
                     };
                     match verdict {
                         Verdict::Reuse => {
+                            st.fit_surplus();
                             let pooled = self.inner.take_idle(&mut st, entry, now);
                             drop(st);
                             self.inner.close(doomed);
@@ -367,6 +334,7 @@ impl<C: Poolable> Pool<C> {
                         }
                     }
                 }
+                st.fit_surplus();
                 if !doomed.is_empty() {
                     // Dial in the slot of one found closed, once it is closed; free the rest.
                     drop(st);
@@ -385,6 +353,7 @@ impl<C: Poolable> Pool<C> {
                 if !st.idle.is_empty() {
                     // At the cap with only too-idle connections: close the oldest, take its slot.
                     let entry = st.idle.remove(0);
+                    st.fit_surplus();
                     st.forget(entry.meta.id);
                     self.inner.count_idle_close(CloseReason::PoolFull);
                     drop(st);
@@ -436,6 +405,8 @@ impl<C: Poolable> Pool<C> {
         self.inner.metrics.limit.set(limits.max_connections as i64);
         let mut st = self.inner.lock();
         st.limits = limits;
+        let (idle, max_idle) = (st.idle.len(), st.limits.max_idle);
+        st.surplus.rebase(idle, max_idle, Instant::now());
         self.inner.grant_free_slots(st);
         self.inner.wake_reaper.notify_one();
     }
@@ -460,6 +431,7 @@ impl<C: Poolable> Pool<C> {
             let mut st = self.inner.lock();
             st.closing = true;
             let idle = std::mem::take(&mut st.idle);
+            st.fit_surplus();
             for e in &idle {
                 st.forget(e.meta.id);
                 self.inner.count_idle_close(reason);
@@ -490,390 +462,5 @@ impl<C: Poolable> Pool<C> {
     /// Slots taken (connecting + busy + idle): zero once everything is returned or closed.
     pub fn open(&self) -> usize {
         self.inner.lock().open
-    }
-}
-
-impl<C: Poolable> Inner<C> {
-    fn lock(&self) -> MutexGuard<'_, State<C>> {
-        // A panic elsewhere must not wedge every request: the state stays consistent per call.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn count_idle_close(&self, reason: CloseReason) {
-        self.metrics.idle.dec();
-        self.metrics.closed(reason).inc();
-    }
-
-    /// Close connections already taken off the books (forgotten, counted as closed), then free
-    /// their slots. A slot counts until its socket is closed, so a waiter's dial never overlaps
-    /// the close at the upstream (SPEC §5). Called without the lock: a close is a system call
-    /// (on loopback the kernel delivers the FIN within it) plus freeing the connection's
-    /// buffers, and other requests to this destination need not queue behind it; the price
-    /// is a second, short lock on close paths only, never when a connection is reused.
-    ///
-    /// Returns whether that left the pool vacant: the caller then calls [`Inner::vacated`],
-    /// unless it runs under the registry's lock (a reload), where the registry looks itself.
-    fn close(self: &Arc<Self>, conns: impl IntoIterator<Item = C>) -> bool {
-        let mut closed = 0;
-        for conn in conns {
-            drop(conn);
-            closed += 1;
-        }
-        closed > 0 && self.free_slots(closed)
-    }
-
-    /// Give back `n` slots whose connections are closed (or were never dialed); whether that
-    /// left the pool vacant.
-    fn free_slots(self: &Arc<Self>, n: usize) -> bool {
-        let mut st = self.lock();
-        st.open -= n;
-        self.grant_free_slots(st)
-    }
-
-    /// Move an idle entry to busy.
-    fn take_idle(
-        self: &Arc<Self>,
-        st: &mut State<C>,
-        mut entry: Idle<C>,
-        now: Instant,
-    ) -> Pooled<C> {
-        let idle_for = now.saturating_duration_since(entry.meta.life.idle_since);
-        entry.conn.unpark();
-        entry.meta.requests += 1;
-        if let Some(info) = st.conns.get_mut(&entry.meta.id) {
-            info.busy = true;
-            info.requests = entry.meta.requests;
-        }
-        self.metrics.idle.dec();
-        self.metrics.busy.inc();
-        self.metrics.reuse_idle.observe(idle_for.as_secs_f64());
-        Pooled {
-            conn: Some(entry.conn),
-            meta: entry.meta,
-            reused: true,
-            idle_at_checkout: idle_for,
-            age_at_checkout: now.saturating_duration_since(entry.meta.life.created),
-            slot: Slot::new(self.clone()),
-            done: None,
-        }
-    }
-
-    /// Tell whoever made the pool that it may be vacant (call outside the lock).
-    fn vacated(&self) {
-        if let Some(hook) = &self.on_vacant {
-            hook();
-        }
-    }
-
-    /// Hand free capacity to waiters, oldest first, while slots remain; then unlock and say
-    /// whether the pool was vacant at that moment.
-    fn grant_free_slots(self: &Arc<Self>, mut st: MutexGuard<'_, State<C>>) -> bool {
-        let mut refused = Vec::new();
-        while st.open < st.limits.max_connections && !st.closing {
-            let Some(tx) = st.waiters.pop_front() else {
-                break;
-            };
-            if tx.is_closed() {
-                continue;
-            }
-            st.open += 1;
-            if let Err(Grant::Slot(mut slot)) = tx.send(Grant::Slot(Slot::new(self.clone()))) {
-                // Gave up a moment ago: take the slot back without running its drop under the lock.
-                slot.defuse();
-                st.open -= 1;
-                refused.push(slot);
-            }
-        }
-        let vacant = st.vacant();
-        drop(st);
-        drop(refused);
-        vacant
-    }
-
-    /// A busy connection is done: hand it to the oldest waiter, keep it idle, or close it.
-    fn put_back(
-        self: &Arc<Self>,
-        mut conn: C,
-        mut meta: Meta,
-        disposition: Result<(), CloseReason>,
-    ) {
-        if disposition.is_ok() {
-            // Before the lock: this may poll the connection (finishing the exchange).
-            conn.park(&self.wake_reaper);
-        }
-        let now = Instant::now();
-        let mut st = self.lock();
-        let verdict = disposition
-            .and_then(|()| {
-                reuse::reusable_after_response(
-                    &meta.life.under(st.limits.idle_timeout),
-                    now,
-                    st.limits.max_lifetime,
-                    conn.is_open(),
-                )
-            })
-            .and_then(|()| {
-                // Drained, or dialed under a reach a reload has since changed (SPEC §8).
-                if st.closing || meta.reach != st.reach {
-                    Err(CloseReason::Shutdown)
-                } else {
-                    Ok(())
-                }
-            });
-        if let Err(reason) = verdict {
-            st.forget(meta.id);
-            drop(st);
-            self.metrics.busy.dec();
-            self.metrics.closed(reason).inc();
-            if self.close([conn]) {
-                self.vacated();
-            }
-            return;
-        }
-        meta.life.idle_since = now;
-        // Straight to the oldest waiter: it has waited longest, and the connection is fresh.
-        while let Some(tx) = st.waiters.pop_front() {
-            if tx.is_closed() {
-                continue;
-            }
-            conn.unpark();
-            meta.requests += 1;
-            if let Some(info) = st.conns.get_mut(&meta.id) {
-                info.requests = meta.requests;
-            }
-            self.metrics.reuse_idle.observe(0.0);
-            let pooled = Pooled {
-                conn: Some(conn),
-                meta,
-                reused: true,
-                idle_at_checkout: Duration::ZERO,
-                age_at_checkout: now.saturating_duration_since(meta.life.created),
-                slot: Slot::new(self.clone()),
-                done: None,
-            };
-            match tx.send(Grant::Conn(pooled)) {
-                Ok(()) => return,
-                Err(Grant::Conn(mut back)) => {
-                    back.slot.defuse();
-                    meta.requests -= 1;
-                    match back.conn.take() {
-                        Some(c) => conn = c,
-                        None => return,
-                    }
-                    conn.park(&self.wake_reaper);
-                }
-                Err(Grant::Slot(mut s)) => {
-                    s.defuse();
-                    return;
-                }
-            }
-        }
-        if let Some(info) = st.conns.get_mut(&meta.id) {
-            info.busy = false;
-            info.idle_since = now;
-        }
-        self.metrics.busy.dec();
-        self.metrics.idle.inc();
-        let mut evicted = None;
-        if st.idle.len() >= st.limits.max_idle {
-            if st.idle.is_empty() {
-                // max_idle = 0: nothing is kept.
-                st.forget(meta.id);
-                drop(st);
-                self.count_idle_close(CloseReason::PoolFull);
-                if self.close([conn]) {
-                    self.vacated();
-                }
-                return;
-            }
-            let oldest = st.idle.remove(0);
-            st.forget(oldest.meta.id);
-            self.count_idle_close(CloseReason::PoolFull);
-            evicted = Some(oldest.conn);
-        }
-        let deadline = reuse::deadline(
-            &meta.life.under(st.limits.idle_timeout),
-            st.limits.max_lifetime,
-        );
-        let wake = st.reaper_at.is_none_or(|at| deadline < at);
-        if wake {
-            st.reaper_at = Some(deadline);
-        }
-        st.idle.push(Idle { conn, meta });
-        drop(st);
-        if wake {
-            self.wake_reaper.notify_one();
-        }
-        self.close(evicted);
-    }
-}
-
-impl<C: Poolable> State<C> {
-    fn forget(&mut self, id: u64) {
-        self.conns.remove(&id);
-    }
-
-    /// No request holds a handle (so none waits either) and no connection is open or being
-    /// dialed: nothing would be lost if the pool were forgotten.
-    fn vacant(&self) -> bool {
-        self.holders == 0 && self.open == 0
-    }
-}
-
-/// Capacity for one connection. Dropped unfilled (a failed dial), it frees the slot for a waiter.
-pub struct Slot<C: Poolable> {
-    inner: Option<Arc<Inner<C>>>,
-    /// The reach of the holder that will dial in it (set by checkout).
-    reach: u64,
-}
-
-impl<C: Poolable> Slot<C> {
-    fn new(inner: Arc<Inner<C>>) -> Self {
-        Slot {
-            inner: Some(inner),
-            reach: 0,
-        }
-    }
-
-    fn defuse(&mut self) {
-        self.inner = None;
-    }
-
-    /// A freshly dialed connection in this slot, busy with its first request.
-    pub fn fill(mut self, conn: C) -> Pooled<C> {
-        let inner = self.inner.take().expect("an armed slot");
-        let now = Instant::now();
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        // One lock for both: the limit read and the registration are the same moment.
-        let mut st = inner.lock();
-        let idle_timeout = st.limits.idle_timeout;
-        let meta = Meta {
-            id,
-            life: Life {
-                created: now,
-                idle_since: now,
-                idle_timeout,
-                idle_reason: CloseReason::IdleTimeout,
-            },
-            requests: 1,
-            reach: self.reach,
-        };
-        st.conns.insert(
-            id,
-            ConnInfo {
-                busy: true,
-                created: now,
-                idle_since: now,
-                requests: 1,
-            },
-        );
-        drop(st);
-        inner.metrics.opened.inc();
-        inner.metrics.busy.inc();
-        Pooled {
-            conn: Some(conn),
-            meta,
-            reused: false,
-            idle_at_checkout: Duration::ZERO,
-            age_at_checkout: Duration::ZERO,
-            slot: Slot::new(inner),
-            done: None,
-        }
-    }
-}
-
-impl<C: Poolable> Drop for Slot<C> {
-    fn drop(&mut self) {
-        // Armed only while unfilled (a failed or abandoned dial): no connection to close
-        // first, as the dial drops its socket before the slot it was dialed in is dropped.
-        if let Some(inner) = self.inner.take() {
-            if inner.free_slots(1) {
-                inner.vacated();
-            }
-        }
-    }
-}
-
-/// A connection checked out of a pool. `release` returns it; `discard` or drop closes it.
-pub struct Pooled<C: Poolable> {
-    conn: Option<C>,
-    meta: Meta,
-    /// Came from the pool (or a handoff) rather than a fresh dial: decides retry eligibility.
-    reused: bool,
-    idle_at_checkout: Duration,
-    age_at_checkout: Duration,
-    /// Owns the capacity; armed only while `conn` is here.
-    slot: Slot<C>,
-    /// How the holder finished with it; `None` on drop means an error path.
-    done: Option<Result<(), CloseReason>>,
-}
-
-impl<C: Poolable> Pooled<C> {
-    pub fn conn(&mut self) -> &mut C {
-        self.conn.as_mut().expect("connection present until drop")
-    }
-
-    pub fn id(&self) -> u64 {
-        self.meta.id
-    }
-
-    pub fn reused(&self) -> bool {
-        self.reused
-    }
-
-    pub fn idle_at_checkout(&self) -> Duration {
-        self.idle_at_checkout
-    }
-
-    pub fn age_at_checkout(&self) -> Duration {
-        self.age_at_checkout
-    }
-
-    pub fn requests(&self) -> u64 {
-        self.meta.requests
-    }
-
-    /// This connection's idle limit from now on (the upstream's `Keep-Alive: timeout`).
-    pub fn set_idle_timeout(&mut self, idle_timeout: Duration, reason: CloseReason) {
-        self.meta.life.idle_timeout = idle_timeout;
-        self.meta.life.idle_reason = reason;
-    }
-
-    /// The response was passed on whole: back to the pool if still within its limits.
-    pub fn release(mut self) {
-        self.done = Some(Ok(()));
-    }
-
-    /// Close the connection but keep its capacity, to dial a replacement.
-    fn into_slot(mut self, reason: CloseReason) -> Slot<C> {
-        let inner = self.slot.inner.take().expect("an armed slot");
-        let conn = self.conn.take();
-        {
-            let mut st = inner.lock();
-            st.forget(self.meta.id);
-        }
-        inner.metrics.busy.dec();
-        inner.metrics.closed(reason).inc();
-        drop(conn);
-        Slot::new(inner)
-    }
-
-    /// Close it: it failed, or must not be reused for `reason`.
-    pub fn discard(mut self, reason: CloseReason) {
-        self.done = Some(Err(reason));
-    }
-}
-
-impl<C: Poolable> Drop for Pooled<C> {
-    fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else { return };
-        let Some(inner) = self.slot.inner.take() else {
-            return;
-        };
-        inner.put_back(
-            conn,
-            self.meta,
-            self.done.unwrap_or(Err(CloseReason::Error)),
-        );
     }
 }

@@ -6,6 +6,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{reuse, Inner, Poolable};
+use crate::metrics::CloseReason;
 
 /// Runs until the pool is dropped (a forgotten pool is), sleeping until the next idle
 /// deadline or a wake-up.
@@ -46,7 +47,7 @@ fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> (Option<Instant>, 
         let reason = if entry.conn.is_open() {
             reuse::expired(&entry.meta.life.under(idle_timeout), now, max_lifetime)
         } else {
-            Some(crate::metrics::CloseReason::RemoteClosed)
+            Some(CloseReason::RemoteClosed)
         };
         match reason {
             Some(reason) => {
@@ -59,10 +60,19 @@ fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> (Option<Instant>, 
             None => i += 1,
         }
     }
+    st.fit_surplus();
+    // Idle above max_idle for a second (SPEC §5): the oldest go, as pool_full.
+    let trim = st.surplus.due(now).min(st.idle.len());
+    for entry in st.idle.drain(..trim).collect::<Vec<_>>() {
+        st.forget(entry.meta.id);
+        inner.count_idle_close(CloseReason::PoolFull);
+        doomed.push(entry.conn);
+    }
     let next = st
         .idle
         .iter()
         .map(|e| reuse::deadline(&e.meta.life.under(idle_timeout), max_lifetime))
+        .chain(st.surplus.next())
         .min();
     st.reaper_at = next;
     drop(st);

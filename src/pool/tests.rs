@@ -416,7 +416,7 @@ async fn discard_closes_with_its_reason() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn idle_beyond_max_idle_is_closed_oldest_first() {
+async fn idle_beyond_max_idle_is_closed_oldest_first_within_a_second() {
     let mut l = limits(4);
     l.max_idle = 1;
     let (p, m) = pool(l);
@@ -424,9 +424,81 @@ async fn idle_beyond_max_idle_is_closed_oldest_first() {
     let b = dial(&p, 2).await;
     a.release();
     b.release();
+    assert_eq!(closed(&m, "pool_full"), 0, "kept as surplus for a moment");
+    assert_eq!(p.snapshot().idle, 2);
+    tokio::time::sleep(Duration::from_millis(999)).await;
+    assert_eq!(p.snapshot().idle, 2);
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert_eq!(p.snapshot().idle, 1, "trimmed back to max_idle");
     assert_eq!(closed(&m, "pool_full"), 1);
     let mut c = reuse(&p, None).await.unwrap();
-    assert_eq!(c.conn().n, 2);
+    assert_eq!(c.conn().n, 2, "the oldest went");
+}
+
+/// SPEC §5: a load hovering above max_idle (bursts of 6 with max_idle 2, 100 ms apart) is
+/// served by the connections of the first burst; none is closed or dialed while it lasts, and
+/// once it stops the surplus is trimmed within a second.
+#[tokio::test(start_paused = true)]
+async fn bursts_above_max_idle_reuse_the_surplus() {
+    let mut l = limits(8);
+    l.max_idle = 2;
+    let (p, m) = pool(l);
+    let opened = || m.connections_opened.with_label_values(&["t"]).get();
+    for burst in 0..20 {
+        let mut held = Vec::new();
+        for n in 0..6 {
+            held.push(match p.checkout(Reuse::Any).await.expect("no timeout") {
+                Checkout::Reused(c) => c,
+                Checkout::Dial(slot) => slot.fill(Fake::new(n)),
+            });
+        }
+        for c in held {
+            c.release();
+        }
+        assert_eq!(opened(), 6, "burst {burst} dialed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(closed(&m, "pool_full"), 0);
+    assert_eq!(p.snapshot().idle, 6);
+    tokio::time::sleep(Duration::from_millis(950)).await;
+    assert_eq!(
+        p.snapshot().idle,
+        2,
+        "trimmed to max_idle a second after the last burst"
+    );
+    assert_eq!(closed(&m, "pool_full"), 4);
+    assert_eq!(p.open(), 2);
+}
+
+/// A surplus that is used keeps nothing above max_idle past its second: a level reached and
+/// held is trimmed a second after it was reached, even while other connections come and go.
+#[tokio::test(start_paused = true)]
+async fn a_held_surplus_level_is_trimmed_a_second_after_it_was_reached() {
+    let ms = Duration::from_millis;
+    let mut l = limits(8);
+    l.max_idle = 1;
+    let (p, m) = pool(l);
+    let (a, b, c) = (dial(&p, 1).await, dial(&p, 2).await, dial(&p, 3).await);
+    a.release();
+    b.release(); // two idle: level 2 due at 1 s
+    tokio::time::sleep(ms(600)).await;
+    c.release(); // level 3 due at 1.6 s
+    reuse(&p, None).await.expect("c").release(); // down to 2 and up to 3 again: due at 1.6 s
+    tokio::time::sleep(ms(401)).await;
+    assert_eq!((p.snapshot().idle, closed(&m, "pool_full")), (2, 1));
+    tokio::time::sleep(ms(600)).await;
+    assert_eq!((p.snapshot().idle, closed(&m, "pool_full")), (1, 2));
+    let mut last = reuse(&p, None).await.expect("the most recent");
+    assert_eq!(last.conn().n, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_idle_zero_keeps_nothing() {
+    let mut l = limits(4);
+    l.max_idle = 0;
+    let (p, m) = pool(l);
+    dial(&p, 1).await.release();
+    assert_eq!((p.open(), closed(&m, "pool_full")), (0, 1));
 }
 
 #[tokio::test(start_paused = true)]

@@ -71,17 +71,30 @@ pub fn host_value(host: &crate::target::Host, explicit_port: Option<u16>) -> Opt
     use crate::target::Host;
     use std::net::IpAddr;
     // Built by hand, not through `format!`: this runs for every forwarded request.
-    let mut text = Vec::with_capacity(48);
-    match host {
-        Host::Name(name) => text.extend_from_slice(name.as_bytes()),
-        Host::Ip(IpAddr::V4(v4)) => {
-            text.extend_from_slice(crate::addr_text::Ipv4Text::new(*v4).as_str().as_bytes())
+    let v4;
+    let v6;
+    let name: &str = match host {
+        Host::Name(name) => name,
+        Host::Ip(IpAddr::V4(ip)) => {
+            v4 = crate::addr_text::Ipv4Text::new(*ip);
+            v4.as_str()
         }
-        Host::Ip(IpAddr::V6(_)) => text.extend_from_slice(host.to_string().as_bytes()),
-    }
-    if let Some(p) = explicit_port {
+        Host::Ip(IpAddr::V6(_)) => {
+            v6 = host.to_string();
+            &v6
+        }
+    };
+    let mut digits = itoa::Buffer::new();
+    let port = match explicit_port {
+        Some(p) => digits.format(p),
+        None => "",
+    };
+    // Exactly as long as it will be: a full Vec becomes Bytes without a second allocation.
+    let mut text = Vec::with_capacity(name.len() + usize::from(!port.is_empty()) + port.len());
+    text.extend_from_slice(name.as_bytes());
+    if !port.is_empty() {
         text.push(b':');
-        text.extend_from_slice(itoa::Buffer::new().format(p).as_bytes());
+        text.extend_from_slice(port.as_bytes());
     }
     // Hand the buffer over rather than copying it.
     HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()

@@ -89,22 +89,10 @@ impl<'a> Outcome<'a> {
         let m = &ctx.shared.metrics;
         let upstream = self.upstream_name();
         let method = self.method.map_or("OTHER", method_label);
-        m.requests
-            .with_label_values(&[upstream, method, status.as_str()])
-            .inc();
-        if self.method == Some(&Method::CONNECT) {
-            // A tunnel's lifetime says how long the app kept it, not how fast anything was:
-            // it has its own histogram, and only tunnels that were opened are in it.
-            if status == StatusCode::OK {
-                m.tunnel_duration
-                    .with_label_values(&[upstream])
-                    .observe(elapsed.as_secs_f64());
-            }
-        } else {
-            m.request_duration
-                .with_label_values(&[upstream])
-                .observe(elapsed.as_secs_f64());
-        }
+        // A tunnel's lifetime says how long the app kept it, not how fast anything was: it
+        // has its own histogram, and only tunnels that were opened are in it.
+        let tunnel = self.method == Some(&Method::CONNECT);
+        m.request_done(upstream, method, status, tunnel, elapsed);
         let path = match self.method {
             Some(&Method::CONNECT) => "",
             _ => access::path_only(self.target),

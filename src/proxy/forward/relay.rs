@@ -54,9 +54,12 @@ pub async fn response<W: AsyncWrite + Unpin>(
     let mut chunked = false;
     if !bodiless {
         match body.size_hint().exact() {
-            Some(n) => {
+            Some(n) if !says_length(&headers, n) => {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
             }
+            // The upstream's one Content-Length, spelled as we would, goes on as it is: a
+            // new value would cost an allocation and a hashed insert on every response.
+            Some(_) => {}
             None if head.version == Version::HTTP_11 => {
                 headers.remove(header::CONTENT_LENGTH);
                 headers.insert(
@@ -167,6 +170,15 @@ pub async fn response<W: AsyncWrite + Unpin>(
     })
 }
 
+/// Whether `headers` carry exactly one `Content-Length`, and it reads `n` in canonical form.
+fn says_length(headers: &http::HeaderMap, n: u64) -> bool {
+    let mut all = headers.get_all(header::CONTENT_LENGTH).iter();
+    match (all.next(), all.next()) {
+        (Some(v), None) => v.as_bytes() == itoa::Buffer::new().format(n).as_bytes(),
+        _ => false,
+    }
+}
+
 async fn write_out<W: AsyncWrite + Unpin>(
     writer: &mut W,
     out: &mut BytesMut,
@@ -179,4 +191,32 @@ async fn write_out<W: AsyncWrite + Unpin>(
         out.clear();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstream_length_is_kept_only_when_it_is_the_one_we_would_write() {
+        let h = |values: &[&'static str]| {
+            let mut m = http::HeaderMap::new();
+            for v in values {
+                m.append(header::CONTENT_LENGTH, HeaderValue::from_static(v));
+            }
+            m
+        };
+        // (Content-Length values, body size) -> kept as sent
+        let cases: [(&[&'static str], u64, bool); 6] = [
+            (&["3"], 3, true),
+            (&["0"], 0, true),
+            (&["4"], 3, false),
+            (&["03"], 3, false),
+            (&["3", "3"], 3, false),
+            (&[], 3, false),
+        ];
+        for (values, n, want) in cases {
+            assert_eq!(says_length(&h(values), n), want, "{values:?} for {n}");
+        }
+    }
 }
