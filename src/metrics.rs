@@ -414,6 +414,71 @@ pub fn pool_utilization<'a>(
     out
 }
 
+/// The series one kind of request ends in, resolved once per worker thread.
+struct RequestHandles {
+    metrics: u64,
+    upstream: Box<str>,
+    method: &'static str,
+    status: http::StatusCode,
+    tunnel: bool,
+    requests: IntCounter,
+    /// `None` for a tunnel that was not opened: it has no duration.
+    duration: Option<Histogram>,
+}
+
+impl RequestHandles {
+    /// At most this many label sets per thread; past it the cache starts over (a cost only
+    /// for configurations with that many upstreams in use at once).
+    const CACHED: usize = 32;
+
+    /// Run `f` on the handles for this label set (looked up in the vecs only when new here).
+    fn with(
+        m: &Metrics,
+        upstream: &str,
+        method: &'static str,
+        status: http::StatusCode,
+        tunnel: bool,
+        f: impl FnOnce(&RequestHandles),
+    ) {
+        thread_local! {
+            static CACHE: std::cell::RefCell<Vec<RequestHandles>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if let Some(h) = cache.iter().find(|h| {
+                h.metrics == m.id
+                    && h.status == status
+                    && h.tunnel == tunnel
+                    && h.method == method
+                    && *h.upstream == *upstream
+            }) {
+                return f(h);
+            }
+            let h = RequestHandles {
+                metrics: m.id,
+                upstream: upstream.into(),
+                method,
+                status,
+                tunnel,
+                requests: m
+                    .requests
+                    .with_label_values(&[upstream, method, status.as_str()]),
+                duration: match (tunnel, status == http::StatusCode::OK) {
+                    (false, _) => Some(m.request_duration.with_label_values(&[upstream])),
+                    (true, true) => Some(m.tunnel_duration.with_label_values(&[upstream])),
+                    (true, false) => None,
+                },
+            };
+            if cache.len() >= Self::CACHED {
+                cache.clear();
+            }
+            f(&h);
+            cache.push(h);
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,70 +620,5 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
-    }
-}
-
-/// The series one kind of request ends in, resolved once per worker thread.
-struct RequestHandles {
-    metrics: u64,
-    upstream: Box<str>,
-    method: &'static str,
-    status: http::StatusCode,
-    tunnel: bool,
-    requests: IntCounter,
-    /// `None` for a tunnel that was not opened: it has no duration.
-    duration: Option<Histogram>,
-}
-
-impl RequestHandles {
-    /// At most this many label sets per thread; past it the cache starts over (a cost only
-    /// for configurations with that many upstreams in use at once).
-    const CACHED: usize = 32;
-
-    /// Run `f` on the handles for this label set (looked up in the vecs only when new here).
-    fn with(
-        m: &Metrics,
-        upstream: &str,
-        method: &'static str,
-        status: http::StatusCode,
-        tunnel: bool,
-        f: impl FnOnce(&RequestHandles),
-    ) {
-        thread_local! {
-            static CACHE: std::cell::RefCell<Vec<RequestHandles>> =
-                const { std::cell::RefCell::new(Vec::new()) };
-        }
-        CACHE.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            if let Some(h) = cache.iter().find(|h| {
-                h.metrics == m.id
-                    && h.status == status
-                    && h.tunnel == tunnel
-                    && h.method == method
-                    && *h.upstream == *upstream
-            }) {
-                return f(h);
-            }
-            let h = RequestHandles {
-                metrics: m.id,
-                upstream: upstream.into(),
-                method,
-                status,
-                tunnel,
-                requests: m
-                    .requests
-                    .with_label_values(&[upstream, method, status.as_str()]),
-                duration: match (tunnel, status == http::StatusCode::OK) {
-                    (false, _) => Some(m.request_duration.with_label_values(&[upstream])),
-                    (true, true) => Some(m.tunnel_duration.with_label_values(&[upstream])),
-                    (true, false) => None,
-                },
-            };
-            if cache.len() >= Self::CACHED {
-                cache.clear();
-            }
-            f(&h);
-            cache.push(h);
-        })
     }
 }

@@ -79,8 +79,14 @@ impl Surplus {
         self.deadlines.front().copied()
     }
 
+    /// How many levels above `max_idle` are waiting to be trimmed.
     pub fn len(&self) -> usize {
         self.deadlines.len()
+    }
+
+    /// Whether no level is waiting to be trimmed.
+    pub fn is_empty(&self) -> bool {
+        self.deadlines.is_empty()
     }
 
     /// `max_idle` changed (a reload) with `idle` connections idle: levels no longer above it
