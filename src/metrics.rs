@@ -561,6 +561,18 @@ mod tests {
         }
     }
 
+    /// The families one-off gauges join must keep the exposition in name order.
+    fn assert_families_in_name_order(text: &str) {
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+    }
+
     #[test]
     fn pool_utilization_renders_in_name_order_with_the_registry() {
         let m = Metrics::new();
@@ -578,14 +590,7 @@ mod tests {
             text.contains("portcullis_pool_utilization{upstream=\"b\"} 0\n"),
             "{text}"
         );
-        let names: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|l| l.split(' ').next())
-            .collect();
-        let mut sorted = names.clone();
-        sorted.sort();
-        assert_eq!(names, sorted);
+        assert_families_in_name_order(&text);
         assert!(!m.render().contains(POOL_UTILIZATION));
     }
 
@@ -612,13 +617,6 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains(&format!("{LEARNED_IDLE_LIMIT}{{upstream=\"b\"")));
-        let names: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|l| l.split(' ').next())
-            .collect();
-        let mut sorted = names.clone();
-        sorted.sort();
-        assert_eq!(names, sorted);
+        assert_families_in_name_order(&text);
     }
 }
