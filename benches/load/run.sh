@@ -175,7 +175,7 @@ client_idle_timeout = "300s"
 
 [defaults]
 max_connections = 12000
-# As nginx's `keepalive 64` below: what churns above it (SPEC §5 surplus) shows in the table.
+# As nginx's keepalive 64 below: what churns above it (SPEC §5 surplus) shows in the table.
 max_idle = 64
 acquire_timeout = "30s"
 tunnel_idle_timeout = "300s"
