@@ -106,26 +106,10 @@ where
         match opened {
             Opened::Intercept(dest) => {
                 outcome.mode = dest.mode;
-                let io = tokio::io::join(std::io::Cursor::new(leftover).chain(reader), writer);
-                let timeout = ctx.config.proxy.header_read_timeout;
-                let accepted = ctx
-                    .shared
-                    .intercept
-                    .accept(io, &dest.host, name, ctx.peer, timeout)
-                    .await;
-                match accepted {
-                    Ok(tls) => {
-                        let (rd, wr) = tokio::io::split(tls);
-                        let reader = ClientReader::new(rd, max_head);
-                        Box::pin(inside::serve(ctx, dest, reader, wr)).await;
-                    }
-                    Err(e) => {
-                        error = Some(ProxyError::InterceptHandshake {
-                            result: e.result().label(),
-                            detail: e.to_string(),
-                        });
-                    }
-                }
+                let client = std::io::Cursor::new(leftover).chain(reader);
+                // Boxed: the handshake's state would otherwise be part of every tunnel's
+                // future, plain relays included, for their whole life (~2.6 KiB an idle tunnel).
+                error = Box::pin(intercepted(ctx, dest, client, writer, name)).await;
             }
             Opened::Inside(dest) => {
                 outcome.mode = dest.mode;
@@ -172,6 +156,40 @@ where
     }
     active.dec();
     outcome.record(ctx, StatusCode::OK, error.as_ref());
+}
+
+/// Complete the client's TLS as the destination (SPEC §9) and serve the requests inside through
+/// the pools; the error of a failed handshake, for the CONNECT's access line.
+async fn intercepted<R, W>(
+    ctx: &Ctx,
+    dest: Destination,
+    client: R,
+    writer: W,
+    upstream: &str,
+) -> Option<ProxyError>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let io = tokio::io::join(client, writer);
+    let timeout = ctx.config.proxy.header_read_timeout;
+    let accepted = ctx
+        .shared
+        .intercept
+        .accept(io, &dest.host, upstream, ctx.peer, timeout)
+        .await;
+    match accepted {
+        Ok(tls) => {
+            let (rd, wr) = tokio::io::split(tls);
+            let reader = ClientReader::new(rd, ctx.config.proxy.max_header_bytes);
+            Box::pin(inside::serve(ctx, dest, reader, wr)).await;
+            None
+        }
+        Err(e) => Some(ProxyError::InterceptHandshake {
+            result: e.result().label(),
+            detail: e.to_string(),
+        }),
+    }
 }
 
 /// Whether the client's first bytes in the tunnel are a plain-text HTTP request (a method
