@@ -14,24 +14,6 @@ fn ip(s: &str) -> IpAddr {
 }
 
 /// A synthetic refusal: status, `Proxy-Status: portcullis; error=<token>`, a one-line body.
-#[track_caller]
-fn assert_refused(r: &RawResponse, status: u16, token: &str, case: &str) {
-    assert_eq!(
-        r.status, status,
-        "{case}: expected {status} {token}, got {r:?}"
-    );
-    let ps = r.header("proxy-status").unwrap_or_default();
-    assert!(
-        ps.starts_with(&format!("portcullis; error={token}")),
-        "{case}: Proxy-Status {ps:?}"
-    );
-    let body = r.body_text();
-    assert!(
-        body.ends_with('\n') && body.matches('\n').count() == 1,
-        "{case}: {body:?}"
-    );
-}
-
 fn connect_request(authority: &str) -> Vec<u8> {
     format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").into_bytes()
 }

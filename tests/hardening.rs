@@ -16,24 +16,6 @@ use support::*;
 const WITHIN: Duration = Duration::from_secs(10);
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-#[track_caller]
-fn assert_refused(r: &RawResponse, status: u16, token: &str, case: &str) {
-    assert_eq!(
-        r.status, status,
-        "{case}: expected {status} {token}, got {r:?}"
-    );
-    let ps = r.header("proxy-status").unwrap_or_default();
-    assert!(
-        ps.starts_with(&format!("portcullis; error={token}")),
-        "{case}: Proxy-Status {ps:?}"
-    );
-    let body = r.body_text();
-    assert!(
-        body.ends_with('\n') && body.matches('\n').count() == 1,
-        "{case}: {body:?}"
-    );
-}
-
 // ------------------------------------------------------------ smuggling and parser abuse
 
 /// Every request here targets an allowed origin, so only the parser can stop it.

@@ -72,6 +72,25 @@ impl RawResponse {
     }
 }
 
+/// A refusal as SPEC §4 writes it: `status`, `Proxy-Status` with `token`, a one-line body.
+#[track_caller]
+pub fn assert_refused(r: &RawResponse, status: u16, token: &str, case: &str) {
+    assert_eq!(
+        r.status, status,
+        "{case}: expected {status} {token}, got {r:?}"
+    );
+    let ps = r.header("proxy-status").unwrap_or_default();
+    assert!(
+        ps.starts_with(&format!("portcullis; error={token}")),
+        "{case}: Proxy-Status {ps:?}"
+    );
+    let body = r.body_text();
+    assert!(
+        body.ends_with('\n') && body.matches('\n').count() == 1,
+        "{case}: {body:?}"
+    );
+}
+
 fn assert_loopback(addr: SocketAddr) {
     assert!(
         addr.ip().is_loopback(),

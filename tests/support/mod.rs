@@ -59,8 +59,8 @@ pub use apps::{java_http_client, java_trust_store, python_requests, AppRequest, 
 pub use blackhole::Blackhole;
 #[allow(unused_imports)]
 pub use client::{
-    absolute_get, curl, exchange_on, proxy_get, raw_exchange, CurlResult, ProxyConn, RawResponse,
-    TlsConn, DEFAULT_WITHIN,
+    absolute_get, assert_refused, curl, exchange_on, proxy_get, raw_exchange, CurlResult,
+    ProxyConn, RawResponse, TlsConn, DEFAULT_WITHIN,
 };
 #[allow(unused_imports)]
 pub use dns::TestDns;
