@@ -64,6 +64,20 @@ impl Pki {
         lines
     }
 
+    /// Writes `portcullis.toml` for reload tests: the mTLS listener, upstream `local` to
+    /// `port`, and the `[[client]]` whose certificate names the SPIFFE ID; returns its path.
+    fn write_spiffe_config(&self, port: u16) -> std::path::PathBuf {
+        let config = self.dir.join("portcullis.toml");
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{}\n\
+             {}[[client]]\nname = \"connector\"\ncert_names = [\"{SPIFFE}\"]\nupstreams = [\"local\"]\n",
+            self.proxy_lines(true),
+            local_upstream("local", port, "")
+        );
+        std::fs::write(&config, text).expect("write config");
+        config
+    }
+
     /// A client config that trusts the proxy and presents `cert`.
     fn client(&self, cert: &IssuedCert) -> std::sync::Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
@@ -506,14 +520,7 @@ async fn sees_eof(s: &mut TcpStream, within: Duration) -> bool {
 async fn a_reload_rotates_the_certificate_key_and_client_ca() {
     let pki = Pki::new("tls-rotate");
     let o = origin().spawn().await;
-    let config = pki.dir.join("portcullis.toml");
-    let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{}\n\
-         {}[[client]]\nname = \"connector\"\ncert_names = [\"{SPIFFE}\"]\nupstreams = [\"local\"]\n",
-        pki.proxy_lines(true),
-        local_upstream("local", o.port(), "")
-    );
-    std::fs::write(&config, text).expect("write config");
+    let config = pki.write_spiffe_config(o.port());
     let p = spawn_proxy_file(&config).await;
     let old_client = pki.client(&pki.client_ca.client_cert(&[SPIFFE]));
     let mut before = TlsConn::connect_tls(p.tls_addr(), old_client.clone())
@@ -724,14 +731,7 @@ async fn a_resumed_session_keeps_its_client_identity_until_a_reload() {
     use rustls::HandshakeKind::{Full, Resumed};
     let pki = Pki::new("tls-resume");
     let o = origin().spawn().await;
-    let config = pki.dir.join("portcullis.toml");
-    let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{}\n\
-         {}[[client]]\nname = \"connector\"\ncert_names = [\"{SPIFFE}\"]\nupstreams = [\"local\"]\n",
-        pki.proxy_lines(true),
-        local_upstream("local", o.port(), "")
-    );
-    std::fs::write(&config, text).expect("write config");
+    let config = pki.write_spiffe_config(o.port());
     let p = spawn_proxy_file(&config).await;
     let cert = pki.client_ca.client_cert(&[SPIFFE]);
     for version in [&TLS13, &TLS12] {
