@@ -17,19 +17,6 @@ use support::*;
 
 const WITHIN: Duration = Duration::from_secs(15);
 
-/// Read until the peer closes (FIN or RST); true if that happened within `within`.
-async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => {}
-            Err(_) => return false,
-        }
-    }
-}
-
 /// Everything the peer sends until it closes (bounded by `within`).
 async fn read_to_close(s: &mut TcpStream, within: Duration) -> Vec<u8> {
     let deadline = Instant::now() + within;
@@ -374,10 +361,7 @@ async fn a_client_that_stops_reading_frees_the_upstream_connection() {
         .await;
     assert_eq!(closed, 1.0);
     // And the client's connection was closed too.
-    assert!(
-        closed_within(&mut sleeper, WITHIN).await,
-        "client side closed"
-    );
+    assert!(sees_eof(&mut sleeper, WITHIN).await, "client side closed");
 }
 
 // ------------------------------------------------------------ 3. stalled upstream bodies

@@ -241,18 +241,25 @@ async fn an_idle_tls_connection_is_closed_after_client_idle_timeout() {
     gauge_zero.await;
 }
 
-/// The real curl: `--proxy https://…` with `--proxy-cacert`, forwarding an `http://` URL and
-/// tunnelling an `https://` one (TLS inside TLS).
-#[tokio::test]
-async fn curl_through_the_tls_listener() {
-    let pki = Pki::new("tls-curl");
-    let origin_ca = TestCa::new("curl-origin-ca");
-    let o = origin().handler(|_| Reply::ok("plain")).spawn().await;
+/// Two origins for the client tests: plain, answering "plain", and TLS under a CA of its own
+/// named `ca` (returned, for the client to trust), answering "secure".
+async fn plain_and_tls_origins(ca: &str) -> (TestCa, Origin, Origin) {
+    let origin_ca = TestCa::new(ca);
+    let plain = origin().handler(|_| Reply::ok("plain")).spawn().await;
     let secure = origin()
         .tls(&origin_ca.issue(&["localhost", "127.0.0.1"]))
         .handler(|_| Reply::ok("secure"))
         .spawn()
         .await;
+    (origin_ca, plain, secure)
+}
+
+/// The real curl: `--proxy https://…` with `--proxy-cacert`, forwarding an `http://` URL and
+/// tunnelling an `https://` one (TLS inside TLS).
+#[tokio::test]
+async fn curl_through_the_tls_listener() {
+    let pki = Pki::new("tls-curl");
+    let (origin_ca, o, secure) = plain_and_tls_origins("curl-origin-ca").await;
     let rest = two_ports("local", o.port(), secure.port(), "");
     let p = spawn_proxy_with(&pki.proxy_lines(false), &rest).await;
     let proxy = format!("https://127.0.0.1:{}", p.tls_addr().port());
@@ -500,19 +507,6 @@ async fn garbage_instead_of_a_client_hello_is_dropped_at_once() {
     assert!(o.requests().is_empty());
 }
 
-/// Reads until EOF or an error (true), or `within` passes (false).
-async fn sees_eof(s: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 1024];
-    let deadline = Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
 /// SPEC §8 rotation: on reload, new connections get the new certificate and are checked
 /// against the new client CA; a connection opened before goes on; a broken file refuses the
 /// reload, names the file, and the last good material stays in use.
@@ -589,13 +583,7 @@ async fn a_reload_rotates_the_certificate_key_and_client_ca() {
 #[tokio::test]
 async fn python_requests_through_the_tls_listener_with_a_spiffe_certificate() {
     let pki = Pki::new("tls-python");
-    let origin_ca = TestCa::new("py-origin-ca");
-    let o = origin().handler(|_| Reply::ok("plain")).spawn().await;
-    let secure = origin()
-        .tls(&origin_ca.issue(&["localhost", "127.0.0.1"]))
-        .handler(|_| Reply::ok("secure"))
-        .spawn()
-        .await;
+    let (origin_ca, o, secure) = plain_and_tls_origins("py-origin-ca").await;
     let client = format!(
         "[[client]]\nname = \"connector\"\ncert_names = [\"{SPIFFE}\"]\nupstreams = [\"local\"]\n"
     );

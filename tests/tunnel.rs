@@ -64,19 +64,6 @@ async fn echo_origin() -> SocketAddr {
     addr
 }
 
-/// Reads until EOF (true) or `within` passes (false); bytes read are discarded.
-async fn sees_eof(s: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 1024];
-    let deadline = Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
 async fn open_tunnel(proxy: SocketAddr, authority: &str) -> TcpStream {
     let mut conn = ProxyConn::connect(proxy).await;
     let r = conn.send(&connect_req(authority)).await;

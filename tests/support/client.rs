@@ -91,6 +91,21 @@ pub fn assert_refused(r: &RawResponse, status: u16, token: &str, case: &str) {
     );
 }
 
+/// Reads (and discards) until the peer closes: EOF or an error (true), or `within` passes
+/// (false). Reads in 64 KiB so a large response still in flight drains quickly.
+pub async fn sees_eof(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
 fn assert_loopback(addr: SocketAddr) {
     assert!(
         addr.ip().is_loopback(),

@@ -59,7 +59,7 @@ pub use apps::{java_http_client, java_trust_store, python_requests, AppRequest, 
 pub use blackhole::Blackhole;
 #[allow(unused_imports)]
 pub use client::{
-    absolute_get, assert_refused, curl, exchange_on, proxy_get, raw_exchange, CurlResult,
+    absolute_get, assert_refused, curl, exchange_on, proxy_get, raw_exchange, sees_eof, CurlResult,
     ProxyConn, RawResponse, TlsConn, DEFAULT_WITHIN,
 };
 #[allow(unused_imports)]
