@@ -36,8 +36,8 @@ pub const CLIENT_CONNECTION: u64 = 4 * KIB;
 /// has file descriptors to spare, as the fd limit of a container normally gives it.)
 pub const TUNNEL: u64 = 16 * KIB;
 
-/// What an upstream connection holds beyond hyper's two buffers: TLS state and its slot in
-/// the pool. Measured 24 KiB each with 200 idle TLS connections after a small response.
+/// What an upstream connection holds beyond its read and write buffers: TLS state and its
+/// slot in the pool. Measured 24 KiB each with 200 idle TLS connections after a small response.
 pub const UPSTREAM_FIXED: u64 = 32 * KIB;
 
 /// A client connection whose CONNECT is intercepted (`connect = "intercept"`): rustls's
@@ -80,9 +80,11 @@ pub fn request_body(max_replay_body: usize) -> u64 {
     2 * max_replay_body as u64 + 5 * MAX_BODY_CHUNK as u64
 }
 
-/// An upstream connection: hyper's read and write buffers (each up to `MAX_BUF_SIZE`; the
-/// read buffer keeps its size while idle) and [`UPSTREAM_FIXED`]. Measured: 296 KiB for an
-/// idle connection after a 4 MiB response, 113 KiB for a busy one whose client reads nothing.
+/// An upstream connection: its read and write buffers (each bounded by `MAX_BUF_SIZE`: a
+/// response head, or a body piece of at most 64 KiB; an idle one keeps at most 8 KiB) and
+/// [`UPSTREAM_FIXED`]. Measured with hyper's client, which kept its buffers' size while
+/// idle: 296 KiB for an idle connection after a 4 MiB response, 113 KiB for a busy one
+/// whose client reads nothing; our own codec holds less, and the bound stays.
 pub fn upstream_connection() -> u64 {
     2 * MAX_BUF_SIZE as u64 + UPSTREAM_FIXED
 }

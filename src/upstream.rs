@@ -1,56 +1,74 @@
-//! One HTTP/1.1 connection to an upstream (hyper's `client::conn`): one exchange at a time,
-//! and how far an exchange got when it failed.
+//! One HTTP/1.1 connection to an upstream, spoken by our own codec: one exchange at a time,
+//! the request head written straight from the prepared headers in the client's spelling, the
+//! response head parsed in place, and how far an exchange got when it failed.
+//!
+//! It replaced hyper's `client::conn` (issue 17): hyper re-encoded every head through its
+//! dispatcher and a transport that respelled it, and parsed responses into its own buffers;
+//! here a head is written once, and the connection holds no buffer while it idles.
 
 mod body;
-mod case;
+mod wire;
 
 use std::future::Future;
-use std::pin::Pin;
+use std::io;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::Frame;
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{Method, Response};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
-use tokio::time::timeout;
 
 pub use body::{Piece, ReqBody, Sent};
-use case::{NextHead, Respell};
+
+use wire::RespBodyKind;
 
 use crate::connect::UpstreamIo;
 use crate::error::ProxyError;
-use crate::http1::Spellings;
+use crate::http1::{BodyFraming, BodyState, ClientReader};
 use crate::pool::Poolable;
 use crate::retry::Stage;
 
-/// hyper's read and write buffer limits of an upstream connection. The read buffer grows to
-/// it on large responses and keeps that size while the connection idles in the pool, so it is
-/// most of what an upstream connection costs (the memory budget counts it twice).
+/// The largest response head accepted, and the most a connection buffers of a response.
 pub const MAX_BUF_SIZE: usize = 256 * 1024;
 
-/// How long a pooled connection may take to become ready for its next request.
-const READY_WAIT: Duration = Duration::from_secs(2);
+/// Bytes asked of the socket per read of a response head: most heads fit in one.
+const HEAD_READ: usize = 4 * 1024;
 
-type Conn = http1::Connection<TokioIo<Respell<UpstreamIo>>, ReqBody>;
+/// The most read buffer an idle connection keeps.
+const KEEP_IDLE_BUF: usize = 2 * HEAD_READ;
 
-/// An upstream connection: hyper's request sender and the connection state machine, both
-/// driven by the task using it (no task of its own: no hand-offs between tasks per request).
-///
-/// While it is busy, every wait on it ([`UpstreamConn::exchange`], [`UpstreamConn::frame`]) also polls the connection. While it is idle in the pool nobody
-/// polls it; its socket's wake-ups go to an [`IdleSignal`] that wakes the pool's reaper, which
-/// looks at it at once, so a FIN or RST from the upstream is noticed when it arrives.
+/// Body pieces up to this size are copied behind the head (one write); larger ones are
+/// written from where they are.
+const COALESCE: usize = 16 * 1024;
+
+/// Where a connection is between exchanges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Between exchanges, in sync: it can take a request.
+    Idle,
+    /// A response body is being read.
+    Busy,
+    /// Ended (by either side, or an exchange left half-way): never used again.
+    Closed,
+}
+
+/// An upstream connection. While it is idle in the pool nobody polls it; its socket's
+/// wake-ups go to an [`IdleSignal`] that wakes the pool's reaper, which looks at it at once,
+/// so a FIN or RST from the upstream is noticed when it arrives.
 pub struct UpstreamConn {
-    sender: http1::SendRequest<ReqBody>,
-    /// Gives the transport the client's header-name spellings of the next request.
-    next_head: NextHead,
-    /// `None` once the connection ended (closed by either side, or failed).
-    conn: Option<Pin<Box<Conn>>>,
+    io: UpstreamIo,
+    /// Response bytes read and not yet handed out; freed while idle.
+    rbuf: BytesMut,
+    /// The request being written; its allocation is reused from request to request.
+    wbuf: BytesMut,
+    state: State,
+    /// Whether the response being read leaves the connection able to carry another request.
+    reusable: bool,
     signal: Arc<IdleSignal>,
     /// Wakes `signal`: created once per connection, not per request.
     idle_waker: Waker,
@@ -72,7 +90,7 @@ impl Wake for IdleSignal {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        // Called from the I/O driver or from inside a poll: never take a lock here.
+        // Called from the I/O driver: never take a lock here.
         self.woken.store(true, Ordering::Release);
         if self.idle.load(Ordering::Acquire) {
             if let Some(reaper) = self.reaper.get() {
@@ -85,18 +103,22 @@ impl Wake for IdleSignal {
 impl Poolable for UpstreamConn {
     fn is_open(&mut self) -> bool {
         if self.signal.woken.swap(false, Ordering::AcqRel) {
-            // Its socket or channels moved since it was last polled: see whether it ended.
+            // Its socket moved since it was last polled: see whether it ended.
             self.poll_idle();
         }
-        self.conn.is_some() && !self.sender.is_closed()
+        self.state == State::Idle
     }
 
     fn park(&mut self, reaper: &Arc<Notify>) {
         let _ = self.signal.reaper.set(reaper.clone());
         self.signal.idle.store(true, Ordering::Release);
-        // Let hyper finish the exchange (back to idle, ready for the next request) and register
-        // the idle waker with the socket.
         self.signal.woken.store(false, Ordering::Release);
+        if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_IDLE_BUF {
+            // An idle connection keeps at most a head's read buffer (reused by the next
+            // response without an allocation); a large body's is freed.
+            self.rbuf = BytesMut::new();
+        }
+        // Register the idle waker with the socket.
         self.poll_idle();
     }
 
@@ -105,101 +127,406 @@ impl Poolable for UpstreamConn {
     }
 }
 
-impl UpstreamConn {
-    /// HTTP/1.1 handshake over a dialed stream.
-    pub async fn handshake(io: UpstreamIo) -> Result<UpstreamConn, hyper::Error> {
-        let next_head = NextHead::default();
-        let io = Respell::new(io, next_head.clone());
-        let (sender, conn) = http1::Builder::new()
-            .max_buf_size(MAX_BUF_SIZE)
-            .handshake(TokioIo::new(io))
-            .await?;
-        let signal = Arc::new(IdleSignal::default());
-        Ok(UpstreamConn {
-            sender,
-            next_head,
-            conn: Some(Box::pin(conn)),
-            idle_waker: Waker::from(signal.clone()),
-            signal,
-        })
+/// What writes a request's head: the proxy decides which headers go, the connection only
+/// frames the body.
+pub trait WriteHead {
+    fn method(&self) -> &Method;
+    /// Append the head to `out`, with `Content-Length: n` for `body_len = Some(n)` (where the
+    /// method needs one) or `Transfer-Encoding: chunked` for `None`.
+    fn write_head(&self, out: &mut BytesMut, body_len: Option<u64>);
+}
+
+/// A response's body as it is read from the connection, by [`UpstreamConn::frame`].
+#[derive(Debug)]
+pub struct RespBody {
+    kind: BodyKind,
+    exact: Option<u64>,
+}
+
+#[derive(Debug)]
+enum BodyKind {
+    Done,
+    /// Content-Length or chunked, decoded by the client codec's body reader.
+    Framed(BodyState),
+    UntilClose,
+}
+
+impl RespBody {
+    /// The body's length when the upstream said it (Content-Length), or 0 for none.
+    pub fn exact_len(&self) -> Option<u64> {
+        self.exact
     }
 
-    /// Send `request` and wait for the response head (at most `response_timeout`); on
-    /// failure, say how far the exchange got. `sent` tells whether hyper took the whole body;
-    /// the header names go out as `spellings` says the client spelled them.
+    /// Whether every byte of the body has been handed out.
+    pub fn is_end(&self) -> bool {
+        match &self.kind {
+            BodyKind::Done => true,
+            BodyKind::Framed(s) => s.is_done(),
+            BodyKind::UntilClose => false,
+        }
+    }
+}
+
+impl UpstreamConn {
+    /// An HTTP/1.1 connection over a dialed stream.
+    pub fn new(io: UpstreamIo) -> UpstreamConn {
+        let signal = Arc::new(IdleSignal::default());
+        UpstreamConn {
+            io,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            state: State::Idle,
+            reusable: false,
+            idle_waker: Waker::from(signal.clone()),
+            signal,
+        }
+    }
+
+    /// Send `request` with `body` and wait for the response head (at most `response_timeout`
+    /// after the request was handed over); on failure, say how far the exchange got.
     pub async fn exchange(
         &mut self,
-        request: Request<ReqBody>,
-        spellings: &Spellings,
+        request: &impl WriteHead,
+        body: ReqBody,
         sent: &Sent,
         response_timeout: Duration,
-    ) -> Result<Response<Incoming>, ExchangeError> {
-        match timeout(READY_WAIT, self.ready()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(ExchangeError::ClosedBeforeWrite(describe(&e))),
-            Err(_) => return Err(ExchangeError::NotReady),
+    ) -> Result<Response<RespBody>, ExchangeError> {
+        if self.state != State::Idle || !self.rbuf.is_empty() {
+            self.state = State::Closed;
+            return Err(ExchangeError::ClosedBeforeWrite(
+                "the connection was closed".into(),
+            ));
         }
-        // Ready: the previous exchange is over, so the next head written is this request's.
-        self.next_head.set(spellings);
-        match until_quiet(self.send(request), sent, response_timeout).await {
-            Some(Ok(response)) => Ok(response),
-            None => Err(ExchangeError::NoResponse(response_timeout)),
-            Some(Err(mut e)) => {
-                let unsent = e.take_message().is_some();
-                Err(ExchangeError::classify(
-                    &e.into_error(),
-                    unsent || !sent.all(),
-                ))
+        let body_len = body.size_hint().exact();
+        self.wbuf.clear();
+        request.write_head(&mut self.wbuf, body_len);
+        // Until the exchange is over the connection is out of sync: a dropped exchange (a
+        // timeout, the client gone) leaves it closed.
+        self.state = State::Closed;
+        let mut send = Send {
+            conn: self,
+            body,
+            chunked: body_len.is_none(),
+            wpos: 0,
+            big: None,
+            body_end: false,
+            flushed: false,
+        };
+        let outcome = until_quiet(
+            std::future::poll_fn(|cx| send.poll(cx)),
+            sent,
+            response_timeout,
+        )
+        .await;
+        let complete = send.written_all();
+        let head = match outcome {
+            None => return Err(ExchangeError::NoResponse(response_timeout)),
+            Some(Err(e)) => return Err(e),
+            Some(Ok(head)) => head,
+        };
+        let framing =
+            wire::response_framing(request.method(), &head).map_err(ExchangeError::Protocol)?;
+        // A response before the whole request was written leaves the request unfinished.
+        self.reusable = framing.reusable && complete;
+        let (kind, exact) = match framing.body {
+            RespBodyKind::Empty => (BodyKind::Done, Some(0)),
+            RespBodyKind::Length(n) => (
+                BodyKind::Framed(BodyState::new(BodyFraming::Length(n))),
+                Some(n),
+            ),
+            RespBodyKind::Chunked => (BodyKind::Framed(BodyState::new(BodyFraming::Chunked)), None),
+            RespBodyKind::UntilClose => (BodyKind::UntilClose, None),
+        };
+        let bodiless = matches!(kind, BodyKind::Done);
+        self.state = State::Busy;
+        if bodiless {
+            self.finish();
+        }
+        let mut response = Response::new(RespBody { kind, exact });
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        Ok(response)
+    }
+
+    /// The next piece of a response body read from this connection; `None` at its end.
+    pub async fn frame(&mut self, body: &mut RespBody) -> Option<Result<Bytes, String>> {
+        match &mut body.kind {
+            BodyKind::Done => None,
+            BodyKind::Framed(state) => {
+                // Out of sync until the read is over: a dropped read leaves it closed.
+                self.state = State::Closed;
+                let buf = std::mem::take(&mut self.rbuf);
+                let mut reader = ClientReader::with_buffered(&mut self.io, buf, MAX_BUF_SIZE);
+                let piece = reader.read_body_chunk(state).await;
+                let done = state.is_done();
+                let (_, buf) = reader.into_parts();
+                self.rbuf = buf;
+                match piece {
+                    Ok(piece) => {
+                        self.state = State::Busy;
+                        if done {
+                            body.kind = BodyKind::Done;
+                            self.finish();
+                        }
+                        piece.map(Ok)
+                    }
+                    Err(e) => Some(Err(body_error(e))),
+                }
+            }
+            BodyKind::UntilClose => {
+                self.state = State::Closed;
+                self.rbuf.reserve(crate::http1::HEAD_READ);
+                let read = if self.rbuf.is_empty() {
+                    let mut limited = (&mut self.rbuf).limit(crate::http1::MAX_BODY_CHUNK);
+                    self.io.read_buf(&mut limited).await.map(Some)
+                } else {
+                    Ok(None)
+                };
+                match read {
+                    Ok(Some(0)) => {
+                        body.kind = BodyKind::Done;
+                        None
+                    }
+                    Ok(_) => {
+                        self.state = State::Busy;
+                        Some(Ok(self.rbuf.split().freeze()))
+                    }
+                    Err(e) => Some(Err(format!("reading the response body: {e}"))),
+                }
             }
         }
     }
 
-    /// Wait until the connection can take a request.
-    async fn ready(&mut self) -> Result<(), hyper::Error> {
-        let UpstreamConn { sender, conn, .. } = self;
-        Driven {
-            conn,
-            fut: std::pin::pin!(sender.ready()),
-        }
-        .await
+    /// The response is complete: back to idle if it allows, else closed.
+    fn finish(&mut self) {
+        // Bytes past the response are not ours to read: the connection is out of sync.
+        self.state = if self.reusable && self.rbuf.is_empty() {
+            State::Idle
+        } else {
+            State::Closed
+        };
     }
 
-    /// Send a request and wait for the response head.
-    async fn send(
-        &mut self,
-        request: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ReqBody>>> {
-        let UpstreamConn { sender, conn, .. } = self;
-        Driven {
-            conn,
-            fut: std::pin::pin!(sender.try_send_request(request)),
-        }
-        .await
-    }
-
-    /// The next frame of a response body read from this connection.
-    pub async fn frame(
-        &mut self,
-        body: &mut Incoming,
-    ) -> Option<Result<Frame<Bytes>, hyper::Error>> {
-        Driven {
-            conn: &mut self.conn,
-            fut: std::pin::pin!(http_body_util::BodyExt::frame(body)),
-        }
-        .await
-    }
-
-    /// Poll the connection once with the idle waker, outside any request.
+    /// Look at an idle connection's socket once, with the idle waker: anything there (EOF,
+    /// an error, bytes nobody asked for) ends it.
     fn poll_idle(&mut self) {
-        poll_end(&mut self.conn, &mut Context::from_waker(&self.idle_waker));
+        if self.state != State::Idle {
+            return;
+        }
+        let mut probe = [0u8; 8];
+        let mut buf = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(&self.idle_waker);
+        if Pin::new(&mut self.io)
+            .poll_read(&mut cx, &mut buf)
+            .is_ready()
+        {
+            self.state = State::Closed;
+        }
+    }
+}
+
+/// One request being written and its response head awaited: the two go on together, so an
+/// upstream that answers before taking the whole body is heard.
+struct Send<'a> {
+    conn: &'a mut UpstreamConn,
+    body: ReqBody,
+    chunked: bool,
+    /// Bytes of `conn.wbuf` already written.
+    wpos: usize,
+    /// A large body piece written from where it is, after `wbuf`.
+    big: Option<Bytes>,
+    /// The body has ended (its last-chunk queued when chunked).
+    body_end: bool,
+    flushed: bool,
+}
+
+impl Send<'_> {
+    fn written_all(&self) -> bool {
+        self.flushed
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<wire::ResponseHead, ExchangeError>> {
+        loop {
+            let mut progress = false;
+            if !self.flushed {
+                match self.poll_write(cx) {
+                    Poll::Ready(Ok(())) => progress = self.flushed,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            match self.poll_head(cx) {
+                Poll::Ready(r) => return Poll::Ready(r),
+                Poll::Pending if progress => continue,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Write what is queued and queue what the body has; ready once all is written and
+    /// flushed, or when it can go no further now (then `Pending`).
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
+        loop {
+            // Take what the body has while there is room behind the head.
+            while !self.body_end
+                && self.big.is_none()
+                && self.conn.wbuf.len() - self.wpos < COALESCE
+            {
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let Ok(data) = frame.into_data() else {
+                            continue;
+                        };
+                        if data.is_empty() {
+                            continue;
+                        }
+                        if self.chunked {
+                            wire::encode_chunk(&mut self.conn.wbuf, &data);
+                        } else if data.len() <= COALESCE {
+                            self.conn.wbuf.put_slice(&data);
+                        } else {
+                            self.big = Some(data);
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        self.body_end = true;
+                        if self.chunked {
+                            self.conn.wbuf.put_slice(b"0\r\n\r\n");
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Err(ExchangeError::RequestBody(e.to_string())))
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            let queued = self.wpos < self.conn.wbuf.len() || self.big.is_some();
+            if !queued {
+                if !self.body_end {
+                    // Waiting for the client's next piece.
+                    return Poll::Pending;
+                }
+                return match Pin::new(&mut self.conn.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.flushed = true;
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(self.write_failed(&e))),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            let io = Pin::new(&mut self.conn.io);
+            let written = if self.wpos < self.conn.wbuf.len() {
+                io.poll_write(cx, &self.conn.wbuf[self.wpos..])
+            } else if let Some(big) = &self.big {
+                io.poll_write(cx, big)
+            } else {
+                unreachable!("something is queued")
+            };
+            match written {
+                Poll::Ready(Ok(0)) => {
+                    let e = io::Error::from(io::ErrorKind::WriteZero);
+                    return Poll::Ready(Err(self.write_failed(&e)));
+                }
+                Poll::Ready(Ok(n)) => {
+                    if self.wpos < self.conn.wbuf.len() {
+                        self.wpos += n;
+                        if self.wpos == self.conn.wbuf.len() {
+                            self.wpos = 0;
+                            self.conn.wbuf.clear();
+                        }
+                    } else if let Some(big) = &mut self.big {
+                        big.advance(n);
+                        if big.is_empty() {
+                            self.big = None;
+                        }
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(self.write_failed(&e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// The request could not be written whole.
+    fn write_failed(&self, e: &io::Error) -> ExchangeError {
+        ExchangeError::ClosedBeforeWrite(format!("writing the request: {e}"))
+    }
+
+    /// Read until a final response head is complete (informational ones are skipped).
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<wire::ResponseHead, ExchangeError>> {
+        loop {
+            if !self.conn.rbuf.is_empty() {
+                match wire::parse_response_head(&mut self.conn.rbuf) {
+                    Ok(Some(head))
+                        if head.status.is_informational()
+                            && head.status != http::StatusCode::SWITCHING_PROTOCOLS =>
+                    {
+                        continue
+                    }
+                    Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                    Ok(None) if self.conn.rbuf.len() >= MAX_BUF_SIZE => {
+                        return Poll::Ready(Err(ExchangeError::Protocol(
+                            "the response head is too large".into(),
+                        )))
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(ExchangeError::Protocol(e))),
+                }
+            }
+            let conn = &mut *self.conn;
+            conn.rbuf.reserve(HEAD_READ);
+            let mut limited = (&mut conn.rbuf).limit(HEAD_READ);
+            let read = pin!(conn.io.read_buf(&mut limited)).poll(cx);
+            match read {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    let what = if self.conn.rbuf.is_empty() {
+                        "the upstream closed the connection before responding"
+                    } else {
+                        "the upstream closed the connection in the middle of the response head"
+                    };
+                    return Poll::Ready(Err(self.read_failed(what.to_string())));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Err(self.read_failed(format!("reading the response: {e}"))))
+                }
+            }
+        }
+    }
+
+    /// The connection failed while the response was awaited: how far the request got decides
+    /// what that means for a retry.
+    fn read_failed(&self, detail: String) -> ExchangeError {
+        if self.written_all() {
+            ExchangeError::DroppedAfterWrite(detail)
+        } else {
+            ExchangeError::ClosedBeforeWrite(detail)
+        }
+    }
+}
+
+/// A response body error as one line.
+fn body_error(e: crate::http1::BodyError) -> String {
+    match e {
+        crate::http1::BodyError::Malformed(why) => format!("malformed response body: {why}"),
+        crate::http1::BodyError::UnexpectedEof => {
+            "the upstream closed the connection in the middle of the response body".into()
+        }
+        crate::http1::BodyError::Io(e) => format!("reading the response body: {e}"),
     }
 }
 
 /// `send` until it is done, or until `limit` has passed since the request was fully handed
 /// over (the last piece of its body taken): `response_timeout` counts from there. While a
-/// streamed body is still being sent, `limit` bounds each wait of the upstream's (hyper not
-/// taking the next piece), not the client's (hyper waiting for a piece the client has not
-/// sent: bounded by `client_stall_timeout`), so a slow upload that keeps moving is not cut.
+/// streamed body is still being sent, `limit` bounds each wait of the upstream's (it not
+/// taking the next piece), not the client's (a piece the client has not sent: bounded by
+/// `client_stall_timeout`), so a slow upload that keeps moving is not cut.
 async fn until_quiet<F: Future>(send: F, sent: &Sent, limit: Duration) -> Option<F::Output> {
     tokio::pin!(send);
     // The latest of: the exchange began, and the last time the client was found the one
@@ -220,50 +547,13 @@ async fn until_quiet<F: Future>(send: F, sent: &Sent, limit: Duration) -> Option
     }
 }
 
-/// Poll the connection once; drop it if it ended.
-fn poll_end(conn: &mut Option<Pin<Box<Conn>>>, cx: &mut Context<'_>) {
-    if let Some(c) = conn {
-        if let Poll::Ready(end) = c.as_mut().poll(cx) {
-            if let Err(e) = end {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-            *conn = None;
-        }
-    }
-}
-
-/// A wait on one exchange that also drives the connection carrying it.
-struct Driven<'a, F> {
-    conn: &'a mut Option<Pin<Box<Conn>>>,
-    fut: Pin<&'a mut F>,
-}
-
-impl<F: Future> Future for Driven<'_, F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // The exchange first: often its result is already there (a buffered body frame, a
-        // connection ready since it was parked) and the connection need not be polled at all.
-        if let Poll::Ready(out) = self.fut.as_mut().poll(cx) {
-            return Poll::Ready(out);
-        }
-        // Then the connection, and the exchange again to see what it read or wrote. When the
-        // connection ends, hyper has already failed or finished every exchange on it.
-        poll_end(self.conn, cx);
-        self.fut.as_mut().poll(cx)
-    }
-}
-
-/// Why an exchange failed, by how far it got (hyper's error taxonomy stops here).
+/// Why an exchange failed, by how far it got.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
-    /// A pooled connection did not become ready for a new request in time.
-    #[error("connection not ready for a request")]
-    NotReady,
-    /// Found closed, or failed before the request was fully handed over.
+    /// Found closed, or failed before the request was fully written.
     #[error("closed before the request was sent: {0}")]
     ClosedBeforeWrite(String),
-    /// Reset or closed after the request was written, before any response byte.
+    /// Reset or closed after the request was written, before a whole response head.
     #[error("{0}")]
     DroppedAfterWrite(String),
     /// No response head within `response_timeout`.
@@ -278,25 +568,10 @@ pub enum ExchangeError {
 }
 
 impl ExchangeError {
-    /// Sort a hyper error out by stage; `unsent`: the request was not (fully) handed over.
-    fn classify(err: &hyper::Error, unsent: bool) -> ExchangeError {
-        if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
-            return ExchangeError::Protocol(err.to_string());
-        }
-        if err.is_user() {
-            return ExchangeError::RequestBody(describe(err));
-        }
-        if unsent {
-            ExchangeError::ClosedBeforeWrite(describe(err))
-        } else {
-            ExchangeError::DroppedAfterWrite(describe(err))
-        }
-    }
-
     /// How far the exchange got: what the retry decision and stale-reuse counting go by.
     pub fn stage(&self) -> Stage {
         match self {
-            ExchangeError::NotReady | ExchangeError::ClosedBeforeWrite(_) => Stage::BeforeWrite,
+            ExchangeError::ClosedBeforeWrite(_) => Stage::BeforeWrite,
             ExchangeError::DroppedAfterWrite(_) => Stage::AfterWrite,
             ExchangeError::NoResponse(_) => Stage::NoResponse,
             ExchangeError::Protocol(_) | ExchangeError::RequestBody(_) => Stage::AfterResponse,
@@ -315,21 +590,13 @@ impl ExchangeError {
             ExchangeError::RequestBody(detail) => ProxyError::ClientGone {
                 detail: format!("request body failed: {detail}"),
             },
-            e @ (ExchangeError::NotReady
-            | ExchangeError::ClosedBeforeWrite(_)
-            | ExchangeError::DroppedAfterWrite(_)) => ProxyError::ConnectionTerminated {
-                upstream,
-                detail: e.to_string(),
-            },
+            e @ (ExchangeError::ClosedBeforeWrite(_) | ExchangeError::DroppedAfterWrite(_)) => {
+                ProxyError::ConnectionTerminated {
+                    upstream,
+                    detail: e.to_string(),
+                }
+            }
         }
-    }
-}
-
-/// A hyper error with its cause ("connection closed: Connection reset by peer").
-fn describe(err: &hyper::Error) -> String {
-    match std::error::Error::source(err) {
-        Some(src) => format!("{err}: {src}"),
-        None => err.to_string(),
     }
 }
 

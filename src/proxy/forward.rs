@@ -186,8 +186,7 @@ where
         } else {
             Reuse::IdleAtMost(settings.unsafe_reuse_max_idle)
         };
-    // Built once, moved into the first attempt; a retry (rare) builds it again.
-    let mut prepared = Some(request::prepare(head, route));
+    let outgoing = request::Outgoing::new(head, route);
     let pool = ctx.shared.pools.get(upstream, &route.allowed.target);
     let mut body = Some(body);
     loop {
@@ -222,18 +221,14 @@ where
                 }
             },
         };
-        let request = prepared
-            .take()
-            .unwrap_or_else(|| request::prepare(head, route))
-            .build(req_body);
         let exchange =
             pooled
                 .conn()
-                .exchange(request, &head.spellings, &sent, settings.response_timeout);
+                .exchange(&outgoing, req_body, &sent, settings.response_timeout);
         // A pump still running when the response head arrives is kept, unpolled, until the
-        // response has been relayed: its sender stays open, so hyper neither ends the body
-        // (a chunked one would get its last-chunk: a truncated body taken as whole) nor fails
-        // the connection under the response being read. The connection is then closed.
+        // response has been relayed: its sender stays open, so the body is never ended
+        // upstream (a chunked one would get its last-chunk: a truncated body taken as whole)
+        // while the response is read. The connection is then closed.
         let mut pumping = None;
         let (outcome, pumped) = match pump {
             None => (exchange.await, None),
@@ -326,12 +321,6 @@ async fn acquire(
     // Boxed: dialing (DNS, connect, TLS) is the pool-miss path, and inline its state would
     // size every request in flight, reused connections included.
     let dialed = Box::pin(ctx.shared.connector.dial(target, upstream)).await?;
-    let conn =
-        UpstreamConn::handshake(dialed.io)
-            .await
-            .map_err(|e| ProxyError::ConnectionTerminated {
-                upstream: upstream.name.clone(),
-                detail: format!("HTTP handshake failed: {e}"),
-            })?;
+    let conn = UpstreamConn::new(dialed.io);
     Ok(slot.fill(conn))
 }

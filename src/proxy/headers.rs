@@ -61,6 +61,40 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether a header of this message stays at the hop: one of [`HOP_BY_HOP`], or a name its
+/// `Connection` (or `Proxy-Connection`) lists. For writing a message on without copying its
+/// map first; [`strip_hop_by_hop`] is the same rule applied to a map.
+pub struct HopNames {
+    /// Names `Connection` adds beyond the fixed list (usually none).
+    named: smallvec::SmallVec<[HeaderName; 2]>,
+}
+
+impl HopNames {
+    pub fn of(headers: &HeaderMap) -> HopNames {
+        let mut named = smallvec::SmallVec::new();
+        if headers.contains_key(header::CONNECTION) || headers.contains_key("proxy-connection") {
+            named.extend(
+                headers
+                    .get_all(header::CONNECTION)
+                    .iter()
+                    .chain(headers.get_all("proxy-connection").iter())
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .map(str::trim)
+                    .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+                    // Never let a Connection token drop what framing or routing depends on.
+                    .filter(|n| *n != header::HOST && *n != header::CONTENT_LENGTH),
+            );
+        }
+        HopNames { named }
+    }
+
+    /// Whether `name` is not passed on.
+    pub fn drops(&self, name: &HeaderName) -> bool {
+        HOP_BY_HOP.contains(name) || self.named.contains(name)
+    }
+}
+
 /// Append our `Via` after any the message already carries.
 pub fn add_via(headers: &mut HeaderMap) {
     headers.append(header::VIA, VIA);

@@ -1,4 +1,4 @@
-//! The request body sent upstream: held whole (replayable) or streamed from the client, and when hyper has taken all of it.
+//! The request body sent upstream: held whole (replayable) or streamed from the client, and when the connection has taken all of it.
 
 use std::io;
 use std::pin::Pin;
@@ -11,18 +11,18 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// How far hyper has taken the request body: all of it (the request is fully handed over),
+/// How far the connection has taken the request body: all of it (the request is fully handed over),
 /// and when it last took a piece (the response timeout counts from there).
 #[derive(Clone)]
 pub struct Sent(Arc<SentState>);
 
 struct SentState {
     all: AtomicBool,
-    /// hyper asked for the next piece of a streamed body and none was there: the wait is
+    /// The connection asked for the next piece of a streamed body and none was there: the wait is
     /// the client's, not the upstream's.
     starved: AtomicBool,
     made: Instant,
-    /// Nanoseconds after `made` when hyper last took a piece of the body.
+    /// Nanoseconds after `made` when the connection last took a piece of the body.
     took: AtomicU64,
 }
 
@@ -42,12 +42,12 @@ impl Sent {
         self.0.all.load(Ordering::Acquire)
     }
 
-    /// When hyper last took a piece of the body (or the request was made, if none yet).
+    /// When the connection last took a piece of the body (or the request was made, if none yet).
     pub fn last_progress(&self) -> Instant {
         self.0.made + std::time::Duration::from_nanos(self.0.took.load(Ordering::Acquire))
     }
 
-    /// hyper is waiting for the client's next piece (see [`SentState::starved`]).
+    /// The connection is waiting for the client's next piece (see [`SentState::starved`]).
     pub fn starved(&self) -> bool {
         self.0.starved.load(Ordering::Acquire)
     }
@@ -92,7 +92,7 @@ impl ReqBody {
     pub fn full(data: Bytes) -> (ReqBody, Sent) {
         let sent = Sent::default();
         let data = if data.is_empty() {
-            // Nothing to hand over: hyper will not poll an empty body.
+            // Nothing to hand over: marked sent at once.
             sent.mark();
             None
         } else {
@@ -154,7 +154,7 @@ impl Body for ReqBody {
                     Poll::Ready(None)
                 }
                 Poll::Ready(Some(Piece::Failed(e))) => Poll::Ready(Some(Err(e))),
-                // hyper ends a body that returns `None` (a chunked one with its last-chunk),
+                // The connection ends a body that returns `None` (a chunked one with its last-chunk),
                 // and only an error makes it abort the connection instead.
                 Poll::Ready(None) => Poll::Ready(Some(Err(io::Error::other(
                     "the client's request body ended before it was complete",
@@ -195,7 +195,7 @@ mod tests {
     use http_body_util::BodyExt;
 
     /// Only `Piece::End` ends a streamed body: a sender dropped without it (the pump stopped
-    /// half-way) is an error, which makes hyper abort the connection instead of writing a
+    /// half-way) is an error, which makes the connection abort instead of writing a
     /// chunked body's last-chunk.
     #[tokio::test]
     async fn a_streamed_body_ends_only_when_told() {

@@ -135,7 +135,7 @@ pub struct PumpLimits<'a> {
 /// next piece by `response_timeout`.
 ///
 /// Only a body read to its end is ended upstream ([`Piece::End`]); a failure, a stall, or the
-/// pump dropped half-way fails the upstream request instead, so hyper aborts the connection
+/// pump dropped half-way fails the upstream request instead, so the connection is abandoned
 /// and never writes a chunked body's last-chunk.
 pub async fn pump<R: AsyncRead + Unpin>(
     reader: &mut ClientReader<R>,
@@ -150,7 +150,7 @@ pub async fn pump<R: AsyncRead + Unpin>(
         if let Some(piece) = next.take() {
             match tokio::time::timeout(limits.upstream_wait, tx.send(Piece::Data(piece))).await {
                 Ok(Ok(())) => {}
-                // hyper dropped the body: the exchange is over (answered or failed).
+                // The connection dropped the body: the exchange is over (answered or failed).
                 Ok(Err(_)) => return Ok(total),
                 // Dropping `tx` without `Piece::End` aborts the upstream request.
                 Err(_) => {

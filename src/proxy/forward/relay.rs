@@ -4,8 +4,6 @@
 use bytes::BytesMut;
 use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
-use http_body::Body;
-use hyper::body::Incoming;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -16,7 +14,7 @@ use crate::http1::RequestHead;
 use crate::metrics::CloseReason;
 use crate::pool::{reuse, Pooled};
 use crate::proxy::{headers, Ctx, Flow};
-use crate::upstream::UpstreamConn;
+use crate::upstream::{RespBody, UpstreamConn};
 
 /// Bodies larger than this are written without first copying into the output buffer.
 const COALESCE_LIMIT: usize = 16 * 1024;
@@ -26,7 +24,7 @@ pub async fn response<W: AsyncWrite + Unpin>(
     ctx: &Ctx,
     head: &RequestHead,
     settings: &Settings,
-    response: Response<Incoming>,
+    response: Response<RespBody>,
     mut pooled: Pooled<UpstreamConn>,
     writer: &mut W,
     p: &mut Progress<'_>,
@@ -53,7 +51,7 @@ pub async fn response<W: AsyncWrite + Unpin>(
     let mut keep_alive = head.keep_alive && !ctx.draining && p.body_done;
     let mut chunked = false;
     if !bodiless {
-        match body.size_hint().exact() {
+        match body.exact_len() {
             Some(n) if !says_length(&headers, n) => {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
             }
@@ -90,9 +88,9 @@ pub async fn response<W: AsyncWrite + Unpin>(
         loop {
             // Each wait for body bytes is bounded like the wait for the head (SPEC §3).
             let next = timeout(settings.response_timeout, pooled.conn().frame(&mut body)).await;
-            let frame = match next {
+            let data = match next {
                 Ok(None) => break,
-                Ok(Some(Ok(f))) => f,
+                Ok(Some(Ok(data))) => data,
                 failed => {
                     // The upstream died or went silent mid-body: the client must see a cut,
                     // not a short success.
@@ -102,19 +100,15 @@ pub async fn response<W: AsyncWrite + Unpin>(
                     pooled.discard(CloseReason::Error);
                     let upstream = p.outcome.upstream_name().to_string();
                     return Err(match failed {
-                        Ok(Some(Err(e))) => ProxyError::ConnectionTerminated {
-                            upstream,
-                            detail: e.to_string(),
-                        },
+                        Ok(Some(Err(detail))) => {
+                            ProxyError::ConnectionTerminated { upstream, detail }
+                        }
                         _ => ProxyError::ResponseTimeout {
                             upstream,
                             timeout_ms: settings.response_timeout.as_millis(),
                         },
                     });
                 }
-            };
-            let Ok(data) = frame.into_data() else {
-                continue;
             };
             if data.is_empty() {
                 continue;
@@ -142,7 +136,7 @@ pub async fn response<W: AsyncWrite + Unpin>(
                     .map_err(ProxyError::client_write)?;
             }
             // Flush unless more is already waiting: small bodies leave in one write with the head.
-            if !body.is_end_stream() {
+            if !body.is_end() {
                 write_out(writer, &mut out).await?;
             }
             pending_head = false;

@@ -1,56 +1,163 @@
-//! The request as it goes upstream: origin-form target, `Host` from the route, hop-by-hop
-//! headers removed, `Via` added, framing set from the body.
+//! The request as it goes upstream, written straight from the client's parsed head:
+//! origin-form target, `Host` from the route, hop-by-hop headers left out, `Via` added,
+//! framing from the body, and every name in the client's spelling. No header map is copied.
 
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Uri, Version};
-use http_body::Body;
+use bytes::{BufMut, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Uri};
 
 use super::Route;
-use crate::http1::RequestHead;
-use crate::proxy::headers;
-use crate::upstream::ReqBody;
+use crate::http1::{RequestHead, Spellings};
+use crate::proxy::headers::{self, HopNames};
+use crate::upstream::WriteHead;
 
-/// Method, target and headers, computed once per request; the body is attached per attempt.
-pub struct Prepared {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+/// One request's upstream head, written once per attempt into the connection's buffer.
+pub struct Outgoing<'a> {
+    pub head: &'a RequestHead,
+    /// The `Host` sent upstream.
+    pub host: &'a HeaderValue,
+    /// Path and query sent upstream.
+    pub origin_form: &'a Uri,
 }
 
-/// The upstream request for `head` along `route`.
-pub fn prepare(head: &RequestHead, route: &Route) -> Prepared {
-    let mut headers = head.headers.clone();
-    headers::strip_hop_by_hop(&mut headers);
-    headers.remove(header::EXPECT);
-    headers.remove(header::CONTENT_LENGTH);
-    headers.insert(header::HOST, route.host.clone());
-    headers::add_via(&mut headers);
-    Prepared {
-        method: head.method.clone(),
-        uri: route.origin_form.clone(),
-        headers,
+impl<'a> Outgoing<'a> {
+    pub fn new(head: &'a RequestHead, route: &'a Route) -> Self {
+        Outgoing {
+            head,
+            host: &route.host,
+            origin_form: &route.origin_form,
+        }
     }
 }
 
-impl Prepared {
-    /// The request with `body`; `Content-Length` from the body when its size is known.
-    pub fn build(self, body: ReqBody) -> Request<ReqBody> {
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method;
-        *req.uri_mut() = self.uri;
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = self.headers;
-        if let Some(n) = req.body().size_hint().exact() {
-            if n > 0
-                || !matches!(
-                    *req.method(),
-                    Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE
-                )
-            {
-                req.headers_mut()
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            }
+impl WriteHead for Outgoing<'_> {
+    fn method(&self) -> &Method {
+        &self.head.method
+    }
+
+    fn write_head(&self, out: &mut BytesMut, body_len: Option<u64>) {
+        let Outgoing {
+            head,
+            host,
+            origin_form,
+        } = self;
+        let spellings = &head.spellings;
+        out.put_slice(head.method.as_str().as_bytes());
+        out.put_u8(b' ');
+        // `path()` is "/" for an empty path ("http://h?q" goes out as "/?q").
+        out.put_slice(origin_form.path().as_bytes());
+        if let Some(q) = origin_form.query() {
+            out.put_u8(b'?');
+            out.put_slice(q.as_bytes());
         }
-        req
+        out.put_slice(b" HTTP/1.1\r\n");
+        put_field(out, &header::HOST, host.as_bytes(), spellings);
+        let hops = HopNames::of(&head.headers);
+        for (name, value) in &head.headers {
+            if *name == header::HOST
+                || *name == header::CONTENT_LENGTH
+                || *name == header::EXPECT
+                || hops.drops(name)
+            {
+                continue;
+            }
+            put_field(out, name, value.as_bytes(), spellings);
+        }
+        put_field(out, &header::VIA, headers::VIA.as_bytes(), spellings);
+        match body_len {
+            Some(n) if n > 0 || !bodiless_method(&head.method) => {
+                put_field(
+                    out,
+                    &header::CONTENT_LENGTH,
+                    itoa::Buffer::new().format(n).as_bytes(),
+                    spellings,
+                );
+            }
+            Some(_) => {}
+            None => put_field(out, &header::TRANSFER_ENCODING, b"chunked", spellings),
+        }
+        out.put_slice(b"\r\n");
+    }
+}
+
+/// Methods whose empty body goes without `Content-Length: 0`.
+fn bodiless_method(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE
+    )
+}
+
+/// One header line, the name as the client spelled it.
+fn put_field(out: &mut BytesMut, name: &HeaderName, value: &[u8], spellings: &Spellings) {
+    let lower = name.as_str().as_bytes();
+    let spelled = if spellings.is_empty() {
+        lower
+    } else {
+        spellings.of(lower).unwrap_or(lower)
+    };
+    out.put_slice(spelled);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::ClientReader;
+
+    async fn head_of(text: &'static [u8]) -> RequestHead {
+        let mut reader = ClientReader::new(text, 64 * 1024);
+        reader.read_head().await.expect("valid head")
+    }
+
+    fn route(host: &'static str, origin_form: &'static str) -> (HeaderValue, Uri) {
+        (
+            HeaderValue::from_static(host),
+            Uri::from_static(origin_form),
+        )
+    }
+
+    fn written(head: &RequestHead, host: HeaderValue, uri: Uri, len: Option<u64>) -> String {
+        let mut out = BytesMut::new();
+        write_with(&mut out, head, host, uri, len);
+        String::from_utf8(out.to_vec()).expect("ascii")
+    }
+
+    fn write_with(
+        out: &mut BytesMut,
+        head: &RequestHead,
+        host: HeaderValue,
+        uri: Uri,
+        len: Option<u64>,
+    ) {
+        Outgoing {
+            head,
+            host: &host,
+            origin_form: &uri,
+        }
+        .write_head(out, len);
+    }
+
+    /// Names go out as the client spelled them; hop-by-hop headers, those `Connection`
+    /// names, `Expect` and the client's framing stay behind; Host comes from the route,
+    /// Via and the body's framing are ours.
+    #[tokio::test]
+    async fn the_upstream_head_is_the_clients_less_the_hop() {
+        let head = head_of(b"POST http://a.example/pay?x=1 HTTP/1.1\r\nHOST: wrong\r\nX-Api-KEY: k\r\nconnection: X-Secret, keep-alive\r\nx-secret: s\r\nKeep-Alive: 5\r\nProxy-Authorization: Basic eA==\r\nExpect: 100-continue\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nVia: 1.0 edge\r\n\r\n").await;
+        let (host, uri) = route("a.example", "/pay?x=1");
+        assert_eq!(
+            written(&head, host.clone(), uri.clone(), None),
+            "POST /pay?x=1 HTTP/1.1\r\nHOST: a.example\r\nX-Api-KEY: k\r\nContent-Type: text/plain\r\nVia: 1.0 edge\r\nVia: 1.1 portcullis\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        assert!(written(&head, host, uri, Some(0))
+            .ends_with("Via: 1.1 portcullis\r\ncontent-length: 0\r\n\r\n"));
+        let get = head_of(b"GET http://a.example HTTP/1.1\r\nhost: a.example\r\n\r\n").await;
+        let (host, uri) = route("a.example", "/");
+        assert_eq!(
+            written(&get, host, uri, Some(0)),
+            "GET / HTTP/1.1\r\nhost: a.example\r\nvia: 1.1 portcullis\r\n\r\n"
+        );
     }
 }
