@@ -79,8 +79,11 @@ fn header_rewrite(c: &mut Criterion) {
         ("connection", "keep-alive"),
     ];
     for (name, pairs) in [
-        ("headers::strip_hop_by_hop + via", request),
-        ("headers::strip_hop_by_hop + via, response", response),
+        ("headers::HopNames: the fields passed on, request", request),
+        (
+            "headers::HopNames: the fields passed on, response",
+            response,
+        ),
     ] {
         let mut base = HeaderMap::new();
         for &(k, v) in pairs {
@@ -88,10 +91,21 @@ fn header_rewrite(c: &mut Criterion) {
         }
         c.bench_function(name, |b| {
             b.iter(|| {
-                let mut h = black_box(&base).clone();
-                headers::strip_hop_by_hop(&mut h);
-                headers::add_via(&mut h);
-                h
+                // As the forwarding path writes a head: field by field, hop-by-hop left out.
+                let h = black_box(&base);
+                let hops = headers::HopNames::of(h);
+                let mut out = Vec::with_capacity(512);
+                for (k, v) in h {
+                    if !hops.drops(k.as_str().as_bytes()) {
+                        out.extend_from_slice(k.as_str().as_bytes());
+                        out.extend_from_slice(b": ");
+                        out.extend_from_slice(v.as_bytes());
+                        out.extend_from_slice(b"\r\n");
+                    }
+                }
+                out.extend_from_slice(b"via: ");
+                out.extend_from_slice(headers::VIA.as_bytes());
+                out
             })
         });
     }

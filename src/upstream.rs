@@ -18,7 +18,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::{Method, Response};
+use http::Method;
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 pub use body::{Piece, ReqBody, Sent};
 
 use wire::RespBodyKind;
+pub use wire::ResponseHead;
 
 use crate::connect::UpstreamIo;
 use crate::error::ProxyError;
@@ -190,7 +191,7 @@ impl UpstreamConn {
         body: ReqBody,
         sent: &Sent,
         response_timeout: Duration,
-    ) -> Result<Response<RespBody>, ExchangeError> {
+    ) -> Result<(ResponseHead, RespBody), ExchangeError> {
         if self.state != State::Idle || !self.rbuf.is_empty() {
             self.state = State::Closed;
             return Err(ExchangeError::ClosedBeforeWrite(
@@ -242,11 +243,7 @@ impl UpstreamConn {
         if bodiless {
             self.finish();
         }
-        let mut response = Response::new(RespBody { kind, exact });
-        *response.status_mut() = head.status;
-        *response.version_mut() = head.version;
-        *response.headers_mut() = head.headers;
-        Ok(response)
+        Ok((head, RespBody { kind, exact }))
     }
 
     /// The next piece of a response body read from this connection; `None` at its end.
@@ -382,7 +379,7 @@ impl Send<'_> {
                             continue;
                         }
                         if self.chunked {
-                            wire::encode_chunk(&mut self.conn.wbuf, &data);
+                            crate::http1::encode_chunk(&mut self.conn.wbuf, &data);
                         } else if data.len() <= COALESCE {
                             self.conn.wbuf.put_slice(&data);
                         } else {

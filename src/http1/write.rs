@@ -111,7 +111,8 @@ fn status_line_len(status: StatusCode) -> usize {
     13 + status.canonical_reason().map_or(0, str::len) + 2
 }
 
-fn put_status_line(out: &mut BytesMut, version: Version, status: StatusCode) {
+/// The status line of a head written field by field ([`put_field`], then a CRLF).
+pub fn put_status_line(out: &mut BytesMut, version: Version, status: StatusCode) {
     out.put_slice(if version == Version::HTTP_10 {
         b"HTTP/1.0 "
     } else {
@@ -123,7 +124,9 @@ fn put_status_line(out: &mut BytesMut, version: Version, status: StatusCode) {
     out.put_slice(b"\r\n");
 }
 
-fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+/// One header line. `name` and `value` must be a valid field (as parsed): nothing here
+/// checks for CR or LF.
+pub fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(name);
     out.put_slice(b": ");
     out.put_slice(value);

@@ -1,103 +1,89 @@
 //! Header rewriting at the proxy hop: hop-by-hop headers out, `Via` in, `Host` from the URI.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 
-/// How many names [`HOP_BY_HOP`] lists.
-const HOPS: usize = 8;
-
-/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1, plus `Proxy-*`).
-static HOP_BY_HOP: [HeaderName; HOPS] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1, plus `Proxy-*`),
+/// in lower case.
+const HOP_BY_HOP: [&[u8]; 8] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
 ];
 
 /// Our hop's `Via` entry.
 pub const VIA: HeaderValue = HeaderValue::from_static("1.1 portcullis");
 
-/// Remove hop-by-hop headers, including every header that `Connection` names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One look at the names first: most requests carry none of them, and most responses only
-    // `Connection: keep-alive`; each `remove` hashes even on a miss.
-    let mut present = [false; HOPS];
-    for key in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == key) {
-            present[i] = true;
-        }
-    }
-    if !present.contains(&true) {
-        return;
-    }
-    // Names that `Connection` (or `Proxy-Connection`) adds beyond the fixed list; usually none
-    // (`keep-alive` is on the list, `close` names no header in practice).
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .chain(headers.get_all("proxy-connection").iter())
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| {
-            !HOP_BY_HOP
-                .iter()
-                .any(|h| t.eq_ignore_ascii_case(h.as_str()))
-        })
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| headers.contains_key(n))
-        .collect();
-    for name in named {
-        // Never let a Connection token strip what framing or routing depends on.
-        if name != header::HOST && name != header::CONTENT_LENGTH {
-            headers.remove(&name);
-        }
-    }
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
-        headers.remove(name);
-    }
+/// Which fields of one message stay at the hop: the fixed [`HOP_BY_HOP`] names, and those its
+/// `Connection` (or `Proxy-Connection`) lists. Messages are written on field by field,
+/// leaving these out; nothing is copied or removed first.
+pub struct HopNames<'a> {
+    /// Tokens of `Connection` beyond the fixed list (usually none).
+    named: smallvec::SmallVec<[&'a [u8]; 4]>,
 }
 
-/// Whether a header of this message stays at the hop: one of [`HOP_BY_HOP`], or a name its
-/// `Connection` (or `Proxy-Connection`) lists. For writing a message on without copying its
-/// map first; [`strip_hop_by_hop`] is the same rule applied to a map.
-pub struct HopNames {
-    /// Names `Connection` adds beyond the fixed list (usually none).
-    named: smallvec::SmallVec<[HeaderName; 2]>,
-}
-
-impl HopNames {
-    pub fn of(headers: &HeaderMap) -> HopNames {
-        let mut named = smallvec::SmallVec::new();
-        if headers.contains_key(header::CONNECTION) || headers.contains_key("proxy-connection") {
-            named.extend(
-                headers
-                    .get_all(header::CONNECTION)
-                    .iter()
-                    .chain(headers.get_all("proxy-connection").iter())
-                    .filter_map(|v| v.to_str().ok())
-                    .flat_map(|v| v.split(','))
-                    .map(str::trim)
-                    .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-                    // Never let a Connection token drop what framing or routing depends on.
-                    .filter(|n| *n != header::HOST && *n != header::CONTENT_LENGTH),
-            );
-        }
+impl<'a> HopNames<'a> {
+    /// From the values of the message's `Connection` and `Proxy-Connection` fields.
+    pub fn from_connection(values: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let named = values
+            .into_iter()
+            .flat_map(tokens)
+            .filter(|t| !is_hop_by_hop(t))
+            .collect();
         HopNames { named }
     }
 
-    /// Whether `name` is not passed on.
-    pub fn drops(&self, name: &HeaderName) -> bool {
-        HOP_BY_HOP.contains(name) || self.named.contains(name)
+    /// Those of a parsed request.
+    pub fn of(headers: &'a HeaderMap) -> Self {
+        Self::from_connection(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .chain(headers.get_all("proxy-connection").iter())
+                .map(HeaderValue::as_bytes),
+        )
+    }
+
+    /// Whether the field `name` (any case) is not passed on. A `Connection` token never drops
+    /// what framing or routing depends on.
+    pub fn drops(&self, name: &[u8]) -> bool {
+        if is_hop_by_hop(name) {
+            return true;
+        }
+        if self.named.is_empty()
+            || name.eq_ignore_ascii_case(b"host")
+            || name.eq_ignore_ascii_case(b"content-length")
+        {
+            return false;
+        }
+        self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
     }
 }
 
-/// Append our `Via` after any the message already carries.
-pub fn add_via(headers: &mut HeaderMap) {
-    headers.append(header::VIA, VIA);
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.len() == name.len() && h.eq_ignore_ascii_case(name))
+}
+
+/// The comma-separated tokens of a field value, trimmed, empty ones left out.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether any of the `Connection` values lists `token` (any case).
+pub fn lists<'a>(values: impl IntoIterator<Item = &'a [u8]>, token: &str) -> bool {
+    values
+        .into_iter()
+        .flat_map(tokens)
+        .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// The `Host` value for an upstream request: the URI's authority (port only when explicit).
@@ -134,25 +120,6 @@ pub fn host_value(host: &crate::target::Host, explicit_port: Option<u16>) -> Opt
     HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
 }
 
-/// Does the message ask for the connection to be closed?
-pub fn wants_close(headers: &HeaderMap) -> bool {
-    connection_has(headers, "close")
-}
-
-/// Does the message ask for keep-alive (needed from HTTP/1.0 peers)?
-pub fn wants_keep_alive(headers: &HeaderMap) -> bool {
-    connection_has(headers, "keep-alive")
-}
-
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,7 +128,7 @@ mod tests {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
                 HeaderValue::from_str(v).unwrap(),
             );
         }
@@ -169,8 +136,8 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_headers_are_removed() {
-        let mut h = map(&[
+    fn hop_by_hop_headers_are_dropped() {
+        let h = map(&[
             ("connection", "keep-alive, X-Secret-Hop"),
             ("keep-alive", "timeout=5"),
             ("proxy-connection", "keep-alive"),
@@ -183,35 +150,32 @@ mod tests {
             ("x-kept", "yes"),
             ("idempotency-key", "abc"),
         ]);
-        strip_hop_by_hop(&mut h);
-        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        let hops = HopNames::of(&h);
+        let left: Vec<&str> = h
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| !hops.drops(k.as_bytes()))
+            .collect();
         assert_eq!(left, vec!["x-kept", "idempotency-key"]);
+        assert!(hops.drops(b"X-SECRET-HOP") && hops.drops(b"Keep-Alive"));
     }
 
     #[test]
-    fn connection_cannot_strip_host_or_length() {
-        let mut h = map(&[
+    fn connection_cannot_drop_host_or_length() {
+        let h = map(&[
             ("connection", "host, content-length"),
             ("host", "a"),
             ("content-length", "3"),
         ]);
-        strip_hop_by_hop(&mut h);
-        assert!(h.contains_key("host") && h.contains_key("content-length"));
-    }
-
-    #[test]
-    fn via_is_appended() {
-        let mut h = map(&[("via", "1.0 fred")]);
-        add_via(&mut h);
-        let all: Vec<_> = h.get_all("via").iter().collect();
-        assert_eq!(all, vec!["1.0 fred", "1.1 portcullis"]);
+        let hops = HopNames::of(&h);
+        assert!(!hops.drops(b"host") && !hops.drops(b"Content-Length"));
     }
 
     #[test]
     fn close_detection() {
-        assert!(wants_close(&map(&[("connection", "Keep-Alive, Close")])));
-        assert!(!wants_close(&map(&[("connection", "keep-alive")])));
-        assert!(!wants_close(&map(&[])));
+        assert!(lists([&b"Keep-Alive, Close"[..]], "close"));
+        assert!(!lists([&b"keep-alive"[..]], "close"));
+        assert!(!lists([], "close"));
     }
 
     #[test]

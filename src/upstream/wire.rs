@@ -2,48 +2,56 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode, Version};
 use smallvec::SmallVec;
 
 /// Most header fields accepted in one response head (hyper's limit too).
 pub const MAX_RESPONSE_HEADERS: usize = 100;
 
-/// Append one chunk of a chunked request body.
-pub fn encode_chunk(out: &mut BytesMut, data: &[u8]) {
-    let mut hex = [0u8; 16];
-    let mut n = data.len();
-    let mut i = hex.len();
-    loop {
-        i -= 1;
-        hex[i] = b"0123456789abcdef"[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&hex[i..]);
-    out.put_slice(b"\r\n");
-    out.put_slice(data);
-    out.put_slice(b"\r\n");
-}
-
-/// A parsed response head.
+/// A parsed response head: its bytes, and where each field is in them. Nothing is copied
+/// into a header map: the relay writes the fields on as they are.
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
-    pub headers: HeaderMap,
+    bytes: Bytes,
+    /// (name start, name length, value start, value length) of each field, in order.
+    spans: SmallVec<[(u32, u32, u32, u32); 16]>,
+}
+
+impl ResponseHead {
+    /// Every field as (name, value), in the order received, names as spelled.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans.iter().map(|&(n, nl, v, vl)| {
+            let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+            (&self.bytes[n..n + nl], &self.bytes[v..v + vl])
+        })
+    }
+
+    /// The values of every field named `name` (lower case; matched in any case).
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+        self.fields()
+            .filter(move |(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// The first value of the field `name`.
+    pub fn get<'a>(&'a self, name: &'a str) -> Option<&'a [u8]> {
+        self.get_all(name).next()
+    }
+
+    pub fn contains<'a>(&'a self, name: &'a str) -> bool {
+        self.get(name).is_some()
+    }
 }
 
 /// Parse a response head at the start of `buf`. `Ok(None)`: not complete yet. On success the
-/// head's bytes are split off `buf`; header values are slices of them (no copy).
+/// head's bytes are split off `buf`.
 pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, String> {
-    // Offsets into `buf` of each field, so values can be cut from the frozen head afterwards.
-    // Neither array is zeroed first: a head is parsed on every response.
-    let mut fields: SmallVec<[(u32, u32, u32, u32); 32]> = SmallVec::new();
+    let mut spans = SmallVec::new();
     let (len, code, minor) = {
+        // Not zeroed first: a head is parsed on every response.
         let mut raw =
             [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
         let mut res = httparse::Response::new(&mut []);
@@ -57,7 +65,7 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, S
         let base = buf.as_ptr() as usize;
         // Offsets within a head of at most MAX_BUF_SIZE bytes: they fit in u32.
         let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        fields.extend(res.headers.iter().map(|h| {
+        spans.extend(res.headers.iter().map(|h| {
             (
                 at(h.name.as_bytes()),
                 h.name.len() as u32,
@@ -68,17 +76,6 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, S
         (len, res.code.unwrap_or(0), res.version.unwrap_or(1))
     };
     let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
-    let head: Bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for &(name_at, name_len, value_at, value_len) in &fields {
-        let (name_at, name_len) = (name_at as usize, name_len as usize);
-        let (value_at, value_len) = (value_at as usize, value_len as usize);
-        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
-            .map_err(|_| "invalid header name in the response".to_string())?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-            .map_err(|_| format!("invalid value of the response header {name}"))?;
-        headers.append(name, value);
-    }
     let version = if minor == 0 {
         Version::HTTP_10
     } else {
@@ -87,7 +84,8 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, S
     Ok(Some(ResponseHead {
         status,
         version,
-        headers,
+        bytes: buf.split_to(len).freeze(),
+        spans,
     }))
 }
 
@@ -111,7 +109,7 @@ pub enum RespBodyKind {
 
 /// RFC 9112 §6.3 for a response to a request with `method`.
 pub fn response_framing(method: &Method, head: &ResponseHead) -> Result<RespFraming, String> {
-    let h = &head.headers;
+    let h = head;
     let keep_alive = match head.version {
         Version::HTTP_10 => connection_has(h, "keep-alive") && !connection_has(h, "close"),
         _ => !connection_has(h, "close"),
@@ -128,19 +126,18 @@ pub fn response_framing(method: &Method, head: &ResponseHead) -> Result<RespFram
             reusable: keep_alive,
         });
     }
-    if h.contains_key(header::TRANSFER_ENCODING) {
+    if h.contains("transfer-encoding") {
         // Chunked only when it is the final coding; anything else runs until close. With a
         // Content-Length too, the message is suspect: never reuse the connection after it.
         let last = h
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|t| !t.is_empty());
-        let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+            .get_all("transfer-encoding")
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+            .last();
+        let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
             && head.version != Version::HTTP_10;
-        let both = h.contains_key(header::CONTENT_LENGTH);
+        let both = h.contains("content-length");
         return Ok(if chunked {
             RespFraming {
                 body: RespBodyKind::Chunked,
@@ -170,10 +167,10 @@ pub fn response_framing(method: &Method, head: &ResponseHead) -> Result<RespFram
 }
 
 /// The one length all `Content-Length` fields (and list members) agree on.
-fn content_length(h: &HeaderMap) -> Result<Option<u64>, String> {
+fn content_length(h: &ResponseHead) -> Result<Option<u64>, String> {
     let mut found: Option<u64> = None;
-    for value in h.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
+    for value in h.get_all("content-length") {
+        for part in value.split(|&b| b == b',') {
             let part = part.trim_ascii();
             let n = (!part.is_empty() && part.len() <= 19 && part.iter().all(u8::is_ascii_digit))
                 .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
@@ -191,12 +188,10 @@ fn content_length(h: &HeaderMap) -> Result<Option<u64>, String> {
 }
 
 /// Whether a `Connection` field lists `token`.
-fn connection_has(h: &HeaderMap, token: &str) -> bool {
-    h.get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+fn connection_has(h: &ResponseHead, token: &str) -> bool {
+    h.get_all("connection")
+        .flat_map(|v| v.split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 #[cfg(test)]
@@ -216,7 +211,12 @@ mod tests {
             BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: b\r\n\r\nabc"[..]);
         let h = parse_response_head(&mut buf).unwrap().unwrap();
         assert_eq!(h.status, StatusCode::OK);
-        assert_eq!(h.headers["x-a"], "b");
+        assert_eq!(h.get("x-a"), Some(&b"b"[..]));
+        assert_eq!(
+            h.fields().next(),
+            Some((&b"Content-Length"[..], &b"3"[..])),
+            "names as spelled"
+        );
         assert_eq!(&buf[..], b"abc");
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Le"[..]);
         assert!(parse_response_head(&mut partial).unwrap().is_none());
@@ -224,6 +224,7 @@ mod tests {
         for bad in [
             "HTTP/1.1 2000 OK\r\n\r\n",
             "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n",
             "SMTP ready\r\n\r\n",
         ] {
             let mut b = BytesMut::from(bad.as_bytes());
@@ -327,13 +328,5 @@ mod tests {
                 .map_err(|_| ());
             assert_eq!(&got, want, "{method} {text:?}");
         }
-    }
-
-    #[test]
-    fn chunks_are_framed_in_hex() {
-        let mut c = BytesMut::new();
-        encode_chunk(&mut c, &[b'x'; 26]);
-        assert_eq!(&c[..4], b"1a\r\n");
-        assert_eq!(&c[c.len() - 2..], b"\r\n");
     }
 }

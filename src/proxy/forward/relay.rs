@@ -2,8 +2,7 @@
 //! when needed), and the connection back in the pool as soon as the upstream side is complete.
 
 use bytes::BytesMut;
-use http::header::{self, HeaderValue};
-use http::{Method, Response, StatusCode, Version};
+use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -13,8 +12,9 @@ use crate::error::ProxyError;
 use crate::http1::RequestHead;
 use crate::metrics::CloseReason;
 use crate::pool::{reuse, Pooled};
-use crate::proxy::{headers, Ctx, Flow};
-use crate::upstream::{RespBody, UpstreamConn};
+use crate::proxy::headers::{self, HopNames};
+use crate::proxy::{Ctx, Flow};
+use crate::upstream::{RespBody, ResponseHead, UpstreamConn};
 
 /// Bodies larger than this are written without first copying into the output buffer.
 const COALESCE_LIMIT: usize = 16 * 1024;
@@ -24,64 +24,69 @@ pub async fn response<W: AsyncWrite + Unpin>(
     ctx: &Ctx,
     head: &RequestHead,
     settings: &Settings,
-    response: Response<RespBody>,
+    (upstream, mut body): (ResponseHead, RespBody),
     mut pooled: Pooled<UpstreamConn>,
     writer: &mut W,
     p: &mut Progress<'_>,
 ) -> Result<Flow, ProxyError> {
-    let (parts, mut body) = response.into_parts();
     // An HTTP/1.0 upstream closes after each response unless it says keep-alive.
-    let upstream_close = headers::wants_close(&parts.headers)
-        || (parts.version == Version::HTTP_10 && !headers::wants_keep_alive(&parts.headers));
-    let (idle, reason) = reuse::keep_alive_idle(
-        parts.headers.get("keep-alive").map(HeaderValue::as_bytes),
-        settings.idle_timeout,
-    );
+    let connection = || upstream.get_all("connection");
+    let upstream_close = headers::lists(connection(), "close")
+        || (upstream.version == Version::HTTP_10 && !headers::lists(connection(), "keep-alive"));
+    let (idle, reason) = reuse::keep_alive_idle(upstream.get("keep-alive"), settings.idle_timeout);
     pooled.set_idle_timeout(idle, reason);
 
-    let status = parts.status;
+    let status = upstream.status;
     let bodiless = head.method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let mut headers = parts.headers;
-    let upstream_length = headers.get(header::CONTENT_LENGTH).cloned();
-    headers::strip_hop_by_hop(&mut headers);
-    headers::add_via(&mut headers);
     let mut keep_alive = head.keep_alive && !ctx.draining && p.body_done;
+    // The framing the client gets: the body's length when known, else chunked (HTTP/1.1) or
+    // until close (HTTP/1.0). A bodiless response keeps the upstream's Content-Length (a HEAD
+    // answer's describes the GET's body).
     let mut chunked = false;
+    let mut length = None;
     if !bodiless {
         match body.exact_len() {
-            Some(n) if !says_length(&headers, n) => {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            }
-            // The upstream's one Content-Length, spelled as we would, goes on as it is: a
-            // new value would cost an allocation and a hashed insert on every response.
-            Some(_) => {}
-            None if head.version == Version::HTTP_11 => {
-                headers.remove(header::CONTENT_LENGTH);
-                headers.insert(
-                    header::TRANSFER_ENCODING,
-                    HeaderValue::from_static("chunked"),
-                );
-                chunked = true;
-            }
-            None => {
-                headers.remove(header::CONTENT_LENGTH);
-                keep_alive = false;
-            }
+            Some(n) => length = Some(n),
+            None if head.version == Version::HTTP_11 => chunked = true,
+            None => keep_alive = false,
         }
-    } else if let Some(len) = upstream_length {
-        headers.insert(header::CONTENT_LENGTH, len);
-    }
-    if !keep_alive {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    } else if head.version == Version::HTTP_10 {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
     }
 
     let mut out = BytesMut::with_capacity(1024);
-    crate::http1::encode_response_head(&mut out, head.version, status, &headers);
+    crate::http1::write::put_status_line(&mut out, head.version, status);
+    let hops = HopNames::from_connection(connection().chain(upstream.get_all("proxy-connection")));
+    let mut upstream_length = None;
+    for (name, value) in upstream.fields() {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            upstream_length.get_or_insert(value);
+            continue;
+        }
+        if hops.drops(name) {
+            continue;
+        }
+        crate::http1::write::put_field(&mut out, name, value);
+    }
+    crate::http1::write::put_field(&mut out, b"via", headers::VIA.as_bytes());
+    if let Some(n) = length {
+        crate::http1::write::put_field(
+            &mut out,
+            b"content-length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        );
+    } else if chunked {
+        crate::http1::write::put_field(&mut out, b"transfer-encoding", b"chunked");
+    } else if let (true, Some(len)) = (bodiless, upstream_length) {
+        crate::http1::write::put_field(&mut out, b"content-length", len);
+    }
+    if !keep_alive {
+        crate::http1::write::put_field(&mut out, b"connection", b"close");
+    } else if head.version == Version::HTTP_10 {
+        crate::http1::write::put_field(&mut out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
     p.responded = Some(status);
     let mut pending_head = true;
     if !bodiless {
@@ -164,15 +169,6 @@ pub async fn response<W: AsyncWrite + Unpin>(
     })
 }
 
-/// Whether `headers` carry exactly one `Content-Length`, and it reads `n` in canonical form.
-fn says_length(headers: &http::HeaderMap, n: u64) -> bool {
-    let mut all = headers.get_all(header::CONTENT_LENGTH).iter();
-    match (all.next(), all.next()) {
-        (Some(v), None) => v.as_bytes() == itoa::Buffer::new().format(n).as_bytes(),
-        _ => false,
-    }
-}
-
 async fn write_out<W: AsyncWrite + Unpin>(
     writer: &mut W,
     out: &mut BytesMut,
@@ -185,32 +181,4 @@ async fn write_out<W: AsyncWrite + Unpin>(
         out.clear();
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_upstream_length_is_kept_only_when_it_is_the_one_we_would_write() {
-        let h = |values: &[&'static str]| {
-            let mut m = http::HeaderMap::new();
-            for v in values {
-                m.append(header::CONTENT_LENGTH, HeaderValue::from_static(v));
-            }
-            m
-        };
-        // (Content-Length values, body size) -> kept as sent
-        let cases: [(&[&'static str], u64, bool); 6] = [
-            (&["3"], 3, true),
-            (&["0"], 0, true),
-            (&["4"], 3, false),
-            (&["03"], 3, false),
-            (&["3", "3"], 3, false),
-            (&[], 3, false),
-        ];
-        for (values, n, want) in cases {
-            assert_eq!(says_length(&h(values), n), want, "{values:?} for {n}");
-        }
-    }
 }

@@ -57,7 +57,7 @@ impl WriteHead for Outgoing<'_> {
             if *name == header::HOST
                 || *name == header::CONTENT_LENGTH
                 || *name == header::EXPECT
-                || hops.drops(name)
+                || hops.drops(name.as_str().as_bytes())
             {
                 continue;
             }
