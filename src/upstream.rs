@@ -273,8 +273,8 @@ impl UpstreamConn {
             }
             BodyKind::UntilClose => {
                 self.state = State::Closed;
-                self.rbuf.reserve(crate::http1::HEAD_READ);
                 let read = if self.rbuf.is_empty() {
+                    self.rbuf.reserve(crate::http1::HEAD_READ);
                     let mut limited = (&mut self.rbuf).limit(crate::http1::MAX_BODY_CHUNK);
                     self.io.read_buf(&mut limited).await.map(Some)
                 } else {
@@ -398,8 +398,12 @@ impl Send<'_> {
                     Poll::Pending => break,
                 }
             }
-            let queued = self.wpos < self.conn.wbuf.len() || self.big.is_some();
-            if !queued {
+            let queued: Option<&[u8]> = if self.wpos < self.conn.wbuf.len() {
+                Some(&self.conn.wbuf[self.wpos..])
+            } else {
+                self.big.as_deref()
+            };
+            let Some(queued) = queued else {
                 if !self.body_end {
                     // Waiting for the client's next piece.
                     return Poll::Pending;
@@ -412,16 +416,8 @@ impl Send<'_> {
                     Poll::Ready(Err(e)) => Poll::Ready(Err(self.write_failed(&e))),
                     Poll::Pending => Poll::Pending,
                 };
-            }
-            let io = Pin::new(&mut self.conn.io);
-            let written = if self.wpos < self.conn.wbuf.len() {
-                io.poll_write(cx, &self.conn.wbuf[self.wpos..])
-            } else if let Some(big) = &self.big {
-                io.poll_write(cx, big)
-            } else {
-                unreachable!("something is queued")
             };
-            match written {
+            match Pin::new(&mut self.conn.io).poll_write(cx, queued) {
                 Poll::Ready(Ok(0)) => {
                     let e = io::Error::from(io::ErrorKind::WriteZero);
                     return Poll::Ready(Err(self.write_failed(&e)));
@@ -601,7 +597,126 @@ impl ExchangeError {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
     use tokio::time::Instant;
+
+    /// A GET with a fixed head.
+    struct Get;
+
+    impl WriteHead for Get {
+        fn method(&self) -> &Method {
+            &Method::GET
+        }
+        fn write_head(&self, out: &mut BytesMut, _: Option<u64>) {
+            out.put_slice(b"GET / HTTP/1.1\r\nhost: o\r\n\r\n");
+        }
+    }
+
+    /// A connection to an origin on a real socket that reads one request head, answers with
+    /// `answer` and then closes, or keeps the socket open when `keep` is set.
+    async fn conn_to(answer: &'static [u8], keep: bool) -> UpstreamConn {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let _ = s.write_all(answer).await;
+            if keep {
+                std::future::pending::<()>().await;
+            }
+        });
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        UpstreamConn::new(UpstreamIo::Plain(tcp))
+    }
+
+    async fn send(conn: &mut UpstreamConn) -> Result<(ResponseHead, RespBody), ExchangeError> {
+        let (body, sent) = ReqBody::full(Bytes::new());
+        conn.exchange(&Get, body, &sent, LIMIT).await
+    }
+
+    async fn body_of(conn: &mut UpstreamConn, body: &mut RespBody) -> Vec<u8> {
+        let mut all = Vec::new();
+        while let Some(piece) = conn.frame(body).await {
+            all.extend_from_slice(&piece.expect("body piece"));
+        }
+        all
+    }
+
+    /// Informational responses are read past; a body without a length runs until the
+    /// upstream closes, and the connection is not used again.
+    #[tokio::test]
+    async fn informational_heads_are_skipped_and_a_body_until_close_ends_the_connection() {
+        let mut conn = conn_to(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nX-A: b\r\n\r\nhello, until close",
+            false,
+        )
+        .await;
+        let (head, mut body) = send(&mut conn).await.expect("a response");
+        assert_eq!(head.status, http::StatusCode::OK);
+        assert_eq!(head.get("x-a"), Some(&b"b"[..]));
+        assert_eq!(body.exact_len(), None);
+        assert_eq!(body_of(&mut conn, &mut body).await, b"hello, until close");
+        assert!(!conn.is_open());
+    }
+
+    /// A response with a length leaves the connection ready for the next request; bytes
+    /// past the response put it out of sync, and it is not used again.
+    #[tokio::test]
+    async fn a_length_leaves_the_connection_idle_unless_more_bytes_follow() {
+        for (answer, reusable) in [
+            (&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..], true),
+            (
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n"[..],
+                false,
+            ),
+            (
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"[..],
+                false,
+            ),
+        ] {
+            let mut conn = conn_to(answer, true).await;
+            let (_, mut body) = send(&mut conn).await.expect("a response");
+            assert_eq!(body_of(&mut conn, &mut body).await, b"ok");
+            // Parked as the pool parks it: bytes that arrive later are noticed too.
+            conn.park(&Arc::new(Notify::new()));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while conn.is_open() && !reusable && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(
+                conn.is_open(),
+                reusable,
+                "{:?}",
+                String::from_utf8_lossy(answer)
+            );
+        }
+    }
+
+    /// An upstream that closes after reading the request, without a byte of answer: the
+    /// request was written whole, so the failure is after the write (retried only when the
+    /// request may be repeated); a malformed answer is a protocol error.
+    #[tokio::test]
+    async fn how_far_a_failed_exchange_got() {
+        let mut conn = conn_to(b"", false).await;
+        let e = send(&mut conn).await.expect_err("no answer");
+        assert_eq!(e.stage(), Stage::AfterWrite, "{e}");
+        let mut conn = conn_to(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            true,
+        )
+        .await;
+        let e = send(&mut conn).await.expect_err("conflicting lengths");
+        assert!(matches!(e, ExchangeError::Protocol(_)), "{e}");
+        assert!(!conn.is_open());
+    }
 
     const LIMIT: Duration = Duration::from_secs(10);
 
