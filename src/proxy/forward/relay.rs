@@ -56,37 +56,16 @@ pub async fn response<W: AsyncWrite + Unpin>(
     }
 
     let mut out = BytesMut::with_capacity(1024);
-    crate::http1::write::put_status_line(&mut out, head.version, status);
-    let hops = HopNames::from_connection(connection().chain(upstream.get_all("proxy-connection")));
-    let mut upstream_length = None;
-    for (name, value) in upstream.fields() {
-        if name.eq_ignore_ascii_case(b"content-length") {
-            upstream_length.get_or_insert(value);
-            continue;
-        }
-        if hops.drops(name) {
-            continue;
-        }
-        crate::http1::write::put_field(&mut out, name, value);
-    }
-    crate::http1::write::put_field(&mut out, b"via", headers::VIA.as_bytes());
-    if let Some(n) = length {
-        crate::http1::write::put_field(
-            &mut out,
-            b"content-length",
-            itoa::Buffer::new().format(n).as_bytes(),
-        );
-    } else if chunked {
-        crate::http1::write::put_field(&mut out, b"transfer-encoding", b"chunked");
-    } else if let (true, Some(len)) = (bodiless, upstream_length) {
-        crate::http1::write::put_field(&mut out, b"content-length", len);
-    }
-    if !keep_alive {
-        crate::http1::write::put_field(&mut out, b"connection", b"close");
-    } else if head.version == Version::HTTP_10 {
-        crate::http1::write::put_field(&mut out, b"connection", b"keep-alive");
-    }
-    out.extend_from_slice(b"\r\n");
+    let framing = Framing {
+        length,
+        chunked,
+        bodiless,
+        keep_alive,
+    };
+    client_head(&mut out, head.version, &upstream, &framing);
+    // The head's bytes share the connection's read buffer: let go of them before the body's
+    // reads, so the buffer is reused rather than a new one allocated.
+    drop(upstream);
     p.responded = Some(status);
     let mut pending_head = true;
     if !bodiless {
@@ -167,6 +146,55 @@ pub async fn response<W: AsyncWrite + Unpin>(
     } else {
         Flow::Close
     })
+}
+
+/// How the client's response is framed.
+struct Framing {
+    /// `Content-Length: n`.
+    length: Option<u64>,
+    /// `Transfer-Encoding: chunked`.
+    chunked: bool,
+    /// No body follows (HEAD, 1xx, 204, 304): the upstream's `Content-Length` goes on.
+    bodiless: bool,
+    keep_alive: bool,
+}
+
+/// The response head for the client: the upstream's fields in order and as spelled, less
+/// the hop-by-hop ones and its framing; then `Via`, our framing and `Connection`.
+fn client_head(out: &mut BytesMut, version: Version, upstream: &ResponseHead, f: &Framing) {
+    use crate::http1::write::{put_field, put_status_line};
+    put_status_line(out, version, upstream.status);
+    let hops = HopNames::from_connection(
+        upstream
+            .get_all("connection")
+            .chain(upstream.get_all("proxy-connection")),
+    );
+    let mut upstream_length = None;
+    for (name, value) in upstream.fields() {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            upstream_length.get_or_insert(value);
+        } else if !hops.drops(name) {
+            put_field(out, name, value);
+        }
+    }
+    put_field(out, b"via", headers::VIA.as_bytes());
+    if let Some(n) = f.length {
+        put_field(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        );
+    } else if f.chunked {
+        put_field(out, b"transfer-encoding", b"chunked");
+    } else if let (true, Some(len)) = (f.bodiless, upstream_length) {
+        put_field(out, b"content-length", len);
+    }
+    if !f.keep_alive {
+        put_field(out, b"connection", b"close");
+    } else if version == Version::HTTP_10 {
+        put_field(out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 async fn write_out<W: AsyncWrite + Unpin>(
