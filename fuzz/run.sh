@@ -22,7 +22,7 @@ shift || true
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
-    targets=(target_parse host_match config_load http1_head request_target)
+    targets=(target_parse host_match config_load http1_head request_target response_head)
 fi
 sanitizer=${FUZZ_SANITIZER:-none}
 if [ "$sanitizer" != none ]; then

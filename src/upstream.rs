@@ -7,7 +7,7 @@
 //! here a head is written once, and the connection holds no buffer while it idles.
 
 mod body;
-mod wire;
+pub mod wire;
 
 use std::future::Future;
 use std::io;

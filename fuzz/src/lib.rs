@@ -3,7 +3,7 @@
 //! Shared by the libFuzzer binaries in `fuzz_targets/` and, through
 //! `#[path]`, by `tests/fuzz_regressions.rs`, so a saved crash replays in
 //! `cargo test` through exactly the code that found it. It therefore uses
-//! only what the main crate's tests also have: `portcullis`, `http`, `tokio`.
+//! only what the main crate's tests also have: `portcullis`, `http`, `bytes`, `tokio`.
 //! A check "fails" by panicking; an input that is merely invalid is fine.
 #![forbid(unsafe_code)]
 
@@ -31,6 +31,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("config_load", config_load),
     ("http1_head", http1_head),
     ("request_target", request_target),
+    ("response_head", response_head),
 ];
 
 /// Longest DNS name without its trailing dot.
@@ -282,6 +283,52 @@ pub fn request_target(data: &[u8]) {
         .block_on(read_one_head(line.as_bytes()))
         .unwrap_or_else(|e| panic!("{line:?}, as sent upstream, does not parse: {e}"));
     assert_eq!(again.target, rendered, "{line:?} reads back differently");
+}
+
+/// `response_head`: bytes from an upstream, parsed as a response head the way the upstream
+/// codec does (`upstream::wire`), and framed for a GET and for a HEAD.
+///
+/// The relay writes the parsed fields on to the client as they are, so: every name is a
+/// token and every value is free of CR, LF and NUL (no response splitting through the
+/// proxy); a complete head leaves exactly the bytes after it; a partial one leaves the
+/// buffer as it was. A HEAD's answer never has a body, and a length-framed body only comes
+/// with a `Content-Length` field.
+pub fn response_head(data: &[u8]) {
+    use portcullis::upstream::wire::{parse_response_head, response_framing, RespBodyKind};
+    let mut buf = bytes::BytesMut::from(data);
+    let head = match parse_response_head(&mut buf) {
+        Ok(Some(head)) => head,
+        Ok(None) => {
+            assert_eq!(&buf[..], data, "a partial head changed the buffer");
+            return;
+        }
+        Err(_) => return,
+    };
+    assert!(
+        data.ends_with(&buf),
+        "the bytes after the head are not the input's tail"
+    );
+    for (name, value) in head.fields() {
+        assert!(
+            !name.is_empty()
+                && name
+                    .iter()
+                    .all(|&b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)),
+            "field name {name:?} is not a token"
+        );
+        assert!(
+            !value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0),
+            "field value {value:?} carries CR, LF or NUL"
+        );
+    }
+    if let Ok(f) = response_framing(&http::Method::HEAD, &head) {
+        assert_eq!(f.body, RespBodyKind::Empty, "a HEAD answer with a body");
+    }
+    if let Ok(f) = response_framing(&http::Method::GET, &head) {
+        if let RespBodyKind::Length(_) = f.body {
+            assert!(head.contains("content-length"), "a length from nowhere");
+        }
+    }
 }
 
 /// Where the first `\r\n\r\n` starts.
