@@ -19,7 +19,10 @@ mod names;
 pub mod write;
 
 pub use body::{BodyError, BodyState};
-pub use head::{BodyFraming, HeadError, RequestHead, MAX_HEADERS, MAX_LEADING_EMPTY_LINES};
+pub use head::{
+    content_length_values, BodyFraming, HeadError, RequestHead, MAX_HEADERS,
+    MAX_LEADING_EMPTY_LINES,
+};
 pub use names::Spellings;
 pub use write::{encode_chunk, encode_response_head, encode_simple_response, CONTINUE, LAST_CHUNK};
 
@@ -176,6 +179,23 @@ fn is_tchar(b: u8) -> bool {
 }
 
 /// Strips optional whitespace (SP / HTAB) from both ends.
+/// The comma-separated tokens of a field value (`Connection`, `Transfer-Encoding`), trimmed,
+/// empty ones left out.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether any of `values` (a field's values) lists `token`, in any case.
+pub fn lists<'a>(values: impl IntoIterator<Item = &'a [u8]>, token: &str) -> bool {
+    values
+        .into_iter()
+        .flat_map(tokens)
+        .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}
+
 fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
@@ -470,6 +490,17 @@ mod tests {
             }
             assert!(total <= body.len());
         }
+    }
+
+    #[test]
+    fn lists_finds_a_token_in_any_case() {
+        assert!(lists([&b"Keep-Alive, Close"[..]], "close"));
+        assert!(!lists([&b"keep-alive"[..]], "close"));
+        assert!(!lists([], "close"));
+        assert_eq!(
+            tokens(b" gzip, ,chunked ").collect::<Vec<_>>(),
+            [&b"gzip"[..], b"chunked"]
+        );
     }
 
     #[test]

@@ -352,7 +352,7 @@ fn parse_head(head: &Bytes) -> Result<RequestHead, HeadError> {
 
 /// Folds one `Content-Length` field value (`5` or a list `5, 5`) into
 /// `seen`: every element must be digits only and equal to the others.
-fn content_length_values(value: &[u8], seen: &mut Option<u64>) -> Result<(), &'static str> {
+pub fn content_length_values(value: &[u8], seen: &mut Option<u64>) -> Result<(), &'static str> {
     for element in value.split(|&b| b == b',') {
         let digits = trim_ows(element);
         if digits.is_empty() {

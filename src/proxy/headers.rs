@@ -31,7 +31,7 @@ impl<'a> HopNames<'a> {
     pub fn from_connection(values: impl IntoIterator<Item = &'a [u8]>) -> Self {
         let named = values
             .into_iter()
-            .flat_map(tokens)
+            .flat_map(crate::http1::tokens)
             .filter(|t| !is_hop_by_hop(t))
             .collect();
         HopNames { named }
@@ -68,22 +68,6 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
     HOP_BY_HOP
         .iter()
         .any(|h| h.len() == name.len() && h.eq_ignore_ascii_case(name))
-}
-
-/// The comma-separated tokens of a field value, trimmed, empty ones left out.
-pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-}
-
-/// Whether any of the `Connection` values lists `token` (any case).
-pub fn lists<'a>(values: impl IntoIterator<Item = &'a [u8]>, token: &str) -> bool {
-    values
-        .into_iter()
-        .flat_map(tokens)
-        .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// The `Host` value for an upstream request: the URI's authority (port only when explicit).
@@ -169,13 +153,6 @@ mod tests {
         ]);
         let hops = HopNames::of(&h);
         assert!(!hops.drops(b"host") && !hops.drops(b"Content-Length"));
-    }
-
-    #[test]
-    fn close_detection() {
-        assert!(lists([&b"Keep-Alive, Close"[..]], "close"));
-        assert!(!lists([&b"keep-alive"[..]], "close"));
-        assert!(!lists([], "close"));
     }
 
     #[test]

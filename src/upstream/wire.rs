@@ -131,9 +131,7 @@ pub fn response_framing(method: &Method, head: &ResponseHead) -> Result<RespFram
         // Content-Length too, the message is suspect: never reuse the connection after it.
         let last = h
             .get_all("transfer-encoding")
-            .flat_map(|v| v.split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| !t.is_empty())
+            .flat_map(crate::http1::tokens)
             .last();
         let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
             && head.version != Version::HTTP_10;
@@ -166,32 +164,20 @@ pub fn response_framing(method: &Method, head: &ResponseHead) -> Result<RespFram
     }
 }
 
-/// The one length all `Content-Length` fields (and list members) agree on.
+/// The one length all `Content-Length` fields (and list members) agree on, by the rule the
+/// client side applies to requests.
 fn content_length(h: &ResponseHead) -> Result<Option<u64>, String> {
-    let mut found: Option<u64> = None;
+    let mut found = None;
     for value in h.get_all("content-length") {
-        for part in value.split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            let n = (!part.is_empty() && part.len() <= 19 && part.iter().all(u8::is_ascii_digit))
-                .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
-                .flatten()
-                .ok_or_else(|| "invalid Content-Length in the response".to_string())?;
-            match found {
-                Some(m) if m != n => {
-                    return Err("differing Content-Length values in the response".into())
-                }
-                _ => found = Some(n),
-            }
-        }
+        crate::http1::content_length_values(value, &mut found)
+            .map_err(|why| format!("invalid response: {why}"))?;
     }
     Ok(found)
 }
 
 /// Whether a `Connection` field lists `token`.
 fn connection_has(h: &ResponseHead, token: &str) -> bool {
-    h.get_all("connection")
-        .flat_map(|v| v.split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    crate::http1::lists(h.get_all("connection"), token)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use tokio::time::timeout;
 use super::Progress;
 use crate::config::Settings;
 use crate::error::ProxyError;
-use crate::http1::RequestHead;
+use crate::http1::{self, RequestHead};
 use crate::metrics::CloseReason;
 use crate::pool::{reuse, Pooled};
 use crate::proxy::headers::{self, HopNames};
@@ -31,8 +31,8 @@ pub async fn response<W: AsyncWrite + Unpin>(
 ) -> Result<Flow, ProxyError> {
     // An HTTP/1.0 upstream closes after each response unless it says keep-alive.
     let connection = || upstream.get_all("connection");
-    let upstream_close = headers::lists(connection(), "close")
-        || (upstream.version == Version::HTTP_10 && !headers::lists(connection(), "keep-alive"));
+    let upstream_close = http1::lists(connection(), "close")
+        || (upstream.version == Version::HTTP_10 && !http1::lists(connection(), "keep-alive"));
     let (idle, reason) = reuse::keep_alive_idle(upstream.get("keep-alive"), settings.idle_timeout);
     pooled.set_idle_timeout(idle, reason);
 
