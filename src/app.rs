@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::proxy;
 use crate::proxy::limit::ClientLimit;
 use crate::state::{Phase, Shared};
+use crate::workers::Placement;
 
 /// A running portcullis: its bound addresses and the handles to reload or stop it.
 pub struct Handle {
@@ -71,8 +72,18 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     bound.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
-/// Bind both listeners (port 0 picks a free port) and start serving.
+/// Bind both listeners (port 0 picks a free port) and start serving on this runtime.
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> io::Result<Handle> {
+    start_on(config, config_path, Placement::default()).await
+}
+
+/// Bind both listeners and start serving: the accept loop and the admin listener on this
+/// runtime, each client connection where `placement` puts it (see [`crate::workers`]).
+pub async fn start_on(
+    config: Config,
+    config_path: Option<PathBuf>,
+    placement: Placement,
+) -> io::Result<Handle> {
     let proxy_listener = listen(config.proxy.listen)?;
     let admin_listener = listen(config.proxy.admin_listen)?;
     let tls_listener = match &config.proxy.tls {
@@ -92,7 +103,12 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> io::Result<H
         tls: tls_listener,
     };
     let tasks = vec![
-        tokio::spawn(proxy::run(listeners, shared.clone(), limit.clone())),
+        tokio::spawn(proxy::run(
+            listeners,
+            shared.clone(),
+            limit.clone(),
+            placement,
+        )),
         tokio::spawn(crate::admin::run(admin_listener, shared.clone())),
     ];
     match tls_addr {
@@ -193,13 +209,17 @@ impl Handle {
 
 /// Run until SIGTERM or SIGINT, then drain; a second one during the drain ends it at once.
 /// SIGHUP reloads.
-pub async fn run_until_signal(config: Config, config_path: Option<PathBuf>) -> io::Result<Stopped> {
+pub async fn run_until_signal(
+    config: Config,
+    config_path: Option<PathBuf>,
+    placement: Placement,
+) -> io::Result<Stopped> {
     use tokio::signal::unix::{signal, SignalKind};
     let (term_kind, int_kind) = (SignalKind::terminate(), SignalKind::interrupt());
     let mut term = signal(term_kind)?;
     let mut int = signal(int_kind)?;
     let mut hup = signal(SignalKind::hangup())?;
-    let handle = start(config, config_path).await?;
+    let handle = start_on(config, config_path, placement).await?;
     loop {
         tokio::select! {
             _ = term.recv() => break,

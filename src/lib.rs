@@ -25,3 +25,4 @@ pub mod state;
 pub mod target;
 pub mod trust;
 pub mod upstream;
+pub mod workers;

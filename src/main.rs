@@ -92,9 +92,14 @@ fn main() -> ExitCode {
     for w in &warnings {
         tracing::warn!("{}: {w}", config.source);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // Client connections run on the workers; signals, reloads and the admin listener on the
+    // main thread's runtime.
+    let workers =
+        portcullis::workers::count(std::env::var(portcullis::workers::ENV).ok().as_deref());
+    let (runtime, workers) = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
+        .and_then(|r| Ok((r, portcullis::workers::Workers::start(workers)?)))
     {
         Ok(r) => r,
         Err(e) => {
@@ -102,8 +107,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(portcullis::app::run_until_signal(config, path));
+    let outcome = runtime.block_on(portcullis::app::run_until_signal(
+        config,
+        path,
+        workers.placement(),
+    ));
     // The connections cut at the end are dropped with their tasks; nothing may hold the exit.
+    drop(workers);
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match outcome {
         Ok(stopped) => ExitCode::from(stopped.exit_code()),

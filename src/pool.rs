@@ -132,6 +132,8 @@ pub struct Meta {
     pub requests: u64,
     /// The reach it was dialed under (see [`Pool::set_reach`]).
     pub reach: u64,
+    /// The worker that dialed it, whose reactor drives its socket (`None` off the workers).
+    pub home: Option<usize>,
 }
 
 /// What `/pools` shows of one connection.
@@ -297,8 +299,17 @@ impl<C: Poolable> Pool<C> {
                 let max_lifetime = st.limits.max_lifetime;
                 let idle_timeout = st.limits.idle_timeout;
                 let mut doomed = Vec::new();
+                // The first one tried is this worker's own where one is near the top; the
+                // rest go most recently used first.
+                let here = crate::workers::here();
+                let mut first = match reuse {
+                    Reuse::Any => reuse::first_choice(st.idle.iter().map(|e| e.meta.home), here),
+                    _ => None,
+                };
                 while let Some(mut entry) = if reuse == Reuse::Never {
                     None
+                } else if let Some(i) = first.take() {
+                    Some(st.idle.remove(i))
                 } else {
                     st.idle.pop()
                 } {

@@ -35,6 +35,7 @@ use crate::policy::{self, Allowed, Caller, Want};
 use crate::server_tls::ServerTls;
 use crate::state::{Phase, Shared};
 use crate::target::Host;
+use crate::workers::Placement;
 use limit::ClientLimit;
 use outcome::{Mode, Outcome};
 use stream::{ClientRead, ClientWrite};
@@ -112,7 +113,12 @@ pub struct Listeners {
 /// `limit`: at the limit, further accepts wait (the kernel's backlogs hold them). One loop
 /// serves both listeners so that it stays the limit's only acquirer, and the permit it holds
 /// while waiting goes to whichever listener has a connection first.
-pub async fn run(listeners: Listeners, shared: Arc<Shared>, limit: Arc<ClientLimit>) {
+pub async fn run(
+    listeners: Listeners,
+    shared: Arc<Shared>,
+    limit: Arc<ClientLimit>,
+    placement: Placement,
+) {
     let mut phase = shared.phase.subscribe();
     let mut last_accept_error: Option<tokio::time::Instant> = None;
     // A reload that drops tls_listen takes effect on restart, like any listen address: until
@@ -143,15 +149,18 @@ pub async fn run(listeners: Listeners, shared: Arc<Shared>, limit: Arc<ClientLim
                 let slot = Slot::new(permit, &shared.metrics);
                 let shared = shared.clone();
                 if !tls {
-                    let halves = stream::tcp_halves(stream);
-                    tokio::spawn(serve_client(shared, halves, peer, None, slot));
+                    placement.spawn(stream, move |stream| {
+                        serve_client(shared, stream::tcp_halves(stream), peer, None, slot)
+                    });
                     continue;
                 }
                 if let Some(t) = &shared.config().proxy.tls {
                     tls_material = Some(t.server.clone());
                 }
                 if let Some(server) = tls_material.clone() {
-                    tokio::spawn(tls::serve(shared, stream, peer, server, slot));
+                    placement.spawn(stream, move |stream| {
+                        tls::serve(shared, stream, peer, server, slot)
+                    });
                 }
             }
             Err(e) => {

@@ -51,6 +51,7 @@ impl<C: Poolable> Slot<C> {
             },
             requests: 1,
             reach: self.reach,
+            home: crate::workers::here(),
         };
         st.conns.insert(
             id,

@@ -34,6 +34,30 @@ impl Life {
     }
 }
 
+/// How far down the idle stack a worker looks for a connection of its own.
+pub const HOME_WINDOW: usize = 8;
+
+/// Which idle connection a checkout on worker `here` tries first, as an index into the idle
+/// stack (`homes`: each one's worker, oldest first): the most recently used one this worker
+/// dialed, among the [`HOME_WINDOW`] most recently used; `None` (take the most recently used)
+/// when there is none, or off the workers.
+///
+/// A socket's readiness is delivered by the reactor of the worker that dialed it. Used from
+/// another worker, each of its reads waits for that worker to look at its reactor, and wakes
+/// this one across threads: a worker prefers its own, and takes another's rather than dial.
+pub fn first_choice(
+    homes: impl DoubleEndedIterator<Item = Option<usize>> + ExactSizeIterator,
+    here: Option<usize>,
+) -> Option<usize> {
+    here?;
+    let len = homes.len();
+    homes
+        .rev()
+        .take(HOME_WINDOW)
+        .position(|h| h == here)
+        .map(|from_top| len - 1 - from_top)
+}
+
 /// What to do with an idle connection at checkout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -141,6 +165,30 @@ mod tests {
             idle_since: now - S(idle),
             idle_timeout: S(idle_timeout),
             idle_reason: CloseReason::IdleTimeout,
+        }
+    }
+
+    #[test]
+    fn a_worker_tries_its_own_most_recent_connection_first() {
+        type Home = Option<usize>;
+        let (a, b) = (Some(0), Some(1));
+        // (homes oldest first, here) -> index tried first
+        let cases: [(&[Home], Home, Option<usize>); 7] = [
+            (&[a, b, a, b], a, Some(2)),
+            (&[a, b, a, b], b, Some(3)),
+            (&[b, b, b], a, None),
+            (&[], a, None),
+            (&[a, b], None, None),
+            (&[None, None], None, None),
+            // Beyond the window: not looked for.
+            (&[a, b, b, b, b, b, b, b, b], a, None),
+        ];
+        for (homes, here, want) in cases {
+            assert_eq!(
+                first_choice(homes.iter().copied(), here),
+                want,
+                "{homes:?} on {here:?}"
+            );
         }
     }
 
