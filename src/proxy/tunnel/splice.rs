@@ -14,14 +14,18 @@ use tokio::net::TcpStream;
 /// How long a burst's pipe is kept while its source has nothing to read.
 pub const QUIET: Duration = Duration::from_millis(500);
 
-/// Bytes asked for per splice: the size the pipe is grown to (the default is 64 KiB). Against
-/// 256 KiB it took a quarter off the proxy's CPU per byte of a bulk download (RESULTS.md,
-/// issue 17): more of the origin's sending then happens in the origin's own time.
-const CHUNK: usize = 1024 * 1024;
+/// Bytes asked for per splice: the size the pipe is grown to (the default is 64 KiB).
+///
+/// A 1 MiB pipe took a quarter off the proxy's CPU per byte of a bulk download, but not one
+/// byte a second more (curl was the slowest stage; RESULTS.md, issue 17), and a pipe's size
+/// counts against the user's pipe budget (`fs.pipe-user-pages-soft`, 64 MiB by default)
+/// whether it is filled or not: with 1 MiB pipes 64 bursting tunnel directions would use it
+/// up, and every burst after them would be copied. 256 KiB keeps four times as many spliced.
+const CHUNK: usize = 256 * 1024;
 
 /// Pipe sizes tried after [`CHUNK`], largest first: an unprivileged process may not grow a
 /// pipe past `fs.pipe-max-size`.
-const SMALLER: [usize; 2] = [256 * 1024, 64 * 1024];
+const SMALLER: [usize; 1] = [64 * 1024];
 
 /// A pipe smaller than this moves too little per splice to be worth it: the user is past
 /// `fs.pipe-user-pages-soft`, where the kernel hands out two-page pipes.
