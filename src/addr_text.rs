@@ -1,7 +1,7 @@
-//! IPv4 and socket addresses as text without `core::fmt`: they are written on every request
-//! (the access line's client, an IP destination's Host header), where `fmt` cost ~1 µs each.
+//! IPv4 addresses as text without `core::fmt`: an IP destination's Host header is written on
+//! every request, where `fmt` cost ~1 µs. (The access line writes its client's address itself.)
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 
 /// An IPv4 address in dotted-quad text, on the stack.
 pub struct Ipv4Text {
@@ -41,21 +41,6 @@ impl Ipv4Text {
     }
 }
 
-/// Append `addr` as `Display` would write it (`1.2.3.4:5`, `[::1]:5`).
-pub fn push_socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
-    match addr {
-        SocketAddr::V4(a) => {
-            out.extend_from_slice(Ipv4Text::new(*a.ip()).as_str().as_bytes());
-            out.push(b':');
-            out.extend_from_slice(itoa::Buffer::new().format(a.port()).as_bytes());
-        }
-        SocketAddr::V6(_) => {
-            use std::io::Write;
-            let _ = write!(out, "{addr}");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,21 +59,6 @@ mod tests {
         for n in 0..=255u8 {
             let ip = Ipv4Addr::new(n, 255 - n, n / 3, n.wrapping_mul(7));
             assert_eq!(Ipv4Text::new(ip).as_str(), ip.to_string());
-        }
-    }
-
-    #[test]
-    fn socket_addr_text_matches_display() {
-        for a in [
-            "127.0.0.1:60642",
-            "10.0.0.255:0",
-            "[::1]:8080",
-            "[fe80::1]:65535",
-        ] {
-            let addr: SocketAddr = a.parse().unwrap();
-            let mut out = Vec::new();
-            push_socket_addr(&mut out, addr);
-            assert_eq!(String::from_utf8(out).unwrap(), addr.to_string());
         }
     }
 }

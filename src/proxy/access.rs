@@ -2,6 +2,7 @@
 //!
 //! Never logs a header value other than Host, a body, or a query string.
 
+mod cursor;
 mod line;
 
 use std::cell::RefCell;
@@ -85,19 +86,17 @@ pub fn log(r: &Record<'_>) {
     }
     let Some((format, writer)) = SINK.get() else {
         // No sink (tests, library use): one tracing event carrying the same fields as text.
-        let mut b = Vec::with_capacity(512);
-        line::fields(&mut b, Format::Text, r);
+        let b = line::text_fields(r);
         tracing::info!(target: "access", "{}", String::from_utf8_lossy(b.trim_ascii_start()));
         return;
     };
     thread_local! {
-        static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+        /// Room to write a line in, reused; its length is the room (see `line::write`).
+        static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
-    LINE.with(|b| {
-        let mut b = b.borrow_mut();
-        b.clear();
-        line::write(&mut b, *format, SystemTime::now(), r);
-        let _ = writer.line_writer(false).write_all(&b);
+    LINE.with_borrow_mut(|b| {
+        let line = line::write(b, *format, SystemTime::now(), r);
+        let _ = writer.line_writer(false).write_all(line);
     });
 }
 
