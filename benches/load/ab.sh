@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Forwarding A/B: binaries against each other and against nginx, interleaved round by round.
+#
+#   bash benches/load/ab.sh [NAME=]BINARY...   # e.g. base=/tmp/a new=target/release/portcullis
+#
+# The cut of run.sh's throughput columns, for one question at a time: an nginx origin (one
+# worker, 3-byte body, keep-alive), each binary as a forward proxy (access log on, to a file)
+# and nginx as a reverse proxy with upstream keepalive 64 (2 workers, access log on), each
+# started fresh per cell, `wrk -t1 -cC` for SECS seconds after a 1 s warm-up. Per cell: req/s,
+# user and system CPU µs per request (/proc utime and stime of the proxy's processes over the
+# timed run) and wrk's p99. ROUNDS rounds (default 5) of every target in turn at each of
+# CONNS (default "16 128"), so a noisy minute spoils one sample of each; the medians are
+# printed per target and concurrency. Loopback only, ports from the kernel, bounded by
+# ROUNDS × targets × (SECS + 3) s per concurrency; everything started here is stopped on exit.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROUNDS=${ROUNDS:-5} SECS=${SECS:-4} CONNS=${CONNS:-16 128}
+[ $# -ge 1 ] || { sed -n 2,14p "$0" >&2; exit 2; }
+export PATH="$PATH:/usr/sbin"
+for tool in nginx wrk python3; do
+    command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install nginx wrk)" >&2; exit 1; }
+done
+T=$(mktemp -d /tmp/portcullis-ab.XXXX)
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    sleep 0.3
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    rm -rf "$T"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+NAMES=() BINS=()
+for arg in "$@"; do
+    case "$arg" in
+    *=*) NAMES+=("${arg%%=*}") BINS+=("${arg#*=}") ;;
+    *) NAMES+=("$(basename "$arg")") BINS+=("$arg") ;;
+    esac
+done
+NAMES+=(nginx)
+read -r OP PP AP NP < <(python3 -c '
+import socket
+s = [socket.socket() for _ in range(4)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*(x.getsockname()[1] for x in s))')
+
+wait_port() { # wait_port PORT
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listening on $1 (see $T)" >&2
+    exit 1
+}
+temp_paths() { # nginx's temp paths under $T/$1
+    local d
+    for d in client_body proxy fastcgi uwsgi scgi; do printf '%s_temp_path %s/%s-%s; ' "$d" "$T" "$1" "$d"; done
+}
+
+cat >"$T/o.conf" <<EOF
+worker_processes 1; daemon off; user root; pid $T/o.pid; error_log $T/oe.log warn;
+worker_rlimit_nofile 10000; events { worker_connections 5000; }
+http { access_log off; keepalive_timeout 300s; keepalive_requests 100000000; $(temp_paths o)
+ server { listen 127.0.0.1:$OP backlog=4096; location = / { default_type text/plain; return 200 "ok\n"; } } }
+EOF
+nginx -e "$T/oe.log" -c "$T/o.conf" >/dev/null 2>&1 &
+PIDS+=("$!")
+wait_port "$OP"
+
+cat >"$T/p.toml" <<EOF
+[proxy]
+listen = "127.0.0.1:$PP"
+admin_listen = "127.0.0.1:$AP"
+max_client_connections = 30000
+client_idle_timeout = "300s"
+[defaults]
+max_idle = 64
+allow_private = true
+[[upstream]]
+name = "origin"
+hosts = ["127.0.0.1"]
+ports = [$OP]
+EOF
+cat >"$T/n.conf" <<EOF
+worker_processes auto; daemon off; user root; pid $T/n.pid; error_log $T/ne.log warn;
+worker_rlimit_nofile 10000; events { worker_connections 5000; }
+http { access_log $T/n-access.log; keepalive_timeout 300s; keepalive_requests 100000000; $(temp_paths n)
+ upstream origin { server 127.0.0.1:$OP; keepalive 64; keepalive_requests 100000000; }
+ server { listen 127.0.0.1:$NP backlog=4096;
+  location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+EOF
+
+ticks() { # ticks PID...: user and system clock ticks, summed
+    local u=0 s=0 p a b
+    for p in "$@"; do
+        read -r a b < <(awk '{ sub(/.*\) /, ""); print $12, $13 }' "/proc/$p/stat")
+        u=$((u + a)) s=$((s + b))
+    done
+    echo "$u $s"
+}
+hz=$(getconf CLK_TCK)
+cell() { # cell INDEX CONNS: start the target, warm up, measure, stop; prints "rps user sys p99ms"
+    local i=$1 c=$2 url args=() pid pids
+    if [ "${NAMES[$i]}" = nginx ]; then
+        nginx -e "$T/ne.log" -c "$T/n.conf" >/dev/null 2>&1 &
+        pid=$! url="http://127.0.0.1:$NP/"
+        wait_port "$NP"
+        pids="$pid $(pgrep -P "$pid" | tr '\n' ' ')"
+    else
+        RUST_LOG=info "${BINS[$i]}" --config "$T/p.toml" >"$T/p.out" 2>"$T/p.log" &
+        pid=$! url="http://127.0.0.1:$PP/"
+        args=(-s "$HERE/absolute.lua" "$url" -- "127.0.0.1:$OP")
+        wait_port "$PP"
+        pids=$pid
+    fi
+    PIDS+=("$pid")
+    [ ${#args[@]} = 0 ] && args=("$url")
+    wrk -t1 -c"$c" -d1s "${args[@]}" >/dev/null
+    local before after
+    # shellcheck disable=SC2086 # a list of pids
+    before=$(ticks $pids)
+    wrk -t1 -c"$c" -d"${SECS}s" --latency "${args[@]}" >"$T/wrk.out"
+    # shellcheck disable=SC2086
+    after=$(ticks $pids)
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    awk -v b="$before" -v a="$after" -v hz="$hz" -v secs="$SECS" '
+        /requests in/ { n = $1 }
+        / 99%/ { p = $2; if (p ~ /us$/) p = p / 1000; else if (p ~ /ms$/) p = p + 0; else p = p * 1000 }
+        END { split(b, x, " "); split(a, y, " ")
+              printf "%d %.1f %.1f %.2f\n", n / secs, (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) * 1e6 / hz / n, p }' "$T/wrk.out"
+}
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+for c in $CONNS; do
+    declare -A R=() U=() S=() P=()
+    for r in $(seq "$ROUNDS"); do
+        for i in "${!NAMES[@]}"; do
+            cell "$i" "$c" >"$T/cell" # not in a subshell: what it starts is in PIDS
+            read -r rps user sys p99 <"$T/cell"
+            R[$i]+=" $rps" U[$i]+=" $user" S[$i]+=" $sys" P[$i]+=" $p99"
+        done
+        echo "c=$c round $r done" >&2
+    done
+    echo "c=$c, medians of $ROUNDS rounds of ${SECS} s (wrk -t1):"
+    printf '  %-12s %9s %8s %8s %8s   %s\n' target req/s "user µs" "sys µs" "p99 ms" "p99 samples"
+    for i in "${!NAMES[@]}"; do
+        # shellcheck disable=SC2086 # sample lists
+        printf '  %-12s %9s %8s %8s %8s  %s\n' "${NAMES[$i]}" "$(median ${R[$i]})" \
+            "$(median ${U[$i]})" "$(median ${S[$i]})" "$(median ${P[$i]})" "${P[$i]}"
+    done
+    unset R U S P
+done
