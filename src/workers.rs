@@ -1,10 +1,11 @@
-//! Worker threads, as nginx has worker processes: each runs its own single-threaded runtime, and a client connection stays on the worker that accepted it.
+//! Worker threads, as nginx has worker processes: each runs its own single-threaded runtime, and a client connection stays on the worker it is handed to.
 //!
-//! With one work-stealing runtime, a task woken on a worker that the OS has descheduled waits
-//! until that worker runs again or another steals it; on a machine whose cores are shared
-//! (with the load generator, the origin, other services) that wait was the whole p99 at
-//! 16 connections (issue 17). A worker here owns its connections, their I/O and their
-//! timers; nothing is handed between threads on the way through a request.
+//! A worker owns its connections, their I/O and their timers: nothing is handed between
+//! threads on the way through a request, and no worker spins looking for work to steal.
+//! Against one work-stealing runtime this raised throughput by 5–9 % (issue 17,
+//! `benches/load/RESULTS.md`). It does not shorten the tail where the proxy's workers and
+//! other busy processes outnumber the cores: a worker then waits on the OS's run queue,
+//! and so do its connections; `TOKIO_WORKER_THREADS` sets how many workers there are.
 //!
 //! One accept loop (on the main thread's runtime, with signals, reloads and the admin
 //! listener) hands each accepted connection to the worker with the fewest open connections,
