@@ -16,44 +16,12 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROUNDS=${ROUNDS:-5} SECS=${SECS:-4} CONNS=${CONNS:-16 128}
 [ $# -ge 1 ] || { sed -n 2,14p "$0" >&2; exit 2; }
-export PATH="$PATH:/usr/sbin"
-for tool in nginx wrk python3; do
-    command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install nginx wrk)" >&2; exit 1; }
-done
-T=$(mktemp -d /tmp/portcullis-ab.XXXX)
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    sleep 0.3
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    rm -rf "$T"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-NAMES=() BINS=()
-for arg in "$@"; do
-    case "$arg" in
-    *=*) NAMES+=("${arg%%=*}") BINS+=("${arg#*=}") ;;
-    *) NAMES+=("$(basename "$arg")") BINS+=("$arg") ;;
-    esac
-done
+AB_TOOLS="nginx wrk python3" AB_TMP=portcullis-ab
+# shellcheck source=benches/load/ab_lib.sh
+. "$HERE/ab_lib.sh"
 NAMES+=(nginx)
-read -r OP PP AP NP < <(python3 -c '
-import socket
-s = [socket.socket() for _ in range(4)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(*(x.getsockname()[1] for x in s))')
+read -r OP PP AP NP < <(free_ports 4)
 
-wait_port() { # wait_port PORT
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listening on $1 (see $T)" >&2
-    exit 1
-}
 temp_paths() { # nginx's temp paths under $T/$1
     local d
     for d in client_body proxy fastcgi uwsgi scgi; do printf '%s_temp_path %s/%s-%s; ' "$d" "$T" "$1" "$d"; done

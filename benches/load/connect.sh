@@ -17,48 +17,15 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROUNDS=${ROUNDS:-7}
 [ $# -ge 1 ] || { sed -n 2,13p "$0" >&2; exit 2; }
-for tool in nginx curl python3; do
-    command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { echo "needs $tool" >&2; exit 1; }
-done
-export PATH="$PATH:/usr/sbin"
-T=$(mktemp -d /tmp/portcullis-connect.XXXX)
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    sleep 0.3
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    rm -rf "$T"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
+AB_TOOLS="nginx curl python3" AB_TMP=portcullis-connect
+# shellcheck source=benches/load/ab_lib.sh
+. "$HERE/ab_lib.sh"
 ON0=() ON1=()
 [ "${PIN:-0}" = 1 ] && ON0=(taskset -c 0) ON1=(taskset -c 1)
-NAMES=() BINS=()
-for arg in "$@"; do
-    case "$arg" in
-    *=*) NAMES+=("${arg%%=*}") BINS+=("${arg#*=}") ;;
-    *) NAMES+=("$(basename "$arg")") BINS+=("$arg") ;;
-    esac
-done
 # One origin port, then a listen and an admin port per binary.
-read -r -a PORTS < <(python3 -c '
-import socket, sys
-s = [socket.socket() for _ in range(1 + 2 * int(sys.argv[1]))]
-for x in s: x.bind(("127.0.0.1", 0))
-print(*(x.getsockname()[1] for x in s))' "${#BINS[@]}")
+read -r -a PORTS < <(free_ports $((1 + 2 * ${#BINS[@]})))
 OP=${PORTS[0]}
 ORIGIN="127.0.0.1:$OP"
-
-wait_port() { # wait_port PORT
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listening on $1 (see $T)" >&2
-    exit 1
-}
 
 truncate -s 100M "$T/big.bin"
 cat >"$T/o.conf" <<EOF

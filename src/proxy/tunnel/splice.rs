@@ -120,18 +120,29 @@ mod tests {
         (a, b)
     }
 
+    /// `len` bytes of a pattern (`i % modulus`), and a task writing them to `far` then EOF;
+    /// the task returns the socket, so that it stays open until the test is done with it.
+    fn send_then_eof(
+        mut far: TcpStream,
+        len: u32,
+        modulus: u32,
+    ) -> (Vec<u8>, tokio::task::JoinHandle<TcpStream>) {
+        let data: Vec<u8> = (0..len).map(|i| (i % modulus) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            far.write_all(&sent).await.unwrap();
+            far.shutdown().await.unwrap();
+            far
+        });
+        (data, writer)
+    }
+
     /// 8 MiB through a real socket pair, unchanged and counted, then EOF passed as `End::Eof`.
     #[tokio::test]
     async fn a_burst_moves_every_byte_and_ends_at_eof() {
-        let (mut src_far, src) = pair().await;
+        let (src_far, src) = pair().await;
         let (dst, mut dst_far) = pair().await;
-        let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
-        let sent = data.clone();
-        let writer = tokio::spawn(async move {
-            src_far.write_all(&sent).await.unwrap();
-            src_far.shutdown().await.unwrap();
-            src_far
-        });
+        let (data, writer) = send_then_eof(src_far, 8 * 1024 * 1024, 253);
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             dst_far.read_to_end(&mut got).await.unwrap();
@@ -152,15 +163,9 @@ mod tests {
     /// full socket buffers, then delivers every byte once, counted once, and ends at EOF.
     #[tokio::test]
     async fn a_stalled_destination_gets_every_byte_once() {
-        let (mut src_far, src) = pair().await;
+        let (src_far, src) = pair().await;
         let (dst, mut dst_far) = pair().await;
-        let data: Vec<u8> = (0..24 * 1024 * 1024u32).map(|i| (i % 241) as u8).collect();
-        let sent = data.clone();
-        let writer = tokio::spawn(async move {
-            src_far.write_all(&sent).await.unwrap();
-            src_far.shutdown().await.unwrap();
-            src_far
-        });
+        let (data, writer) = send_then_eof(src_far, 24 * 1024 * 1024, 241);
         let reader = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let mut got = Vec::new();
