@@ -35,6 +35,12 @@ pub fn here() -> Option<usize> {
     HERE.with(std::cell::Cell::get)
 }
 
+/// Make the calling thread count as worker `i` (tests of what depends on [`here`]).
+#[cfg(test)]
+pub(crate) fn pretend(i: Option<usize>) {
+    HERE.with(|h| h.set(i));
+}
+
 /// The environment variable that sets the number of workers (tokio's own name for it, kept
 /// from when the proxy ran one work-stealing runtime).
 pub const ENV: &str = "TOKIO_WORKER_THREADS";

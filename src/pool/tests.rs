@@ -102,6 +102,42 @@ async fn most_recently_used_is_reused_first() {
     assert_eq!(d.idle_at_checkout(), S(1));
 }
 
+/// On a worker, a checkout takes the most recent idle connection that worker dialed, not the
+/// most recent of all; a request that limits idleness, and a thread off the workers, still
+/// take the most recent.
+#[tokio::test(start_paused = true)]
+async fn a_worker_gets_the_connections_it_dialed_first() {
+    use crate::workers::pretend;
+    let (p, _) = pool(limits(4));
+    pretend(Some(0));
+    let a = dial(&p, 1).await;
+    pretend(Some(1));
+    let b = dial(&p, 2).await;
+    a.release();
+    b.release();
+    pretend(Some(0));
+    let mut got = reuse(&p, None).await.expect("reuse");
+    assert_eq!(got.conn().n, 1, "worker 0 takes its own, under worker 1's");
+    got.release();
+    pretend(Some(1));
+    let mut got = reuse(&p, None).await.expect("reuse");
+    assert_eq!(got.conn().n, 2, "worker 1 takes its own, under worker 0's");
+    got.release();
+    // Each took its own and put it back on top: 1 under 2.
+    pretend(Some(0));
+    let mut limited = reuse(&p, Some(S(10))).await.expect("reuse");
+    assert_eq!(
+        limited.conn().n,
+        2,
+        "an idleness limit takes the most recent"
+    );
+    limited.release();
+    pretend(None);
+    let mut off = reuse(&p, None).await.expect("reuse");
+    assert_eq!(off.conn().n, 2, "off the workers: the most recent");
+    off.release();
+}
+
 #[tokio::test(start_paused = true)]
 async fn idle_connections_are_closed_when_their_time_runs_out() {
     let (p, m) = pool(limits(4));
