@@ -301,9 +301,11 @@ impl<C: Poolable> Pool<C> {
                 let mut doomed = Vec::new();
                 // The first one tried is this worker's own where one is near the top; the
                 // rest go most recently used first.
-                let here = crate::workers::here();
                 let mut first = match reuse {
-                    Reuse::Any => reuse::first_choice(st.idle.iter().map(|e| e.meta.home), here),
+                    Reuse::Any => reuse::first_choice(
+                        st.idle.iter().map(|e| e.meta.home),
+                        crate::workers::here(),
+                    ),
                     _ => None,
                 };
                 while let Some(mut entry) = if reuse == Reuse::Never {
