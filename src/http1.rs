@@ -16,6 +16,7 @@
 mod body;
 mod head;
 mod names;
+mod stash;
 pub mod write;
 
 pub use body::{BodyError, BodyState};
@@ -107,6 +108,9 @@ impl<R: AsyncRead + Unpin> ClientReader<R> {
         }
         let mut first = [0u8; 16];
         let n = self.io.read(&mut first).await?;
+        if n > 0 {
+            self.ensure_buffer();
+        }
         self.buf.extend_from_slice(&first[..n]);
         Ok(n > 0)
     }
@@ -134,13 +138,20 @@ impl<R: AsyncRead + Unpin> ClientReader<R> {
         (self.io, self.buf)
     }
 
-    /// Frees the read buffer if nothing is buffered, so that an idle
-    /// keep-alive connection holds no buffer memory; the next read allocates
-    /// a fresh one. Header values of a request still in use keep their bytes
-    /// alive on their own.
+    /// Gives the read buffer up if nothing is buffered, so that an idle
+    /// keep-alive connection holds no buffer memory; the next read takes one
+    /// parked by the thread (see [`stash`]) or allocates it. Header values of
+    /// a request still in use keep their bytes alive on their own.
     pub fn release_buffer(&mut self) {
         if self.buf.is_empty() {
-            self.buf = BytesMut::new();
+            stash::put(std::mem::take(&mut self.buf));
+        }
+    }
+
+    /// A connection that gave its buffer up takes one before it reads.
+    fn ensure_buffer(&mut self) {
+        if self.buf.capacity() == 0 {
+            self.buf = stash::take();
         }
     }
 
@@ -150,6 +161,7 @@ impl<R: AsyncRead + Unpin> ClientReader<R> {
     /// when nothing else holds a slice of it, so a connection whose heads and
     /// bodies have been dropped keeps reusing one allocation.
     async fn read_more(&mut self, want: usize) -> std::io::Result<usize> {
+        self.ensure_buffer();
         self.buf.reserve(want);
         let mut limited = (&mut self.buf).limit(want);
         self.io.read_buf(&mut limited).await
