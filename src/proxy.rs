@@ -303,7 +303,7 @@ async fn requests<R: ClientRead, W: ClientWrite>(
         // would size every connection's task, idle ones included, by the largest of them.
         if head.method == Method::CONNECT {
             let (rd, leftover) = reader.into_parts();
-            Box::pin(tunnel::serve(&ctx, head, rd, leftover, wr)).await;
+            Box::pin(tunnel::serve(&ctx, Box::new(head), rd, leftover, wr)).await;
             return;
         }
         if Box::pin(forward::serve(&ctx, head, &mut reader, &mut wr)).await == Flow::Close {
