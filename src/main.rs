@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::config::Config;
 
+mod allocator;
+
 #[derive(Parser)]
 #[command(
     name = "portcullis",
