@@ -71,7 +71,11 @@ mod tests {
         let ptr = buf.as_ptr() as usize - 18;
         put(buf);
         let again = take();
-        assert_eq!(again.as_ptr() as usize, ptr, "the same memory, from its start");
+        assert_eq!(
+            again.as_ptr() as usize,
+            ptr,
+            "the same memory, from its start"
+        );
         assert!(again.is_empty() && again.capacity() >= HEAD_FIRST_READ);
     }
 
