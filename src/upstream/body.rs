@@ -38,6 +38,13 @@ impl Default for Sent {
 }
 
 impl Sent {
+    /// Handed over in full from the start (an empty body): no clock read is needed to say so.
+    fn done() -> Self {
+        let sent = Sent::default();
+        sent.0.all.store(true, Ordering::Release);
+        sent
+    }
+
     pub fn all(&self) -> bool {
         self.0.all.load(Ordering::Acquire)
     }
@@ -90,13 +97,11 @@ pub enum ReqBody {
 
 impl ReqBody {
     pub fn full(data: Bytes) -> (ReqBody, Sent) {
-        let sent = Sent::default();
-        let data = if data.is_empty() {
-            // Nothing to hand over: marked sent at once.
-            sent.mark();
-            None
+        let (data, sent) = if data.is_empty() {
+            // Nothing to hand over: sent at once, and the last progress is now.
+            (None, Sent::done())
         } else {
-            Some(data)
+            (Some(data), Sent::default())
         };
         (
             ReqBody::Full {
@@ -130,9 +135,13 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match self.get_mut() {
             ReqBody::Full { data, sent } => {
-                // The one frame is the whole body: handing it over is sending it all.
-                sent.mark();
-                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+                // The one frame is the whole body: handing it over is sending it all. (An
+                // empty body was marked sent when it was made.)
+                let frame = data.take();
+                if frame.is_some() {
+                    sent.mark();
+                }
+                Poll::Ready(frame.map(|d| Ok(Frame::data(d))))
             }
             ReqBody::Stream {
                 rx,
