@@ -20,6 +20,7 @@
 //!   being dialed) it is *vacant*, and says so through a hook, outside its lock, to whoever
 //!   made it: the registry then forgets it (SPEC §5), so that names seen once leave nothing.
 
+mod ids;
 mod pooled;
 mod reaper;
 pub mod registry;
@@ -29,7 +30,7 @@ pub mod surplus;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -210,7 +211,7 @@ impl<C: Poolable> Pool<C> {
                 idle: Vec::new(),
                 open: 0,
                 waiters: VecDeque::new(),
-                conns: HashMap::new(),
+                conns: ids::IdMap::default(),
                 closing: false,
                 holders: 1,
                 reach,

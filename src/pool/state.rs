@@ -1,12 +1,13 @@
 //! The pool's shared state and what happens to a connection when its request is done.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
+use super::ids::IdMap;
 use super::pooled::{Pooled, Slot};
 use super::reuse;
 use super::surplus::{self, Release, Surplus};
@@ -37,7 +38,7 @@ pub(super) struct State<C: Poolable> {
     pub(super) open: usize,
     pub(super) waiters: VecDeque<oneshot::Sender<Grant<C>>>,
     /// Every open connection, for `/pools`.
-    pub(super) conns: HashMap<u64, ConnInfo>,
+    pub(super) conns: IdMap<ConnInfo>,
     /// Drained (shutdown or upstream removed): releases close instead of pooling.
     pub(super) closing: bool,
     /// Live counted [`Pool`] handles: requests that may still check out or wait.
