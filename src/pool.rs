@@ -321,6 +321,7 @@ impl<C: Poolable> Pool<C> {
                     } else {
                         reuse::verdict(
                             &entry.meta.life.under(idle_timeout),
+                            entry.deadline,
                             now,
                             max_lifetime,
                             entry.conn.is_open(),
@@ -419,6 +420,7 @@ impl<C: Poolable> Pool<C> {
         self.inner.metrics.limit.set(limits.max_connections as i64);
         let mut st = self.inner.lock();
         st.limits = limits;
+        st.redate_idle();
         let (idle, max_idle) = (st.idle.len(), st.limits.max_idle);
         st.surplus.rebase(idle, max_idle, Instant::now());
         self.inner.grant_free_slots(st);
@@ -434,6 +436,7 @@ impl<C: Poolable> Pool<C> {
             return;
         }
         st.limits.idle_timeout = idle_timeout;
+        st.redate_idle();
         drop(st);
         // Its deadlines moved earlier: the reaper sleeps until a later one.
         self.inner.wake_reaper.notify_one();

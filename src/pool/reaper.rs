@@ -45,7 +45,12 @@ fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> (Option<Instant>, 
     while i < st.idle.len() {
         let entry = &mut st.idle[i];
         let reason = if entry.conn.is_open() {
-            reuse::expired(&entry.meta.life.under(idle_timeout), now, max_lifetime)
+            reuse::expired_by(
+                &entry.meta.life.under(idle_timeout),
+                entry.deadline,
+                now,
+                max_lifetime,
+            )
         } else {
             Some(CloseReason::RemoteClosed)
         };
@@ -71,7 +76,7 @@ fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> (Option<Instant>, 
     let next = st
         .idle
         .iter()
-        .map(|e| reuse::deadline(&e.meta.life.under(idle_timeout), max_lifetime))
+        .map(|e| e.deadline)
         .chain(st.surplus.next())
         .min();
     st.reaper_at = next;

@@ -56,6 +56,10 @@ pub(super) struct State<C: Poolable> {
 pub(super) struct Idle<C> {
     pub(super) conn: C,
     pub(super) meta: Meta,
+    /// When its idle time or lifetime runs out under the pool's limits ([`reuse::deadline`]):
+    /// computed when it goes idle and whenever the limits change ([`State::redate_idle`]), so
+    /// that checkout and the reaper compare instants instead of working out durations.
+    pub(super) deadline: Instant,
 }
 
 impl<C: Poolable> Inner<C> {
@@ -239,16 +243,17 @@ impl<C: Poolable> Inner<C> {
         }
         self.metrics.busy.dec();
         self.metrics.idle.inc();
-        let mut deadline = reuse::deadline(
+        let deadline = reuse::deadline(
             &meta.life.under(st.limits.idle_timeout),
             st.limits.max_lifetime,
         );
+        let mut wake_at = deadline;
         match surplus::on_release(st.idle.len(), st.limits.max_idle, now) {
             Release::Keep => {}
             Release::Surplus(until) => {
                 // Kept for the next burst; the reaper trims the oldest if none comes in time.
                 st.surplus.rose(until);
-                deadline = deadline.min(st.surplus.next().unwrap_or(until));
+                wake_at = wake_at.min(st.surplus.next().unwrap_or(until));
             }
             Release::Close => {
                 st.forget(meta.id);
@@ -260,11 +265,15 @@ impl<C: Poolable> Inner<C> {
                 return;
             }
         }
-        let wake = st.reaper_at.is_none_or(|at| deadline < at);
+        let wake = st.reaper_at.is_none_or(|at| wake_at < at);
         if wake {
-            st.reaper_at = Some(deadline);
+            st.reaper_at = Some(wake_at);
         }
-        st.idle.push(Idle { conn, meta });
+        st.idle.push(Idle {
+            conn,
+            meta,
+            deadline,
+        });
         drop(st);
         if wake {
             self.wake_reaper.notify_one();
@@ -275,6 +284,15 @@ impl<C: Poolable> Inner<C> {
 impl<C: Poolable> State<C> {
     pub(super) fn forget(&mut self, id: u64) {
         self.conns.remove(&id);
+    }
+
+    /// The limits changed (a reload, a learned idle limit): each idle connection's deadline
+    /// follows.
+    pub(super) fn redate_idle(&mut self) {
+        let (idle_timeout, max_lifetime) = (self.limits.idle_timeout, self.limits.max_lifetime);
+        for e in &mut self.idle {
+            e.deadline = reuse::deadline(&e.meta.life.under(idle_timeout), max_lifetime);
+        }
     }
 
     /// After idle connections left other than by a trim: the surplus levels follow the count.
