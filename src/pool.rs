@@ -333,7 +333,9 @@ impl<C: Poolable> Pool<C> {
                             st.fit_surplus();
                             let pooled = self.inner.take_idle(&mut st, entry, now);
                             drop(st);
-                            self.inner.close(doomed);
+                            if !doomed.is_empty() {
+                                self.inner.close(doomed);
+                            }
                             return Ok(Checkout::Reused(pooled));
                         }
                         Verdict::Close(reason) => {

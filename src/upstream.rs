@@ -111,7 +111,8 @@ impl Poolable for UpstreamConn {
     }
 
     fn park(&mut self, reaper: &Arc<Notify>) {
-        let _ = self.signal.reaper.set(reaper.clone());
+        // The same reaper every time (a connection stays in its pool): cloned only once.
+        self.signal.reaper.get_or_init(|| reaper.clone());
         self.signal.idle.store(true, Ordering::Release);
         self.signal.woken.store(false, Ordering::Release);
         if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_IDLE_BUF {
