@@ -8,8 +8,12 @@
 //! than through `http::uri::Authority::port`, which accepts `+80` and turns
 //! an out-of-range port into "no port".
 
+mod uri;
+
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use uri::SchemeText;
 
 /// A destination host as the policy and the pool see it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -66,6 +70,9 @@ impl Target {
 /// Why a request target was refused; each message is one line for the 400 body.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TargetError {
+    /// Not a URI at all (`http::Uri` would refuse it).
+    #[error("the request URI is not a valid absolute URI")]
+    InvalidUri,
     #[error("the request URI must be absolute (http://host/path) or use CONNECT")]
     NotAbsolute,
     #[error("unsupported URI scheme {0}: only http:// and https:// can be proxied, use CONNECT for anything else")]
@@ -132,15 +139,29 @@ pub fn parse_host(s: &str) -> Result<Host, TargetError> {
     Ok(Host::Name(name))
 }
 
-/// Parse an absolute-form request URI (`http://host[:port]/path`).
-pub fn parse_absolute(uri: &http::Uri) -> Result<RequestTarget, TargetError> {
-    let scheme = match uri.scheme_str() {
-        None => return Err(TargetError::NotAbsolute),
-        Some(s) if s.eq_ignore_ascii_case("http") => Scheme::Http,
-        Some(s) if s.eq_ignore_ascii_case("https") => Scheme::Https,
-        Some(other) => return Err(TargetError::UnsupportedScheme(shown(other))),
+/// An absolute-form request target: what it names, and what goes upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Absolute<'a> {
+    pub target: RequestTarget,
+    pub origin_form: OriginForm<'a>,
+}
+
+/// Parse an absolute-form request target (`http://host[:port]/path`), read from its text as
+/// `http::Uri` reads it: what that refuses is [`TargetError::InvalidUri`].
+pub fn parse_absolute(text: &str) -> Result<Absolute<'_>, TargetError> {
+    let parts = uri::split(text).map_err(|_| TargetError::InvalidUri)?;
+    let scheme = match parts.scheme {
+        SchemeText::None => return Err(TargetError::NotAbsolute),
+        SchemeText::Http => Scheme::Http,
+        SchemeText::Https => Scheme::Https,
+        SchemeText::Other(s) if s.eq_ignore_ascii_case("http") => Scheme::Http,
+        SchemeText::Other(s) if s.eq_ignore_ascii_case("https") => Scheme::Https,
+        SchemeText::Other(other) => return Err(TargetError::UnsupportedScheme(shown(other))),
     };
-    let authority = uri.authority().ok_or(TargetError::NotAbsolute)?.as_str();
+    let authority = parts.authority;
+    if authority.is_empty() {
+        return Err(TargetError::NotAbsolute);
+    }
     // `http://allowed.example@evil.example/` goes to evil.example.
     if authority.contains('@') {
         return Err(TargetError::Userinfo);
@@ -148,27 +169,54 @@ pub fn parse_absolute(uri: &http::Uri) -> Result<RequestTarget, TargetError> {
     let (host, port) = split_host_port(authority)?;
     let host = parse_host(host)?;
     let port = port.map(parse_port).transpose()?;
-    Ok(RequestTarget { scheme, host, port })
+    Ok(Absolute {
+        target: RequestTarget { scheme, host, port },
+        origin_form: OriginForm::new(parts.path_and_query),
+    })
 }
 
-/// The request-target sent upstream for an absolute-form URI: its path and query in
-/// origin-form (SPEC §4), never empty and never with a fragment.
-///
-/// `http::Uri` drops the fragment, but `http://host#frag` then leaves an empty path-and-query
-/// that renders as nothing: the request line would go out as `GET  HTTP/1.1`. That case (and
-/// a URI with no path at all) becomes `/`; `http://host?q` already renders as `/?q`.
-pub fn origin_form(uri: &http::Uri) -> http::Uri {
-    match uri.path_and_query() {
-        // Shared, not re-parsed or copied: the common case costs a reference count.
-        Some(pq) => {
-            let form = http::Uri::from(pq.clone());
-            if form.path().starts_with('/') {
-                form
-            } else {
-                http::Uri::from_static("/")
-            }
+/// Parse a request target in origin-form (`/path?query`) or asterisk-form (`*`), checked as
+/// `http::Uri` checks it; anything else is [`TargetError::InvalidUri`].
+pub fn parse_origin_form(text: &str) -> Result<OriginForm<'_>, TargetError> {
+    match uri::split(text) {
+        Ok(parts) if parts.scheme == SchemeText::None && parts.authority.is_empty() => {
+            Ok(OriginForm::new(parts.path_and_query))
         }
-        None => http::Uri::from_static("/"),
+        _ => Err(TargetError::InvalidUri),
+    }
+}
+
+/// The request-target sent upstream (SPEC §4): the client's path and query, never empty and
+/// never with a fragment, borrowed from the request's target.
+///
+/// `http://host#frag` has no path and query left once the fragment is cut, and `http://host?q`
+/// has a query but no path: both take a `/` in front (`/`, `/?q`), as `http::Uri::path` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OriginForm<'a> {
+    /// Path and query without the fragment: empty, `*`, or starting with `/` or `?`.
+    text: &'a str,
+}
+
+impl<'a> OriginForm<'a> {
+    fn new(text: &'a str) -> Self {
+        OriginForm { text }
+    }
+
+    /// The target in two pieces sent one after the other: `/` or nothing, then the rest.
+    pub fn pieces(&self) -> (&'static str, &'a str) {
+        if self.text.starts_with('/') || self.text == "*" {
+            ("", self.text)
+        } else {
+            ("/", self.text)
+        }
+    }
+}
+
+impl fmt::Display for OriginForm<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (slash, rest) = self.pieces();
+        f.write_str(slash)?;
+        f.write_str(rest)
     }
 }
 
@@ -560,8 +608,9 @@ mod tests {
             ),
         ];
         for (input, want) in cases {
-            let uri: http::Uri = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
-            assert_eq!(parse_absolute(&uri), want, "{input}");
+            let got = parse_absolute(input).map(|a| a.target);
+            assert_eq!(got, want, "{input}");
+            assert_eq!(reference::parse(input).map(|(t, _)| t), want, "{input}");
         }
     }
 
@@ -581,8 +630,9 @@ mod tests {
             "http://[127.0.0.1]/",
         ];
         for input in cases {
-            let uri: http::Uri = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
-            let got = parse_absolute(&uri);
+            let got = parse_absolute(input);
+            let theirs = reference::parse(input);
+            assert_eq!(got.as_ref().err(), theirs.as_ref().err(), "{input}");
             assert!(
                 matches!(got, Err(TargetError::InvalidHost { .. })),
                 "{input} gave {got:?}"
@@ -615,8 +665,144 @@ mod tests {
             ("http://[::1]:80#f", "/"),
         ];
         for &(input, want) in cases {
-            let uri: http::Uri = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
-            assert_eq!(origin_form(&uri).to_string(), want, "{input}");
+            let got = parse_absolute(input).map(|a| a.origin_form.to_string());
+            assert_eq!(got.as_deref(), Ok(want), "{input}");
+            assert_eq!(reference::parse(input).map(|(_, o)| o).as_deref(), Ok(want));
+        }
+    }
+
+    #[test]
+    fn origin_form_targets() {
+        let cases: &[(&str, Result<&str, TargetError>)] = &[
+            ("/", Ok("/")),
+            ("*", Ok("*")),
+            ("/p?q", Ok("/p?q")),
+            ("/p?q#f", Ok("/p?q")),
+            ("/p#f?q", Ok("/p")),
+            ("/a<b", Err(TargetError::InvalidUri)),
+            ("/?`", Ok("/?`")),
+            ("/`", Err(TargetError::InvalidUri)),
+            ("//h/p", Ok("//h/p")),
+            ("http://h/", Err(TargetError::InvalidUri)),
+            ("h:80", Err(TargetError::InvalidUri)),
+        ];
+        for (input, want) in cases {
+            let got = parse_origin_form(input).map(|o| o.to_string());
+            assert_eq!(got.as_deref(), want.as_ref().map(|s| *s), "{input}");
+        }
+    }
+
+    /// Refusals that happen before any host is looked at: what `http::Uri` refuses, and what
+    /// it reads as something other than an absolute URI.
+    #[test]
+    fn parse_absolute_refuses_what_is_not_a_uri() {
+        let cases: &[(&str, TargetError)] = &[
+            ("http://", TargetError::InvalidUri),
+            ("http:///p", TargetError::InvalidUri),
+            ("http://h h/", TargetError::InvalidUri),
+            ("http://h/a b", TargetError::InvalidUri),
+            ("http://h/<", TargetError::InvalidUri),
+            ("http://a:b:c/", TargetError::InvalidUri),
+            ("http://h%41/", TargetError::InvalidUri),
+            ("http://[::1/", TargetError::InvalidUri),
+            ("http://a@/", TargetError::InvalidUri),
+            ("http://\u{e9}/", TargetError::InvalidUri),
+            ("http:/h", TargetError::InvalidUri),
+            ("", TargetError::InvalidUri),
+            ("/p", TargetError::NotAbsolute),
+            ("*", TargetError::NotAbsolute),
+            ("h:80", TargetError::NotAbsolute),
+            ("://h/", TargetError::UnsupportedScheme("\"\"".into())),
+            (
+                "HTTPX://h/",
+                TargetError::UnsupportedScheme("\"HTTPX\"".into()),
+            ),
+            ("http://a%40b@h/", TargetError::Userinfo),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_absolute(input).as_ref(), Err(want), "{input}");
+            assert_eq!(reference::parse(input).as_ref(), Err(want), "{input}");
+        }
+    }
+
+    /// The new parse and the `http::Uri` one it replaced agree on every generated target:
+    /// the same destination or the same error, and the same origin-form.
+    #[test]
+    fn parse_absolute_agrees_with_the_uri_parse() {
+        const ALPHABET: &[u8] = b"aA1.:/?#@[]%+0";
+        let prefixes = [
+            "http://",
+            "HTTPS://",
+            "http://a",
+            "http://1.2.3.4",
+            "http://[::1]",
+            "ftp://",
+            "",
+            "/",
+        ];
+        let mut text = String::new();
+        for prefix in prefixes {
+            for len in 0..=4u32 {
+                for mut n in 0..ALPHABET.len().pow(len) {
+                    text.clear();
+                    text.push_str(prefix);
+                    for _ in 0..len {
+                        text.push(char::from(ALPHABET[n % ALPHABET.len()]));
+                        n /= ALPHABET.len();
+                    }
+                    let ours = parse_absolute(&text).map(|a| (a.target, a.origin_form.to_string()));
+                    assert_eq!(ours, reference::parse(&text), "{text:?}");
+                }
+            }
+        }
+    }
+
+    /// The parse this module did through `http::Uri` before it read the text itself: the
+    /// reference the tests hold the new one to.
+    mod reference {
+        use super::super::*;
+
+        /// The destination and the origin-form as `Outgoing::write_head` wrote it.
+        pub fn parse(text: &str) -> Result<(RequestTarget, String), TargetError> {
+            let uri: http::Uri = text.parse().map_err(|_| TargetError::InvalidUri)?;
+            let target = parse_absolute(&uri)?;
+            let form = origin_form(&uri);
+            let rendered = match form.query() {
+                Some(q) => format!("{}?{q}", form.path()),
+                None => form.path().to_string(),
+            };
+            Ok((target, rendered))
+        }
+
+        fn parse_absolute(uri: &http::Uri) -> Result<RequestTarget, TargetError> {
+            let scheme = match uri.scheme_str() {
+                None => return Err(TargetError::NotAbsolute),
+                Some(s) if s.eq_ignore_ascii_case("http") => Scheme::Http,
+                Some(s) if s.eq_ignore_ascii_case("https") => Scheme::Https,
+                Some(other) => return Err(TargetError::UnsupportedScheme(shown(other))),
+            };
+            let authority = uri.authority().ok_or(TargetError::NotAbsolute)?.as_str();
+            if authority.contains('@') {
+                return Err(TargetError::Userinfo);
+            }
+            let (host, port) = split_host_port(authority)?;
+            let host = parse_host(host)?;
+            let port = port.map(parse_port).transpose()?;
+            Ok(RequestTarget { scheme, host, port })
+        }
+
+        fn origin_form(uri: &http::Uri) -> http::Uri {
+            match uri.path_and_query() {
+                Some(pq) => {
+                    let form = http::Uri::from(pq.clone());
+                    if form.path().starts_with('/') {
+                        form
+                    } else {
+                        http::Uri::from_static("/")
+                    }
+                }
+                None => http::Uri::from_static("/"),
+            }
         }
     }
 

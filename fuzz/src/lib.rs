@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use portcullis::config::Config;
 use portcullis::http1::{BodyState, ClientReader, HeadError, HEAD_READ, MAX_BODY_CHUNK};
 use portcullis::pattern::HostPattern;
-use portcullis::target::{origin_form, parse_absolute, parse_connect, parse_host, Host};
+use portcullis::target::{parse_absolute, parse_connect, parse_host, Host, TargetError};
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// A target's check: panics when an invariant breaks.
@@ -59,12 +59,22 @@ pub fn target_parse(data: &[u8]) {
             );
         }
     }
-    let Ok(uri) = http::Uri::try_from(data) else {
+    let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(target) = parse_absolute(&uri) else {
+    // The target is read from its text, not through `http::Uri`: what that refuses must be
+    // refused, and the rest read as it reads it.
+    let uri = http::Uri::try_from(s);
+    let absolute = parse_absolute(s);
+    assert_eq!(
+        uri.is_err(),
+        absolute == Err(TargetError::InvalidUri),
+        "parse_absolute({s:?}) and http::Uri disagree on whether it is a URI: {absolute:?}"
+    );
+    let (Ok(uri), Ok(absolute)) = (uri, absolute) else {
         return;
     };
+    let target = absolute.target;
     check_host(&target.host);
     assert_ne!(
         target.port,
@@ -83,6 +93,19 @@ pub fn target_parse(data: &[u8]) {
         target.port,
         "parse_absolute({uri}) and http::Uri::port disagree"
     );
+    assert_eq!(
+        absolute.origin_form.to_string(),
+        path_and_query(&uri),
+        "parse_absolute({uri}) and http::Uri disagree on the path and query"
+    );
+}
+
+/// The path and query `http` reads in `uri`, as an origin-form request line carries them.
+fn path_and_query(uri: &http::Uri) -> String {
+    match uri.query() {
+        Some(q) => format!("{}?{q}", uri.path()),
+        None => uri.path().to_string(),
+    }
 }
 
 /// `host_match`: a pattern line, `\n`, a host line.
@@ -232,8 +255,8 @@ pub fn http1_head(data: &[u8]) {
 
 /// `request_target`: bytes from a client, read by the real codec as one request head (a
 /// missing blank line is added, so a bare request line is enough). A forwarded request's
-/// target goes through the steps `proxy::forward` takes (`Uri`, `parse_absolute`,
-/// `origin_form`), and the request-target that would go upstream is checked.
+/// target goes through the step `proxy::forward` takes (`parse_absolute`), and the
+/// request-target that would go upstream is checked.
 ///
 /// It is origin-form: starts with `/`, has no fragment, only printable ASCII (no space, no
 /// control byte); it is exactly the client's path and query (nothing lost but the
@@ -250,13 +273,10 @@ pub fn request_target(data: &[u8]) {
     if head.method == http::Method::CONNECT {
         return;
     }
-    let Ok(uri) = head.target.parse::<http::Uri>() else {
+    let Ok(absolute) = parse_absolute(&head.target) else {
         return;
     };
-    if parse_absolute(&uri).is_err() {
-        return;
-    }
-    let rendered = origin_form(&uri).to_string();
+    let rendered = absolute.origin_form.to_string();
     assert!(
         rendered.starts_with('/'),
         "{:?} goes upstream as {rendered:?}",
@@ -269,12 +289,13 @@ pub fn request_target(data: &[u8]) {
         "{:?} goes upstream as {rendered:?}",
         head.target
     );
-    let sent = match uri.query() {
-        Some(q) => format!("{}?{q}", uri.path()),
-        None => uri.path().to_string(),
-    };
+    let uri = head
+        .target
+        .parse::<http::Uri>()
+        .unwrap_or_else(|e| panic!("{:?} is not a URI to http: {e}", head.target));
     assert_eq!(
-        rendered, sent,
+        rendered,
+        path_and_query(&uri),
         "{:?}: the upstream target is not the client's path and query",
         head.target
     );

@@ -11,7 +11,7 @@ mod relay;
 mod request;
 
 use http::header::HeaderValue;
-use http::{StatusCode, Uri};
+use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -28,19 +28,19 @@ use crate::metrics::CloseReason;
 use crate::policy::{Allowed, Want};
 use crate::pool::{Checkout, Pool, Pooled, Reuse};
 use crate::retry::{self, Facts};
-pub use crate::target::origin_form;
-use crate::target::{self, TargetError};
+use crate::target::{self, OriginForm, TargetError};
 use crate::upstream::{ReqBody, UpstreamConn};
 use body::ClientBody;
 
-/// Where a request goes and how it is addressed there, decided before anything is sent.
-pub struct Route {
+/// Where a request goes and how it is addressed there, decided before anything is sent; it
+/// borrows from the request head it was found for.
+pub struct Route<'h> {
     /// Who asked, the upstream that allowed it, and the destination (the pool key).
     pub allowed: Allowed,
     /// The `Host` header sent upstream.
     pub host: HeaderValue,
     /// The request target sent upstream: path and query.
-    pub origin_form: Uri,
+    pub origin_form: OriginForm<'h>,
 }
 
 /// A request in progress: its outcome so far, and what decides how its connection may go on.
@@ -68,10 +68,10 @@ where
 
 /// Serve one request whose route `route` finds (or refuses); every error becomes the SPEC's
 /// response here, and the outcome is recorded once.
-pub async fn serve_with<R, W, F>(
+pub async fn serve_with<'h, R, W, F>(
     ctx: &Ctx,
     mode: Mode,
-    head: &RequestHead,
+    head: &'h RequestHead,
     reader: &mut ClientReader<R>,
     writer: &mut W,
     route: F,
@@ -79,7 +79,7 @@ pub async fn serve_with<R, W, F>(
 where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
-    F: FnOnce(&Ctx, &RequestHead, &mut Outcome<'_>) -> Result<Route, ProxyError>,
+    F: FnOnce(&Ctx, &'h RequestHead, &mut Outcome<'_>) -> Result<Route<'h>, ProxyError>,
 {
     // Every write to the client, error answers included, waits at most client_stall_timeout.
     let mut writer = StallWriter::new(writer, ctx.config.proxy.client_stall_timeout);
@@ -114,21 +114,18 @@ where
 }
 
 /// The route of an absolute-form request: its URI names the destination, policy decides.
-fn route_absolute(
+fn route_absolute<'h>(
     ctx: &Ctx,
-    head: &RequestHead,
+    head: &'h RequestHead,
     out: &mut Outcome<'_>,
-) -> Result<Route, ProxyError> {
-    let uri: Uri = head
-        .target
-        .parse()
-        .map_err(|_| ProxyError::bad_request("the request URI is not a valid absolute URI"))?;
-    let requested = target::parse_absolute(&uri).map_err(|e| match e {
+) -> Result<Route<'h>, ProxyError> {
+    let absolute = target::parse_absolute(&head.target).map_err(|e| match e {
         TargetError::NotAbsolute => ProxyError::bad_request(
             "origin-form request: portcullis is a forward proxy; send an absolute URI (GET http://host/path) or use CONNECT",
         ),
         other => ProxyError::bad_request(other.to_string()),
     })?;
+    let requested = absolute.target;
     out.host = requested.host.to_string();
     let want = Want::Forward {
         scheme: requested.scheme,
@@ -141,7 +138,7 @@ fn route_absolute(
     Ok(Route {
         allowed,
         host,
-        origin_form: target::origin_form(&uri),
+        origin_form: absolute.origin_form,
     })
 }
 
@@ -149,7 +146,7 @@ fn route_absolute(
 /// relay the response.
 async fn forward<R, W>(
     ctx: &Ctx,
-    route: &Route,
+    route: &Route<'_>,
     head: &RequestHead,
     reader: &mut ClientReader<R>,
     writer: &mut W,

@@ -4,7 +4,7 @@
 //! lifetimes, retries and outcome, exactly as if it had come in absolute form.
 
 use http::header::{self, HeaderValue};
-use http::{Method, Uri};
+use http::Method;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -15,7 +15,7 @@ use crate::error::ProxyError;
 use crate::http1::{ClientReader, HeadError, RequestHead};
 use crate::policy::Want;
 use crate::state::Phase;
-use crate::target::{self, Host, Scheme};
+use crate::target::{self, Host, OriginForm, Scheme, TargetError};
 
 /// The destination a CONNECT fixed for every request inside it.
 #[derive(Debug, Clone)]
@@ -87,8 +87,7 @@ where
             draining: shared.draining(),
             ..ctx
         };
-        let route =
-            |ctx: &Ctx, head: &RequestHead, out: &mut Outcome<'_>| route(ctx, &dest, head, out);
+        let route = |ctx: &Ctx, head, out: &mut Outcome<'_>| route(ctx, &dest, head, out);
         if forward::serve_with(&ctx, dest.mode, &head, &mut reader, &mut writer, route).await
             == Flow::Close
         {
@@ -115,12 +114,12 @@ fn tunnel_idle(ctx: &Ctx, dest: &Destination) -> std::time::Duration {
 
 /// The route of a request inside the tunnel: it must name the CONNECT's host (421 otherwise),
 /// and policy decides it again as the absolute-form request it stands for.
-fn route(
+fn route<'h>(
     ctx: &Ctx,
     dest: &Destination,
-    head: &RequestHead,
+    head: &'h RequestHead,
     out: &mut Outcome<'_>,
-) -> Result<Route, ProxyError> {
+) -> Result<Route<'h>, ProxyError> {
     out.host = dest.host.to_string();
     out.port = dest.port;
     if ctx.draining {
@@ -145,14 +144,20 @@ fn route(
 
 /// The request target as origin-form: as sent (`/path?query`, `*` for OPTIONS), or the path
 /// of an absolute URI naming this tunnel's host.
-fn origin_form(dest: &Destination, head: &RequestHead) -> Result<Uri, ProxyError> {
+fn origin_form<'h>(
+    dest: &Destination,
+    head: &'h RequestHead,
+) -> Result<OriginForm<'h>, ProxyError> {
     let bad =
         |why: &str| ProxyError::bad_request(format!("request target inside the tunnel: {why}"));
     if head.target.starts_with('/') || (head.target == "*" && head.method == Method::OPTIONS) {
-        return head.target.parse().map_err(|_| bad("not a valid path"));
+        return target::parse_origin_form(&head.target).map_err(|_| bad("not a valid path"));
     }
-    let uri: Uri = head.target.parse().map_err(|_| bad("not a valid URI"))?;
-    let requested = target::parse_absolute(&uri).map_err(|e| bad(&e.to_string()))?;
+    let absolute = target::parse_absolute(&head.target).map_err(|e| match e {
+        TargetError::InvalidUri => bad("not a valid URI"),
+        other => bad(&other.to_string()),
+    })?;
+    let requested = absolute.target;
     let port = requested.port.unwrap_or(match requested.scheme {
         Scheme::Http => 80,
         Scheme::Https => 443,
@@ -163,7 +168,7 @@ fn origin_form(dest: &Destination, head: &RequestHead) -> Result<Uri, ProxyError
             &authority(&requested.host, requested.port),
         ));
     }
-    Ok(forward::origin_form(&uri))
+    Ok(absolute.origin_form)
 }
 
 /// `Host` must name the CONNECT's host, and its port unless that is the scheme's default

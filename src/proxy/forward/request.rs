@@ -4,11 +4,12 @@
 
 use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Uri};
+use http::Method;
 
 use super::Route;
 use crate::http1::{RequestHead, Spellings};
 use crate::proxy::headers::{self, HopNames};
+use crate::target::OriginForm;
 use crate::upstream::WriteHead;
 
 /// One request's upstream head, written once per attempt into the connection's buffer.
@@ -17,15 +18,15 @@ pub struct Outgoing<'a> {
     /// The `Host` sent upstream.
     pub host: &'a HeaderValue,
     /// Path and query sent upstream.
-    pub origin_form: &'a Uri,
+    pub origin_form: OriginForm<'a>,
 }
 
 impl<'a> Outgoing<'a> {
-    pub fn new(head: &'a RequestHead, route: &'a Route) -> Self {
+    pub fn new(head: &'a RequestHead, route: &'a Route<'_>) -> Self {
         Outgoing {
             head,
             host: &route.host,
-            origin_form: &route.origin_form,
+            origin_form: route.origin_form,
         }
     }
 }
@@ -44,12 +45,10 @@ impl WriteHead for Outgoing<'_> {
         let spellings = &head.spellings;
         out.put_slice(head.method.as_str().as_bytes());
         out.put_u8(b' ');
-        // `path()` is "/" for an empty path ("http://h?q" goes out as "/?q").
-        out.put_slice(origin_form.path().as_bytes());
-        if let Some(q) = origin_form.query() {
-            out.put_u8(b'?');
-            out.put_slice(q.as_bytes());
-        }
+        // "http://h?q" goes out as "/?q".
+        let (slash, rest) = origin_form.pieces();
+        out.put_slice(slash.as_bytes());
+        out.put_slice(rest.as_bytes());
         out.put_slice(b" HTTP/1.1\r\n");
         put_field(out, &header::HOST, host.as_bytes(), spellings);
         let hops = HopNames::of(&head.headers);
@@ -112,14 +111,17 @@ mod tests {
         reader.read_head().await.expect("valid head")
     }
 
-    fn route(host: &'static str, origin_form: &'static str) -> (HeaderValue, Uri) {
-        (
-            HeaderValue::from_static(host),
-            Uri::from_static(origin_form),
-        )
+    fn route(host: &'static str, origin_form: &'static str) -> (HeaderValue, OriginForm<'static>) {
+        let form = crate::target::parse_origin_form(origin_form).expect("origin-form");
+        (HeaderValue::from_static(host), form)
     }
 
-    fn written(head: &RequestHead, host: HeaderValue, uri: Uri, len: Option<u64>) -> String {
+    fn written(
+        head: &RequestHead,
+        host: HeaderValue,
+        uri: OriginForm<'_>,
+        len: Option<u64>,
+    ) -> String {
         let mut out = BytesMut::new();
         write_with(&mut out, head, host, uri, len);
         String::from_utf8(out.to_vec()).expect("ascii")
@@ -129,13 +131,13 @@ mod tests {
         out: &mut BytesMut,
         head: &RequestHead,
         host: HeaderValue,
-        uri: Uri,
+        uri: OriginForm<'_>,
         len: Option<u64>,
     ) {
         Outgoing {
             head,
             host: &host,
-            origin_form: &uri,
+            origin_form: uri,
         }
         .write_head(out, len);
     }
@@ -148,7 +150,7 @@ mod tests {
         let head = head_of(b"POST http://a.example/pay?x=1 HTTP/1.1\r\nHOST: wrong\r\nX-Api-KEY: k\r\nconnection: X-Secret, keep-alive\r\nx-secret: s\r\nKeep-Alive: 5\r\nProxy-Authorization: Basic eA==\r\nExpect: 100-continue\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nVia: 1.0 edge\r\n\r\n").await;
         let (host, uri) = route("a.example", "/pay?x=1");
         assert_eq!(
-            written(&head, host.clone(), uri.clone(), None),
+            written(&head, host.clone(), uri, None),
             "POST /pay?x=1 HTTP/1.1\r\nHOST: a.example\r\nX-Api-KEY: k\r\nContent-Type: text/plain\r\nVia: 1.0 edge\r\nVia: 1.1 portcullis\r\nTransfer-Encoding: chunked\r\n\r\n"
         );
         assert!(written(&head, host, uri, Some(0))
@@ -158,6 +160,13 @@ mod tests {
         assert_eq!(
             written(&get, host, uri, Some(0)),
             "GET / HTTP/1.1\r\nhost: a.example\r\nvia: 1.1 portcullis\r\n\r\n"
+        );
+        // A query without a path, and a fragment, as the absolute-form target had them.
+        let query = head_of(b"GET http://a.example?q#f HTTP/1.1\r\n\r\n").await;
+        let form = crate::target::parse_absolute(&query.target).expect("absolute");
+        let host = HeaderValue::from_static("a.example");
+        assert!(
+            written(&query, host, form.origin_form, Some(0)).starts_with("GET /?q HTTP/1.1\r\n")
         );
     }
 }
