@@ -144,6 +144,11 @@ pub fn parse_host(s: &str) -> Result<Host, TargetError> {
 pub struct Absolute<'a> {
     pub target: RequestTarget,
     pub origin_form: OriginForm<'a>,
+    /// The authority as written when it already is the `Host` value sent upstream (the host
+    /// as `Display` writes it, the port when explicit, in decimal): a lowercase name or an
+    /// IPv4 address without a trailing dot, a port without leading zeros. `None` otherwise,
+    /// when the value has to be built.
+    pub host_value: Option<&'a str>,
 }
 
 /// Parse an absolute-form request target (`http://host[:port]/path`), read from its text as
@@ -166,12 +171,19 @@ pub fn parse_absolute(text: &str) -> Result<Absolute<'_>, TargetError> {
     if authority.contains('@') {
         return Err(TargetError::Userinfo);
     }
-    let (host, port) = split_host_port(authority)?;
-    let host = parse_host(host)?;
-    let port = port.map(parse_port).transpose()?;
+    let (host_text, port_text) = split_host_port(authority)?;
+    let host = parse_host(host_text)?;
+    let port = port_text.map(parse_port).transpose()?;
+    let as_written = match &host {
+        Host::Name(name) => name == host_text,
+        // Only the canonical dotted quad parses, so only a trailing dot can differ.
+        Host::Ip(IpAddr::V4(_)) => !host_text.ends_with('.'),
+        Host::Ip(IpAddr::V6(_)) => false,
+    } && port_text.is_none_or(|p| !p.starts_with('0'));
     Ok(Absolute {
         target: RequestTarget { scheme, host, port },
         origin_form: OriginForm::new(parts.path_and_query),
+        host_value: as_written.then_some(authority),
     })
 }
 

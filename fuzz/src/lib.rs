@@ -98,6 +98,15 @@ pub fn target_parse(data: &[u8]) {
         path_and_query(&uri),
         "parse_absolute({uri}) and http::Uri disagree on the path and query"
     );
+    // The authority sent as written must be the Host value that would have been built.
+    if let Some(text) = absolute.host_value {
+        let built = portcullis::proxy::headers::host_value(&target.host, target.port);
+        assert_eq!(
+            built.as_ref().map(|v| v.as_bytes()),
+            Some(text.as_bytes()),
+            "parse_absolute({uri}): the authority as written is not the Host value"
+        );
+    }
 }
 
 /// The path and query `http` reads in `uri`, as an origin-form request line carries them.

@@ -10,13 +10,13 @@ mod body;
 mod relay;
 mod request;
 
-use http::header::HeaderValue;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::access::Lineage;
+use super::headers::HostField;
 use super::outcome::{Mode, Outcome};
 use super::stale::{self, Via};
 use super::stall::StallWriter;
@@ -38,7 +38,7 @@ pub struct Route<'h> {
     /// Who asked, the upstream that allowed it, and the destination (the pool key).
     pub allowed: Allowed,
     /// The `Host` header sent upstream.
-    pub host: HeaderValue,
+    pub host: HostField<'h>,
     /// The request target sent upstream: path and query.
     pub origin_form: OriginForm<'h>,
 }
@@ -133,8 +133,14 @@ fn route_absolute<'h>(
     };
     let auth = head.headers.get(http::header::PROXY_AUTHORIZATION);
     let allowed = ctx.decide(auth, &requested.host, want, out)?;
-    let host = crate::proxy::headers::host_value(&requested.host, requested.port)
-        .ok_or_else(|| ProxyError::bad_request("the URI's host cannot be sent as a Host header"))?;
+    let host = match absolute.host_value {
+        Some(text) => HostField::Written(text),
+        None => HostField::Built(
+            super::headers::host_value(&requested.host, requested.port).ok_or_else(|| {
+                ProxyError::bad_request("the URI's host cannot be sent as a Host header")
+            })?,
+        ),
+    };
     Ok(Route {
         allowed,
         host,

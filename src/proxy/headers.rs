@@ -70,6 +70,23 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
         .any(|h| h.len() == name.len() && h.eq_ignore_ascii_case(name))
 }
 
+/// The `Host` value sent upstream: the absolute-form target's own authority text when that
+/// already is the value (the common case: nothing built), else one built by [`host_value`].
+#[derive(Debug, Clone)]
+pub enum HostField<'h> {
+    Written(&'h str),
+    Built(HeaderValue),
+}
+
+impl HostField<'_> {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            HostField::Written(text) => text.as_bytes(),
+            HostField::Built(value) => value.as_bytes(),
+        }
+    }
+}
+
 /// The `Host` value for an upstream request: the URI's authority (port only when explicit).
 pub fn host_value(host: &crate::target::Host, explicit_port: Option<u16>) -> Option<HeaderValue> {
     use crate::target::Host;
@@ -153,6 +170,35 @@ mod tests {
         ]);
         let hops = HopNames::of(&h);
         assert!(!hops.drops(b"host") && !hops.drops(b"Content-Length"));
+    }
+
+    /// Where the target's authority is used as it was written, it is byte for byte the value
+    /// `host_value` builds; where it is not, building it was needed.
+    #[test]
+    fn an_authority_as_written_is_the_built_host_value() {
+        let cases: &[(&str, bool)] = &[
+            ("http://api.example.com/", true),
+            ("http://api.example.com:8443/", true),
+            ("https://a-b_c.example:1/x", true),
+            ("http://127.0.0.1:3000/", true),
+            ("http://255.255.255.255/", true),
+            ("http://0.0.0.0:65535?q", true),
+            ("http://API.example.com/", false),
+            ("http://api.example.com./", false),
+            ("http://api.example.com:0443/", false),
+            ("http://127.0.0.1./", false),
+            ("http://127.0.0.1:080/", false),
+            ("http://[::1]:80/", false),
+            ("http://[::FFFF:127.0.0.1]/", false),
+        ];
+        for (uri, as_written) in cases {
+            let a = crate::target::parse_absolute(uri).unwrap_or_else(|e| panic!("{uri}: {e}"));
+            let built = host_value(&a.target.host, a.target.port).expect("a value");
+            assert_eq!(a.host_value.is_some(), *as_written, "{uri}");
+            if let Some(text) = a.host_value {
+                assert_eq!(text.as_bytes(), built.as_bytes(), "{uri}");
+            }
+        }
     }
 
     #[test]

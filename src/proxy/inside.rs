@@ -137,7 +137,7 @@ fn route<'h>(
     })?;
     Ok(Route {
         allowed,
-        host,
+        host: super::headers::HostField::Built(host),
         origin_form,
     })
 }

@@ -3,7 +3,7 @@
 //! framing from the body, and every name in the client's spelling. No header map is copied.
 
 use bytes::{BufMut, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderName};
 use http::Method;
 
 use super::Route;
@@ -15,8 +15,8 @@ use crate::upstream::WriteHead;
 /// One request's upstream head, written once per attempt into the connection's buffer.
 pub struct Outgoing<'a> {
     pub head: &'a RequestHead,
-    /// The `Host` sent upstream.
-    pub host: &'a HeaderValue,
+    /// The `Host` value sent upstream.
+    pub host: &'a [u8],
     /// Path and query sent upstream.
     pub origin_form: OriginForm<'a>,
 }
@@ -25,7 +25,7 @@ impl<'a> Outgoing<'a> {
     pub fn new(head: &'a RequestHead, route: &'a Route<'_>) -> Self {
         Outgoing {
             head,
-            host: &route.host,
+            host: route.host.as_bytes(),
             origin_form: route.origin_form,
         }
     }
@@ -50,7 +50,7 @@ impl WriteHead for Outgoing<'_> {
         out.put_slice(slash.as_bytes());
         out.put_slice(rest.as_bytes());
         out.put_slice(b" HTTP/1.1\r\n");
-        put_field(out, &header::HOST, host.as_bytes(), spellings);
+        put_field(out, &header::HOST, host, spellings);
         let hops = HopNames::of(&head.headers);
         for (name, value) in &head.headers {
             if *name == header::HOST
@@ -105,6 +105,7 @@ fn put_field(out: &mut BytesMut, name: &HeaderName, value: &[u8], spellings: &Sp
 mod tests {
     use super::*;
     use crate::http1::ClientReader;
+    use http::header::HeaderValue;
 
     async fn head_of(text: &'static [u8]) -> RequestHead {
         let mut reader = ClientReader::new(text, 64 * 1024);
@@ -136,7 +137,7 @@ mod tests {
     ) {
         Outgoing {
             head,
-            host: &host,
+            host: host.as_bytes(),
             origin_form: uri,
         }
         .write_head(out, len);
