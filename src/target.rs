@@ -35,6 +35,35 @@ impl fmt::Display for Host {
     }
 }
 
+impl Host {
+    /// The text `Display` writes, without `core::fmt` for a name (borrowed) or IPv4.
+    pub fn text(&self) -> HostText<'_> {
+        match self {
+            Host::Name(name) => HostText::Name(name),
+            Host::Ip(IpAddr::V4(v4)) => HostText::V4(crate::addr_text::Ipv4Text::new(*v4)),
+            Host::Ip(IpAddr::V6(_)) => HostText::Other(self.to_string()),
+        }
+    }
+}
+
+/// A host's text, from [`Host::text`].
+pub enum HostText<'a> {
+    Name(&'a str),
+    V4(crate::addr_text::Ipv4Text),
+    /// IPv6, bracketed: rare enough for `core::fmt`.
+    Other(String),
+}
+
+impl HostText<'_> {
+    pub fn as_str(&self) -> &str {
+        match self {
+            HostText::Name(name) => name,
+            HostText::V4(v4) => v4.as_str(),
+            HostText::Other(text) => text,
+        }
+    }
+}
+
 /// The scheme of an absolute-form request URI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scheme {
@@ -507,6 +536,7 @@ mod tests {
         ];
         for (host, want) in cases {
             assert_eq!(host.to_string(), *want);
+            assert_eq!(host.text().as_str(), *want);
             assert_eq!(parse_host(want).as_ref(), Ok(host), "{want} round-trips");
         }
     }

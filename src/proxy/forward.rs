@@ -126,7 +126,7 @@ fn route_absolute<'h>(
         other => ProxyError::bad_request(other.to_string()),
     })?;
     let requested = absolute.target;
-    out.host = requested.host.to_string();
+    out.host = Some(requested.host.clone());
     let want = Want::Forward {
         scheme: requested.scheme,
         port: requested.port,

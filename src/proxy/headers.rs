@@ -89,22 +89,9 @@ impl HostField<'_> {
 
 /// The `Host` value for an upstream request: the URI's authority (port only when explicit).
 pub fn host_value(host: &crate::target::Host, explicit_port: Option<u16>) -> Option<HeaderValue> {
-    use crate::target::Host;
-    use std::net::IpAddr;
-    // Built by hand, not through `format!`: this runs for every forwarded request.
-    let v4;
-    let v6;
-    let name: &str = match host {
-        Host::Name(name) => name,
-        Host::Ip(IpAddr::V4(ip)) => {
-            v4 = crate::addr_text::Ipv4Text::new(*ip);
-            v4.as_str()
-        }
-        Host::Ip(IpAddr::V6(_)) => {
-            v6 = host.to_string();
-            &v6
-        }
-    };
+    // Built by hand, not through `format!`: every request inside a tunnel needs one.
+    let text = host.text();
+    let name = text.as_str();
     let mut digits = itoa::Buffer::new();
     let port = match explicit_port {
         Some(p) => digits.format(p),

@@ -120,7 +120,7 @@ fn route<'h>(
     head: &'h RequestHead,
     out: &mut Outcome<'_>,
 ) -> Result<Route<'h>, ProxyError> {
-    out.host = dest.host.to_string();
+    out.host = Some(dest.host.clone());
     out.port = dest.port;
     if ctx.draining {
         return Err(ProxyError::ShuttingDown);

@@ -11,6 +11,7 @@ use super::access::{self, Lineage};
 use super::Ctx;
 use crate::config::Upstream;
 use crate::error::ProxyError;
+use crate::target::{Host, HostText};
 
 /// How a request reached its upstream: the access log's `mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +46,8 @@ pub struct Outcome<'a> {
     /// The upstream that allowed it; `None` before (or without) a policy decision.
     pub upstream: Option<Arc<Upstream>>,
     pub client_name: Option<String>,
-    pub host: String,
+    /// The destination; `None` before (or without) one, logged as an empty host.
+    pub host: Option<Host>,
     /// The port dialed, or that would have been dialed had the request been allowed.
     pub port: u16,
     /// The upstream connection that carried the last attempt.
@@ -68,7 +70,7 @@ impl<'a> Outcome<'a> {
             target,
             upstream: None,
             client_name: None,
-            host: String::new(),
+            host: None,
             port: 0,
             lineage: None,
             attempts: 0,
@@ -97,12 +99,13 @@ impl<'a> Outcome<'a> {
             Some(&Method::CONNECT) => "",
             _ => access::path_only(self.target),
         };
+        let host = self.host.as_ref().map(Host::text);
         access::log(&access::Record {
             client: ctx.peer,
             client_name: self.client_name.as_deref(),
             upstream,
             method: self.method.map_or("-", Method::as_str),
-            host: &self.host,
+            host: host.as_ref().map_or("", HostText::as_str),
             port: self.port,
             path,
             status: status.as_u16(),

@@ -231,7 +231,7 @@ async fn open(
         }
         other => ProxyError::bad_request(other.to_string()),
     })?;
-    outcome.host = host.to_string();
+    outcome.host = Some(host.clone());
     let auth = head.headers.get(http::header::PROXY_AUTHORIZATION);
     let allowed = ctx.decide(auth, &host, Want::Tunnel { port }, outcome)?;
     let upstream = &allowed.upstream;
