@@ -255,6 +255,26 @@ fn is_query_char(c: u8) -> bool {
     matches!(c, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E)
 }
 
+/// Every string of up to four bytes from `alphabet` after each of `prefixes`: the generated
+/// inputs the parsers' tests hand to a reference and to ours.
+#[cfg(test)]
+pub(crate) fn each_generated(prefixes: &[&str], alphabet: &[u8], mut check: impl FnMut(&str)) {
+    let mut text = String::new();
+    for prefix in prefixes {
+        for len in 0..=4u32 {
+            for mut n in 0..alphabet.len().pow(len) {
+                text.clear();
+                text.push_str(prefix);
+                for _ in 0..len {
+                    text.push(char::from(alphabet[n % alphabet.len()]));
+                    n /= alphabet.len();
+                }
+                check(&text);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,20 +407,8 @@ mod tests {
     fn splits_generated_targets_as_http_does() {
         const ALPHABET: &[u8] = b"a1.:/?#@[]%*<~+";
         let prefixes = ["", "http://", "HTTPS://", "ftp://", "h", "/"];
+        each_generated(&prefixes, ALPHABET, agree);
         let mut text = String::new();
-        for prefix in prefixes {
-            for len in 0..=4u32 {
-                for mut n in 0..ALPHABET.len().pow(len) {
-                    text.clear();
-                    text.push_str(prefix);
-                    for _ in 0..len {
-                        text.push(char::from(ALPHABET[n % ALPHABET.len()]));
-                        n /= ALPHABET.len();
-                    }
-                    agree(&text);
-                }
-            }
-        }
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
         let mut next = || {
             state ^= state << 13;
