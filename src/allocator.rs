@@ -112,7 +112,9 @@ mod tests {
     fn blocks_have_the_alignment_asked_for() {
         // Every size class up to past the large-object limit, at every alignment up to a page:
         // plain `mi_malloc` must give MIN_ALIGN, the aligned calls the rest.
-        let sizes = (1..=512).chain((520..70_000).step_by(376)).chain([1 << 20, (1 << 22) + 8]);
+        let sizes = (1..=512)
+            .chain((520..70_000).step_by(376))
+            .chain([1 << 20, (1 << 22) + 8]);
         for size in sizes {
             for align in [1, 2, 4, 8, 16, 32, 64, 4096] {
                 let layout = Layout::from_size_align(size, align).unwrap();
