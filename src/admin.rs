@@ -30,12 +30,13 @@ use conns::{Admitted, Conns, Serving};
 /// connections cannot starve the probes. Each connection must send each request head within
 /// `header_read_timeout`, which also bounds how long it may sit idle between requests.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
-    let mut phase = shared.phase.subscribe();
+    let stopped = shared.phase.reached(Phase::Stopped);
+    tokio::pin!(stopped);
     let conns = Conns::new(MAX_CONNECTIONS);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = phase.wait_for(|p| *p == Phase::Stopped) => return,
+            _ = &mut stopped => return,
         };
         let (stream, _) = match accepted {
             Ok(a) => a,
@@ -47,7 +48,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
         };
         let admitted = tokio::select! {
             a = conns.admit() => a,
-            _ = phase.wait_for(|p| *p == Phase::Stopped) => return,
+            _ = &mut stopped => return,
         };
         let Some(admitted) = admitted else { continue };
         let head_timeout = shared.config().proxy.header_read_timeout;
@@ -127,7 +128,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             r
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => match *shared.phase.borrow() {
+        "/readyz" => match shared.phase.get() {
             Phase::Running => text(StatusCode::OK, "ready\n"),
             _ => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
         },

@@ -181,7 +181,7 @@ impl Handle {
     /// whatever is still running is cut at once. `cut`'s output if it did.
     pub async fn shutdown_unless<T>(self, cut: impl Future<Output = T>) -> Option<T> {
         let grace = self.shared.config().proxy.shutdown_grace;
-        self.shared.phase.send_replace(Phase::Draining);
+        self.shared.phase.set(Phase::Draining);
         let forced = tokio::select! {
             drained = tokio::time::timeout(grace, self.limit.drained()) => {
                 if drained.is_err() {
@@ -197,7 +197,7 @@ impl Handle {
                 Some(c)
             }
         };
-        self.shared.phase.send_replace(Phase::Stopped);
+        self.shared.phase.set(Phase::Stopped);
         self.shared.pools.drain_all();
         for t in self.tasks {
             t.abort();

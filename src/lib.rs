@@ -16,6 +16,7 @@ pub mod log_writer;
 pub mod metrics;
 pub mod pattern;
 pub mod pem;
+pub mod phase;
 pub mod policy;
 pub mod pool;
 pub mod proxy;

@@ -14,6 +14,7 @@ pub mod stall;
 pub mod stream;
 pub mod tls;
 pub mod tunnel;
+pub mod wait;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +45,8 @@ use stream::{ClientRead, ClientWrite};
 pub struct Ctx {
     pub shared: Arc<Shared>,
     pub config: Arc<Config>,
+    /// The config swap count `config` was read at ([`Shared::config_epoch`]).
+    config_epoch: u64,
     pub peer: SocketAddr,
     /// The verified client certificate's identities (TLS listener with `client_ca`).
     pub identity: Option<Arc<PeerIdentity>>,
@@ -53,18 +56,41 @@ pub struct Ctx {
 impl Ctx {
     /// The context for the first request of a connection: the config and phase as they are now.
     fn now(shared: &Arc<Shared>, peer: SocketAddr, identity: Option<Arc<PeerIdentity>>) -> Ctx {
+        let config_epoch = shared.config_epoch();
         Ctx {
             shared: shared.clone(),
             config: shared.config(),
+            config_epoch,
             peer,
             identity,
             draining: shared.draining(),
         }
     }
 
-    /// The same client for its next request, with the config and phase as they are now.
+    /// The same client, as [`Ctx::refresh`] leaves it.
     pub fn refreshed(&self) -> Ctx {
-        Ctx::now(&self.shared, self.peer, self.identity.clone())
+        let mut ctx = Ctx {
+            shared: self.shared.clone(),
+            config: self.config.clone(),
+            config_epoch: self.config_epoch,
+            peer: self.peer,
+            identity: self.identity.clone(),
+            draining: self.draining,
+        };
+        ctx.refresh();
+        ctx
+    }
+
+    /// Ready for the same client's next request: the config and phase as they are now. The
+    /// config is read again only when it was swapped since (two atomic loads otherwise, where
+    /// a read lock and a reference count are shared by every connection of both workers).
+    pub fn refresh(&mut self) {
+        let epoch = self.shared.config_epoch();
+        if epoch != self.config_epoch {
+            self.config = self.shared.config();
+            self.config_epoch = epoch;
+        }
+        self.draining = self.shared.draining();
     }
 
     /// Who is asking, as policy sees it.
@@ -119,7 +145,8 @@ pub async fn run(
     limit: Arc<ClientLimit>,
     placement: Placement,
 ) {
-    let mut phase = shared.phase.subscribe();
+    let draining = shared.phase.reached(Phase::Draining);
+    tokio::pin!(draining);
     let mut last_accept_error: Option<tokio::time::Instant> = None;
     // A reload that drops tls_listen takes effect on restart, like any listen address: until
     // then the listener keeps the last certificate it had.
@@ -135,14 +162,14 @@ pub async fn run(
                 Ok(p) => p,
                 Err(_) => return,
             },
-            _ = phase.wait_for(|p| *p != Phase::Running) => return,
+            _ = &mut draining => return,
         };
         let accepted = tokio::select! {
             a = listeners.plain.accept() => a.map(|(s, peer)| (s, peer, false)),
             a = accept_on(tls_listener.as_ref()) => a.map(|(s, peer)| (s, peer, true)),
             // Lowered on reload: this permit goes back, and what the lowering owes comes first.
             _ = lowered => continue,
-            _ = phase.wait_for(|p| *p != Phase::Running) => return,
+            _ = &mut draining => return,
         };
         match accepted {
             Ok((stream, peer, tls)) => {
@@ -217,12 +244,13 @@ async fn serve_client<R: ClientRead, W: ClientWrite>(
     identity: Option<Arc<PeerIdentity>>,
     _slot: Slot,
 ) {
-    let mut phase = shared.phase.subscribe();
     // Every event of this connection (access lines, errors) carries the client address.
     let span = tracing::info_span!("conn", client = %peer);
+    // Biased: the requests go first on every wake-up; the stop is then one atomic load.
     tokio::select! {
-        _ = requests(shared, halves, peer, identity).instrument(span) => {}
-        _ = phase.wait_for(|p| *p == Phase::Stopped) => {}
+        biased;
+        _ = requests(&shared, halves, peer, identity).instrument(span) => {}
+        _ = shared.phase.reached(Phase::Stopped) => {}
     }
 }
 
@@ -232,14 +260,18 @@ async fn serve_client<R: ClientRead, W: ClientWrite>(
 /// its head limits, its handling, and the idle wait after it. A reload thus reaches the next
 /// request of a keep-alive connection, its client-side limits included.
 async fn requests<R: ClientRead, W: ClientWrite>(
-    shared: Arc<Shared>,
+    shared: &Arc<Shared>,
     (rd, mut wr): (R, W),
     peer: SocketAddr,
     identity: Option<Arc<PeerIdentity>>,
 ) {
-    let mut phase = shared.phase.subscribe();
-    let mut ctx = Ctx::now(&shared, peer, identity);
+    let mut ctx = Ctx::now(shared, peer, identity);
     let mut reader = ClientReader::new(rd, ctx.config.proxy.max_header_bytes);
+    // Both made once for the connection: its idle waits only poll them (see `wait`).
+    let draining = shared.phase.reached(Phase::Draining);
+    tokio::pin!(draining);
+    let idle_timer = tokio::time::sleep(ctx.config.proxy.client_idle_timeout);
+    tokio::pin!(idle_timer);
     let mut first = true;
     loop {
         if !first {
@@ -247,16 +279,15 @@ async fn requests<R: ClientRead, W: ClientWrite>(
                 // Idle keep-alive: wait for the next request's first byte, or close. An idle
                 // connection holds no read buffer (thousands of them may sit in a client's pool).
                 reader.release_buffer();
-                let idle_timeout = ctx.config.proxy.client_idle_timeout;
-                tokio::select! {
-                    r = timeout(idle_timeout, R::idle_wait(&mut reader)) => match r {
-                        Ok(Ok(())) => {}
-                        _ => return,
-                    },
-                    _ = phase.wait_for(|p| *p != Phase::Running) => return,
+                let limit = ctx.config.proxy.client_idle_timeout;
+                let ready = R::idle_wait(&mut reader);
+                match wait::next_request(ready, idle_timer.as_mut(), draining.as_mut(), limit).await
+                {
+                    Some(Ok(())) => {}
+                    _ => return,
                 }
             }
-            ctx = ctx.refreshed();
+            ctx.refresh();
         }
         first = false;
         let (head_timeout, max_header_bytes) = {
@@ -264,7 +295,7 @@ async fn requests<R: ClientRead, W: ClientWrite>(
             (proxy.header_read_timeout, proxy.max_header_bytes)
         };
         reader.set_max_header_bytes(max_header_bytes);
-        let read = timeout(head_timeout, reader.read_head()).await;
+        let read = wait::within(head_timeout, reader.read_head()).await;
         // The phase as the head arrived: a drain that began meanwhile refuses this request.
         ctx.draining = shared.draining();
         let head = match read {

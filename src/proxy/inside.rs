@@ -3,14 +3,17 @@
 //! one. Each goes through the forwarding path to the CONNECT's destination, with its pool,
 //! lifetimes, retries and outcome, exactly as if it had come in absolute form.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use http::header::{self, HeaderValue};
 use http::Method;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
 
 use super::forward::{self, Route};
 use super::outcome::{Mode, Outcome};
-use super::{Ctx, Flow};
+use super::{wait, Ctx, Flow};
+use crate::config::Config;
 use crate::error::ProxyError;
 use crate::http1::{ClientReader, HeadError, RequestHead};
 use crate::policy::Want;
@@ -53,22 +56,38 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
-    let shared = ctx.shared.clone();
-    let mut phase = shared.phase.subscribe();
+    let shared = &ctx.shared;
+    let mut ctx = ctx.refreshed();
+    // Made once for the tunnel: its idle waits only poll them (see `wait`).
+    let draining = shared.phase.reached(Phase::Draining);
+    tokio::pin!(draining);
+    let idle_timer = tokio::time::sleep(ctx.config.proxy.client_idle_timeout);
+    tokio::pin!(idle_timer);
+    // The idle limit, found again only when the config changes.
+    let mut idle_for: Option<(Arc<Config>, Duration)> = None;
     loop {
-        let ctx = ctx.refreshed();
-        let proxy = &ctx.config.proxy;
-        // Both the client's idle limit and the tunnel's apply to the client side.
-        let idle = proxy.client_idle_timeout.min(tunnel_idle(&ctx, &dest));
-        tokio::select! {
-            r = timeout(idle, reader.wait_for_data()) => match r {
-                Ok(Ok(true)) => {}
-                _ => break,
-            },
-            _ = phase.wait_for(|p| *p != Phase::Running) => break,
+        ctx.refresh();
+        let idle = match &idle_for {
+            Some((config, idle)) if Arc::ptr_eq(config, &ctx.config) => *idle,
+            _ => {
+                // Both the client's idle limit and the tunnel's apply to the client side.
+                let idle = ctx
+                    .config
+                    .proxy
+                    .client_idle_timeout
+                    .min(tunnel_idle(&ctx, &dest));
+                idle_for = Some((ctx.config.clone(), idle));
+                idle
+            }
+        };
+        let ready = reader.wait_for_data();
+        match wait::next_request(ready, idle_timer.as_mut(), draining.as_mut(), idle).await {
+            Some(Ok(true)) => {}
+            _ => break,
         }
+        let proxy = &ctx.config.proxy;
         reader.set_max_header_bytes(proxy.max_header_bytes);
-        let head = match timeout(proxy.header_read_timeout, reader.read_head()).await {
+        let head = match wait::within(proxy.header_read_timeout, reader.read_head()).await {
             Err(_) | Ok(Err(HeadError::Closed)) | Ok(Err(HeadError::Io(_))) => break,
             Ok(Err(e)) => {
                 let err = match e {
@@ -83,10 +102,7 @@ where
             }
             Ok(Ok(head)) => head,
         };
-        let ctx = Ctx {
-            draining: shared.draining(),
-            ..ctx
-        };
+        ctx.draining = shared.draining();
         let route = |ctx: &Ctx, head, out: &mut Outcome<'_>| route(ctx, &dest, head, out);
         if forward::serve_with(&ctx, dest.mode, &head, &mut reader, &mut writer, route).await
             == Flow::Close

@@ -77,12 +77,11 @@ pub(super) async fn serve(
 ) {
     let _ = tcp.set_nodelay(true);
     let limit = shared.config().proxy.header_read_timeout;
-    let mut phase = shared.phase.subscribe();
     // Boxed: the handshake state is large, and it exists only while the handshake runs.
     let handshake = Box::pin(timeout(limit, TlsAcceptor::from(server.0).accept(tcp)));
     let done = tokio::select! {
         r = handshake => r,
-        _ = phase.wait_for(|p| *p == Phase::Stopped) => return,
+        _ = shared.phase.reached(Phase::Stopped) => return,
     };
     if let Some((halves, identity)) = established(&shared, peer, done, limit) {
         tokio::spawn(serve_client(shared, halves, peer, identity, slot));

@@ -179,9 +179,7 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         if let Some(h) = self.handle.take() {
             // Not awaited: the runtime may be ending. Signal the phases so tasks stop.
-            h.shared
-                .phase
-                .send_replace(portcullis::state::Phase::Stopped);
+            h.shared.phase.set(portcullis::state::Phase::Stopped);
             h.shared.pools.drain_all();
         }
     }
