@@ -59,20 +59,26 @@ pub struct Record<'a> {
 
 /// The path of a request target without its query string (which may carry secrets).
 pub fn path_only(target: &str) -> &str {
-    let path_start = if let Some(rest) = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))
-    {
-        let offset = target.len() - rest.len();
-        match rest.find(['/', '?']) {
-            Some(i) => offset + i,
+    // Byte searches (memchr) rather than `str::find` with a char set: this runs for every
+    // line, and the generic char-set search cost ~290 instructions a request.
+    let scheme = if target.starts_with("http://") {
+        7
+    } else if target.starts_with("https://") {
+        8
+    } else {
+        0
+    };
+    let path_start = if scheme > 0 {
+        match memchr::memchr2(b'/', b'?', &target.as_bytes()[scheme..]) {
+            Some(i) => scheme + i,
             None => return "/",
         }
     } else {
         0
     };
+    // Both ends are at ASCII bytes, so on char boundaries.
     let path = &target[path_start..];
-    let end = path.find(['?', '#']).unwrap_or(path.len());
+    let end = memchr::memchr2(b'?', b'#', path.as_bytes()).unwrap_or(path.len());
     match &path[..end] {
         "" => "/",
         p => p,
@@ -116,6 +122,52 @@ mod tests {
         ];
         for (t, want) in cases {
             assert_eq!(path_only(t), want, "{t}");
+        }
+    }
+
+    /// The first implementation, by `str` methods: the byte searches must agree with it.
+    fn path_only_by_str(target: &str) -> &str {
+        let path_start = if let Some(rest) = target
+            .strip_prefix("http://")
+            .or_else(|| target.strip_prefix("https://"))
+        {
+            let offset = target.len() - rest.len();
+            match rest.find(['/', '?']) {
+                Some(i) => offset + i,
+                None => return "/",
+            }
+        } else {
+            0
+        };
+        let path = &target[path_start..];
+        let end = path.find(['?', '#']).unwrap_or(path.len());
+        match &path[..end] {
+            "" => "/",
+            p => p,
+        }
+    }
+
+    #[test]
+    fn byte_search_agrees_with_the_str_methods() {
+        // Every string of up to five characters from an alphabet of the bytes that matter,
+        // behind each prefix that matters (multi-byte characters included).
+        let alphabet = ["/", "?", "#", "a", ":", "é"];
+        let prefixes = ["", "http://", "https://", "http:/", "HTTP://", "/", "é"];
+        let mut texts = vec![String::new()];
+        for _ in 0..5 {
+            let longer: Vec<String> = texts
+                .iter()
+                .flat_map(|t| alphabet.iter().map(move |a| format!("{t}{a}")))
+                .collect();
+            texts.extend(longer);
+            texts.sort();
+            texts.dedup();
+        }
+        for p in prefixes {
+            for t in &texts {
+                let target = format!("{p}{t}");
+                assert_eq!(path_only(&target), path_only_by_str(&target), "{target:?}");
+            }
         }
     }
 }
