@@ -15,6 +15,7 @@
 
 mod body;
 mod head;
+pub mod known;
 mod names;
 mod stash;
 pub mod write;

@@ -2,25 +2,17 @@
 
 use http::header::{self, HeaderMap, HeaderValue};
 
-/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1, plus `Proxy-*`),
-/// in lower case.
-const HOP_BY_HOP: [&[u8]; 8] = [
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"proxy-authorization",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-];
+use crate::http1::known::{known, Known};
 
 /// Our hop's `Via` entry.
 pub const VIA: HeaderValue = HeaderValue::from_static("1.1 portcullis");
 
-/// Which fields of one message stay at the hop: the fixed [`HOP_BY_HOP`] names, and those its
+/// Which fields of one message stay at the hop: the fixed hop-by-hop names
+/// ([`Known::is_hop_by_hop`]), and those its
 /// `Connection` (or `Proxy-Connection`) lists. Messages are written on field by field,
-/// leaving these out; nothing is copied or removed first.
+/// leaving these out; nothing is copied or removed first. The default names nothing beyond
+/// the fixed list.
+#[derive(Default)]
 pub struct HopNames<'a> {
     /// Tokens of `Connection` beyond the fixed list (usually none).
     named: smallvec::SmallVec<[&'a [u8]; 4]>,
@@ -29,11 +21,16 @@ pub struct HopNames<'a> {
 impl<'a> HopNames<'a> {
     /// From the values of the message's `Connection` and `Proxy-Connection` fields.
     pub fn from_connection(values: impl IntoIterator<Item = &'a [u8]>) -> Self {
-        let named = values
-            .into_iter()
-            .flat_map(crate::http1::tokens)
-            .filter(|t| !is_hop_by_hop(t))
-            .collect();
+        // Pushed one by one rather than collected: the usual `keep-alive` or `close` names
+        // nothing, and an empty inline vector costs nothing to build.
+        let mut named = smallvec::SmallVec::new();
+        for value in values {
+            for token in crate::http1::tokens(value) {
+                if !is_hop_by_hop(token) {
+                    named.push(token);
+                }
+            }
+        }
         HopNames { named }
     }
 
@@ -51,23 +48,29 @@ impl<'a> HopNames<'a> {
     /// Whether the field `name` (any case) is not passed on. A `Connection` token never drops
     /// what framing or routing depends on.
     pub fn drops(&self, name: &[u8]) -> bool {
-        if is_hop_by_hop(name) {
+        self.drops_known(known(name), name)
+    }
+
+    /// [`Self::drops`] for a name already recognised as `kind` (`known(name)`).
+    pub fn drops_known(&self, kind: Known, name: &[u8]) -> bool {
+        if kind.is_hop_by_hop() {
             return true;
         }
-        if self.named.is_empty()
-            || name.eq_ignore_ascii_case(b"host")
-            || name.eq_ignore_ascii_case(b"content-length")
-        {
+        if self.named.is_empty() || matches!(kind, Known::Host | Known::ContentLength) {
             return false;
         }
         self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
     }
+
+    /// Whether the message's `Connection` names no field beyond the fixed hop-by-hop ones.
+    pub fn is_fixed(&self) -> bool {
+        self.named.is_empty()
+    }
 }
 
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.len() == name.len() && h.eq_ignore_ascii_case(name))
+/// One of the fixed hop-by-hop names (RFC 9110 §7.6.1, plus `Proxy-*`), in any case.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    known(name).is_hop_by_hop()
 }
 
 /// The `Host` value sent upstream: the absolute-form target's own authority text when that

@@ -6,6 +6,8 @@ use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode, Version};
 use smallvec::SmallVec;
 
+use crate::http1::known::{known, Known};
+
 /// Most header fields accepted in one response head (hyper's limit too).
 pub const MAX_RESPONSE_HEADERS: usize = 100;
 
@@ -16,24 +18,118 @@ pub struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
     bytes: Bytes,
-    /// (name start, name length, value start, value length) of each field, in order.
-    spans: SmallVec<[(u32, u32, u32, u32); 16]>,
+    /// Where each field is in `bytes`, and what its name is, in order.
+    spans: SmallVec<[Span; 16]>,
+    /// The [`Known::bit`]s of the names present: a look-up for an absent one scans nothing.
+    present: u16,
+    /// What `Connection` and `Proxy-Connection` list.
+    connection: ConnectionTokens,
+}
+
+/// The tokens of a head's `Connection` (and `Proxy-Connection`) fields that the relay acts on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionTokens {
+    /// `Connection` lists `close` (any case).
+    pub close: bool,
+    /// `Connection` lists `keep-alive` (any case).
+    pub keep_alive: bool,
+    /// `Connection` or `Proxy-Connection` lists a name beyond the fixed hop-by-hop ones:
+    /// that field must stay at the hop too.
+    pub names_fields: bool,
+}
+
+impl ConnectionTokens {
+    /// Read from the values of `Connection` and of `Proxy-Connection`.
+    pub fn of<'a>(
+        connection: impl IntoIterator<Item = &'a [u8]>,
+        proxy_connection: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Self {
+        let mut tokens = ConnectionTokens::default();
+        for token in connection.into_iter().flat_map(crate::http1::tokens) {
+            tokens.close |= token.eq_ignore_ascii_case(b"close");
+            tokens.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            tokens.names_fields |= !crate::proxy::headers::is_hop_by_hop(token);
+        }
+        for token in proxy_connection.into_iter().flat_map(crate::http1::tokens) {
+            tokens.names_fields |= !crate::proxy::headers::is_hop_by_hop(token);
+        }
+        tokens
+    }
+}
+
+/// One field of a [`ResponseHead`].
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    name: u32,
+    name_len: u32,
+    value: u32,
+    value_len: u32,
+    /// The name recognised once, at parse time.
+    kind: Known,
 }
 
 impl ResponseHead {
     /// Every field as (name, value), in the order received, names as spelled.
     pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.spans.iter().map(|&(n, nl, v, vl)| {
-            let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
-            (&self.bytes[n..n + nl], &self.bytes[v..v + vl])
-        })
+        self.known_fields().map(|(_, n, v)| (n, v))
     }
 
-    /// The values of every field named `name` (lower case; matched in any case).
+    /// Every field as (what its name is, name, value), in the order received.
+    pub fn known_fields(&self) -> impl Iterator<Item = (Known, &[u8], &[u8])> {
+        self.spans.iter().map(|s| self.field(s))
+    }
+
+    fn field(&self, s: &Span) -> (Known, &[u8], &[u8]) {
+        let (n, nl, v, vl) = (
+            s.name as usize,
+            s.name_len as usize,
+            s.value as usize,
+            s.value_len as usize,
+        );
+        (s.kind, &self.bytes[n..n + nl], &self.bytes[v..v + vl])
+    }
+
+    /// Whether a field of the known name `kind` is present.
+    pub fn has(&self, kind: Known) -> bool {
+        self.present & kind.bit() != 0
+    }
+
+    /// The values of every field named `name` (lower case; matched in any case). A known
+    /// name is matched by its kind, recognised at parse time.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
-        self.fields()
-            .filter(move |(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v)
+        self.matching(known(name.as_bytes()), name.as_bytes())
+    }
+
+    /// The values of every field of the known name `kind`.
+    pub fn all(&self, kind: Known) -> impl Iterator<Item = &[u8]> {
+        self.matching(kind, b"")
+    }
+
+    /// Values of the fields of `kind`, or when that is `Other`, named `name`.
+    fn matching<'a>(&'a self, kind: Known, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
+        // None of a known name present: nothing to scan.
+        let spans = if kind != Known::Other && !self.has(kind) {
+            &self.spans[..0]
+        } else {
+            &self.spans[..]
+        };
+        spans
+            .iter()
+            .filter(move |s| {
+                if kind == Known::Other {
+                    s.kind == Known::Other
+                        && s.name_len as usize == name.len()
+                        && self.field(s).1.eq_ignore_ascii_case(name)
+                } else {
+                    s.kind == kind
+                }
+            })
+            .map(|s| self.field(s).2)
+    }
+
+    /// What the `Connection` fields say, read once at parse time.
+    pub fn connection(&self) -> ConnectionTokens {
+        self.connection
     }
 
     /// The first value of the field `name`.
@@ -50,6 +146,7 @@ impl ResponseHead {
 /// head's bytes are split off `buf`.
 pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, String> {
     let mut spans = SmallVec::new();
+    let mut present = 0u16;
     let (len, code, minor) = {
         // Not zeroed first: a head is parsed on every response.
         let mut raw =
@@ -65,14 +162,17 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, S
         let base = buf.as_ptr() as usize;
         // Offsets within a head of at most MAX_BUF_SIZE bytes: they fit in u32.
         let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        spans.extend(res.headers.iter().map(|h| {
-            (
-                at(h.name.as_bytes()),
-                h.name.len() as u32,
-                at(h.value),
-                h.value.len() as u32,
-            )
-        }));
+        for h in res.headers.iter() {
+            let kind = known(h.name.as_bytes());
+            present |= kind.bit();
+            spans.push(Span {
+                name: at(h.name.as_bytes()),
+                name_len: h.name.len() as u32,
+                value: at(h.value),
+                value_len: h.value.len() as u32,
+                kind,
+            });
+        }
         (len, res.code.unwrap_or(0), res.version.unwrap_or(1))
     };
     let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
@@ -81,12 +181,21 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, S
     } else {
         Version::HTTP_11
     };
-    Ok(Some(ResponseHead {
+    let mut head = ResponseHead {
         status,
         version,
         bytes: buf.split_to(len).freeze(),
         spans,
-    }))
+        present,
+        connection: ConnectionTokens::default(),
+    };
+    if head.has(Known::Connection) || head.has(Known::ProxyConnection) {
+        head.connection = ConnectionTokens::of(
+            head.all(Known::Connection),
+            head.all(Known::ProxyConnection),
+        );
+    }
+    Ok(Some(head))
 }
 
 /// How a response's body is delimited, and whether the connection can carry another request
@@ -110,9 +219,10 @@ pub enum RespBodyKind {
 /// RFC 9112 §6.3 for a response to a request with `method`.
 pub fn response_framing(method: &Method, head: &ResponseHead) -> Result<RespFraming, String> {
     let h = head;
+    let connection = head.connection();
     let keep_alive = match head.version {
-        Version::HTTP_10 => connection_has(h, "keep-alive") && !connection_has(h, "close"),
-        _ => !connection_has(h, "close"),
+        Version::HTTP_10 => connection.keep_alive && !connection.close,
+        _ => !connection.close,
     };
     if head.status == StatusCode::SWITCHING_PROTOCOLS {
         return Err("unexpected 101 Switching Protocols".into());
@@ -126,16 +236,16 @@ pub fn response_framing(method: &Method, head: &ResponseHead) -> Result<RespFram
             reusable: keep_alive,
         });
     }
-    if h.contains("transfer-encoding") {
+    if h.has(Known::TransferEncoding) {
         // Chunked only when it is the final coding; anything else runs until close. With a
         // Content-Length too, the message is suspect: never reuse the connection after it.
         let last = h
-            .get_all("transfer-encoding")
+            .all(Known::TransferEncoding)
             .flat_map(crate::http1::tokens)
             .last();
         let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
             && head.version != Version::HTTP_10;
-        let both = h.contains("content-length");
+        let both = h.has(Known::ContentLength);
         return Ok(if chunked {
             RespFraming {
                 body: RespBodyKind::Chunked,
@@ -168,16 +278,11 @@ pub fn response_framing(method: &Method, head: &ResponseHead) -> Result<RespFram
 /// client side applies to requests.
 fn content_length(h: &ResponseHead) -> Result<Option<u64>, String> {
     let mut found = None;
-    for value in h.get_all("content-length") {
+    for value in h.all(Known::ContentLength) {
         crate::http1::content_length_values(value, &mut found)
             .map_err(|why| format!("invalid response: {why}"))?;
     }
     Ok(found)
-}
-
-/// Whether a `Connection` field lists `token`.
-fn connection_has(h: &ResponseHead, token: &str) -> bool {
-    crate::http1::lists(h.get_all("connection"), token)
 }
 
 #[cfg(test)]
@@ -215,6 +320,67 @@ mod tests {
         ] {
             let mut b = BytesMut::from(bad.as_bytes());
             assert!(parse_response_head(&mut b).is_err(), "{bad:?}");
+        }
+    }
+
+    /// What parsing records (kinds, the names present, the `Connection` tokens) agrees with
+    /// the general path: scanning every field by name.
+    #[test]
+    fn what_parsing_records_agrees_with_scanning_the_fields() {
+        use crate::proxy::headers::HopNames;
+        let heads = [
+            "HTTP/1.1 200 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nconnection: Close\r\nKeep-Alive: timeout=5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nConnection: ,, \r\nConnection: upgrade ,close\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nProxy-Connection: x-a\r\nConnection: keep-alive\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nProxy-Connection: keep-alive\r\nCONNECTION: TE, Trailer\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nConnection: keep-alivex\r\nTransfer-Encoding: gzip\r\nTransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Lengths: 3\r\nContent-Length: 4\r\nX-A: a\r\nx-a: b\r\n\r\n",
+        ];
+        let names = [
+            "connection",
+            "proxy-connection",
+            "keep-alive",
+            "content-length",
+            "transfer-encoding",
+            "content-lengths",
+            "x-a",
+            "x-hop",
+            "server",
+            "te",
+        ];
+        for text in heads {
+            let h = head(text);
+            for name in names {
+                let scanned: Vec<&[u8]> = h
+                    .fields()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+                    .map(|(_, v)| v)
+                    .collect();
+                assert_eq!(
+                    h.get_all(name).collect::<Vec<_>>(),
+                    scanned,
+                    "{text:?} {name}"
+                );
+                let kind = known(name.as_bytes());
+                if kind != Known::Other {
+                    assert_eq!(h.all(kind).collect::<Vec<_>>(), scanned, "{text:?} {name}");
+                    assert_eq!(h.has(kind), !scanned.is_empty(), "{text:?} {name}");
+                }
+            }
+            let connection = || h.get_all("connection");
+            let hops = HopNames::from_connection(connection().chain(h.get_all("proxy-connection")));
+            assert_eq!(
+                h.connection(),
+                ConnectionTokens {
+                    close: crate::http1::lists(connection(), "close"),
+                    keep_alive: crate::http1::lists(connection(), "keep-alive"),
+                    names_fields: !hops.is_fixed(),
+                },
+                "{text:?}"
+            );
         }
     }
 

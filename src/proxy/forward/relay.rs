@@ -164,16 +164,23 @@ struct Framing {
 fn client_head(out: &mut BytesMut, version: Version, upstream: &ResponseHead, f: &Framing) {
     use crate::http1::write::{put_field, put_status_line};
     put_status_line(out, version, upstream.status);
-    let hops = HopNames::from_connection(
-        upstream
-            .get_all("connection")
-            .chain(upstream.get_all("proxy-connection")),
-    );
+    use crate::http1::known::Known;
+    // Usually `Connection` names only fixed hop-by-hop fields (`keep-alive`, `close`): then
+    // there is nothing to collect.
+    let hops = if upstream.connection().names_fields {
+        HopNames::from_connection(
+            upstream
+                .all(Known::Connection)
+                .chain(upstream.all(Known::ProxyConnection)),
+        )
+    } else {
+        HopNames::default()
+    };
     let mut upstream_length = None;
-    for (name, value) in upstream.fields() {
-        if name.eq_ignore_ascii_case(b"content-length") {
+    for (kind, name, value) in upstream.known_fields() {
+        if kind == Known::ContentLength {
             upstream_length.get_or_insert(value);
-        } else if !hops.drops(name) {
+        } else if !hops.drops_known(kind, name) {
             put_field(out, name, value);
         }
     }
