@@ -6,6 +6,7 @@ use http::{Method, Version};
 use memchr::{memchr, memchr2};
 use tokio::io::AsyncRead;
 
+use super::known::{known, Known};
 use super::names::Spellings;
 use super::{is_tchar, trim_ows, ClientReader, HEAD_FIRST_READ, HEAD_READ};
 
@@ -79,6 +80,10 @@ pub struct RequestHead {
     /// The client sent `Expect: 100-continue` over HTTP/1.1 (ignored for
     /// HTTP/1.0, per RFC 9110 §10.1.1).
     pub expect_continue: bool,
+    /// `Connection` or `Proxy-Connection` lists a field name beyond the fixed
+    /// hop-by-hop ones (usually not): only then must the fields be checked
+    /// against what they name.
+    pub names_hop_fields: bool,
 }
 
 /// How a request body is delimited.
@@ -292,6 +297,7 @@ fn parse_head(head: &Bytes) -> Result<RequestHead, HeadError> {
     let mut te_chunked = false;
     let (mut conn_close, mut conn_keep_alive) = (false, false);
     let mut expect_continue = false;
+    let mut names_hop_fields = false;
     let mut hosts = 0usize;
     let mut spellings = Spellings::new(head.clone());
     for h in req.headers.iter() {
@@ -310,6 +316,9 @@ fn parse_head(head: &Bytes) -> Result<RequestHead, HeadError> {
                 conn_close |= token.eq_ignore_ascii_case(b"close");
                 conn_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
+            names_hop_fields |= names_fields(h.value);
+        } else if h.name.len() == 16 && known(h.name.as_bytes()) == Known::ProxyConnection {
+            names_hop_fields |= names_fields(h.value);
         } else if name == header::EXPECT {
             expect_continue = trim_ows(h.value).eq_ignore_ascii_case(b"100-continue");
         } else if name == header::HOST {
@@ -347,7 +356,13 @@ fn parse_head(head: &Bytes) -> Result<RequestHead, HeadError> {
         spellings,
         keep_alive: !conn_close && (http11 || conn_keep_alive),
         expect_continue: http11 && expect_continue,
+        names_hop_fields,
     })
+}
+
+/// Whether a `Connection` value lists a token other than a fixed hop-by-hop name.
+fn names_fields(value: &[u8]) -> bool {
+    super::tokens(value).any(|t| !known(t).is_hop_by_hop())
 }
 
 /// Folds one `Content-Length` field value (`5` or a list `5, 5`) into
@@ -379,6 +394,33 @@ pub fn content_length_values(value: &[u8], seen: &mut Option<u64>) -> Result<(),
 /// Validates a request line (without its CRLF) exactly as strictly as the
 /// full parse does, for the early check and for error reasons.
 fn check_request_line(line: &[u8]) -> Result<(), &'static str> {
+    if is_plain_request_line(line) {
+        return Ok(());
+    }
+    check_request_line_in_full(line)
+}
+
+/// The common line in one pass: `token SP printable SP HTTP/1.x`. A line it accepts the full
+/// check accepts too; anything else goes there for its reason.
+fn is_plain_request_line(line: &[u8]) -> bool {
+    let Some((rest, version)) = line.split_last_chunk::<9>() else {
+        return false;
+    };
+    if !matches!(version, b" HTTP/1.1" | b" HTTP/1.0") {
+        return false;
+    }
+    let Some(sp) = memchr(b' ', rest) else {
+        return false;
+    };
+    let (method, target) = (&rest[..sp], &rest[sp + 1..]);
+    !method.is_empty()
+        && method.iter().all(|&b| is_tchar(b))
+        && !target.is_empty()
+        && target.iter().all(|&b| (0x21..=0x7e).contains(&b))
+}
+
+/// The general check, every reason in its order.
+fn check_request_line_in_full(line: &[u8]) -> Result<(), &'static str> {
     let mut parts = line.splitn(3, |&b| b == b' ');
     let method = parts.next().unwrap_or_default();
     if method.is_empty() {
@@ -466,6 +508,58 @@ mod tests {
     use std::time::Duration;
 
     const MAX: usize = 8 * 1024;
+
+    /// The one-pass check of a common request line accepts only lines the full check
+    /// accepts, and the answer for every line is the full check's.
+    #[test]
+    fn the_plain_request_line_check_agrees_with_the_full_one() {
+        const PIECES: &[&[u8]] = &[
+            b"GET",
+            b"POST",
+            b"CONNECT",
+            b" ",
+            b"  ",
+            b"http://a/",
+            b"/",
+            b"a.example:443",
+            b"HTTP/1.1",
+            b"HTTP/1.0",
+            b"HTTP/2.0",
+            b"http/1.1",
+            b"HTTP/1.1 ",
+            b"\x00",
+            b"\x01",
+            b"\x7f",
+            b"\xc3\xa9",
+            b"\t",
+            b"G(T",
+            b"",
+            b"x",
+        ];
+        let mut lines: Vec<Vec<u8>> = vec![
+            b"GET http://a.example/ HTTP/1.1".to_vec(),
+            b"CONNECT a.example:443 HTTP/1.0".to_vec(),
+            b"GET / HTTP/1.1".to_vec(),
+        ];
+        for line in &lines {
+            assert!(is_plain_request_line(line), "{line:?}");
+        }
+        let mut rng = super::super::testio::Lcg(11);
+        for _ in 0..50_000 {
+            let mut line = Vec::new();
+            for _ in 0..1 + rng.below(7) {
+                line.extend_from_slice(PIECES[rng.below(PIECES.len())]);
+            }
+            lines.push(line);
+        }
+        for line in &lines {
+            let full = check_request_line_in_full(line);
+            if is_plain_request_line(line) {
+                assert_eq!(full, Ok(()), "{line:?}");
+            }
+            assert_eq!(check_request_line(line), full, "{line:?}");
+        }
+    }
 
     /// Read splits every case is replayed with: whole, byte by byte, odd sizes.
     const SPLITS: &[&[usize]] = &[&[], &[1], &[2, 3], &[7, 1, 13]];

@@ -7,6 +7,7 @@ use http::header::{self, HeaderName};
 use http::Method;
 
 use super::Route;
+use crate::http1::known::{known, Known};
 use crate::http1::{RequestHead, Spellings};
 use crate::proxy::headers::{self, HopNames};
 use crate::target::OriginForm;
@@ -51,12 +52,17 @@ impl WriteHead for Outgoing<'_> {
         out.put_slice(rest.as_bytes());
         out.put_slice(b" HTTP/1.1\r\n");
         put_field(out, &header::HOST, host, spellings);
-        let hops = HopNames::of(&head.headers);
+        // Looked up only when `Connection` names a field beyond the fixed hop-by-hop ones.
+        let hops = if head.names_hop_fields {
+            HopNames::of(&head.headers)
+        } else {
+            HopNames::default()
+        };
         for (name, value) in &head.headers {
-            if *name == header::HOST
-                || *name == header::CONTENT_LENGTH
-                || *name == header::EXPECT
-                || hops.drops(name.as_str().as_bytes())
+            let lower = name.as_str().as_bytes();
+            let kind = known(lower);
+            if matches!(kind, Known::Host | Known::ContentLength | Known::Expect)
+                || hops.drops_known(kind, lower)
             {
                 continue;
             }
@@ -141,6 +147,34 @@ mod tests {
             origin_form: uri,
         }
         .write_head(out, len);
+    }
+
+    /// Whether the hop names are looked up is recorded at parse time; what is written is
+    /// what the general path (always looking them up) writes.
+    #[tokio::test]
+    async fn the_recorded_hop_names_flag_writes_what_the_lookup_writes() {
+        let heads: &[&'static [u8]] = &[
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\nX-A: 1\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nConnection: close, X-A\r\nX-A: 1\r\nx-b: 2\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nProxy-Connection: X-B\r\nX-A: 1\r\nX-B: 2\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nPROXY-CONNECTION: keep-alive\r\nConnection: ,TE , \r\nTE: trailers\r\n\r\n",
+            b"POST http://a/ HTTP/1.1\r\nConnection: host, content-length\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\nhi",
+            b"GET http://a/ HTTP/1.0\r\nConnection: Keep-Alive, upgrade\r\nUpgrade: h2c\r\nVia: 1.0 x\r\n\r\n",
+        ];
+        for text in heads {
+            let head = head_of(text).await;
+            assert_eq!(
+                head.names_hop_fields,
+                !HopNames::of(&head.headers).is_fixed(),
+                "{text:?}"
+            );
+            let (host, uri) = route("a", "/");
+            let recorded = written(&head, host.clone(), uri, Some(2));
+            let mut general = head;
+            general.names_hop_fields = true;
+            assert_eq!(recorded, written(&general, host, uri, Some(2)), "{text:?}");
+        }
     }
 
     /// Names go out as the client spelled them; hop-by-hop headers, those `Connection`
