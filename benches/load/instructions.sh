@@ -3,10 +3,14 @@
 # measure (±0.5 % run to run) where wall-clock CPU on a shared 2-core machine varies ±25 %.
 #
 #   bash benches/load/instructions.sh [BINARY] [REQUESTS]   # default: target/release/portcullis, 4000
+#   bash benches/load/instructions.sh nginx [REQUESTS]      # the peer: nginx as the reverse proxy
 #
 # Starts an nginx origin (3-byte body, keep-alive) and the proxy under callgrind on free
 # loopback ports, warms up with 500 requests, then counts user-space instructions over
-# REQUESTS requests from `wrk -t1 -c16` (absolute-form). Kernel time (the syscalls) is not
+# REQUESTS requests from `wrk -t1 -c16` (absolute-form). With `nginx` for BINARY, the same
+# count for nginx as a reverse proxy to the same origin (one worker process, `master_process off`
+# so callgrind sees it; upstream keep-alive; access log to a file, as the proxy's is on): the
+# peer's figure for the same requests. Kernel time (the syscalls) is not
 # counted: compare binaries with it, not with the load table. Bounded: at most 120 s of load.
 # KEEP=FILE keeps the callgrind profile (`callgrind_annotate FILE`). Needs nginx, wrk,
 # valgrind; stops everything it started.
@@ -45,9 +49,24 @@ name = "origin"
 hosts = ["127.0.0.1"]
 ports = [$OP]
 E2
-RUST_LOG=${RUST_LOG:-info} valgrind --tool=callgrind --instr-atstart=no \
-    --callgrind-out-file="$T/cg.out" "$BIN" --config "$T/p.toml" > "$T/pc.out" 2> "$T/pc.err" & PC=$!
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$AP/metrics" && break; sleep 0.3; done
+if [ "$BIN" = nginx ]; then
+    cat > "$T/n.conf" <<E2
+master_process off; worker_processes 1; daemon off; pid $T/n.pid; error_log $T/ne.log warn;
+events { worker_connections 4096; }
+http { access_log $T/n-access.log; keepalive_requests 100000000; keepalive_timeout 300s;
+ client_body_temp_path $T/nb; proxy_temp_path $T/np; fastcgi_temp_path $T/nf; uwsgi_temp_path $T/nu; scgi_temp_path $T/ns;
+ upstream origin { server 127.0.0.1:$OP; keepalive 64; }
+ server { listen 127.0.0.1:$PP;
+  location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+E2
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$T/cg.out" \
+        nginx -e "$T/ne.log" -c "$T/n.conf" > "$T/pc.out" 2> "$T/pc.err" & PC=$!
+    for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$PP/" && break; sleep 0.3; done
+else
+    RUST_LOG=${RUST_LOG:-info} valgrind --tool=callgrind --instr-atstart=no \
+        --callgrind-out-file="$T/cg.out" "$BIN" --config "$T/p.toml" > "$T/pc.out" 2> "$T/pc.err" & PC=$!
+    for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$AP/metrics" && break; sleep 0.3; done
+fi
 cat > "$T/count.lua" <<E2
 wrk.path = "http://127.0.0.1:$OP/"
 local n = 0
