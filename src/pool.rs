@@ -22,6 +22,7 @@
 
 mod ids;
 mod pooled;
+mod queued;
 mod reaper;
 pub mod registry;
 pub mod reuse;
@@ -39,6 +40,7 @@ use tokio::time::Instant;
 
 use crate::metrics::{CloseReason, PoolMetrics};
 pub use pooled::{Pooled, Slot};
+pub use queued::Queued;
 pub use registry::Pools;
 use reuse::{Life, Verdict};
 use state::{Idle, Inner, State};
@@ -287,6 +289,17 @@ impl<C: Poolable> Pool<C> {
     /// `reuse` restricts which idle connections qualify (a request that could not be retried
     /// must not meet a connection a firewall may have forgotten; a retry needs a new one).
     pub async fn checkout(&self, reuse: Reuse) -> Result<Checkout<C>, AcquireTimeout> {
+        match self.try_checkout(reuse) {
+            Ok(checkout) => Ok(checkout),
+            Err(queued) => queued.wait().await,
+        }
+    }
+
+    /// [`checkout`](Self::checkout) up to its wait: a connection or a slot now, else a place
+    /// in the queue, taken under the same lock (no release can slip between), to wait in
+    /// with [`Queued::wait`]. Not async: the common case, a pooled connection, costs its
+    /// caller no future.
+    pub fn try_checkout(&self, reuse: Reuse) -> Result<Checkout<C>, Queued<'_, C>> {
         let max_idle_for_request = match reuse {
             Reuse::Any => None,
             Reuse::IdleAtMost(d) => Some(d),
@@ -382,33 +395,13 @@ impl<C: Poolable> Pool<C> {
             st.waiters.push_back(tx);
             (rx, st.limits.acquire_timeout, st.limits.max_connections)
         };
-        let metrics = &self.inner.metrics;
-        metrics.waiting.inc();
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(acquire_timeout, rx).await;
-        metrics.waiting.dec();
-        metrics.wait.observe(started.elapsed().as_secs_f64());
-        match outcome {
-            Ok(Ok(Grant::Conn(pooled))) if reuse == Reuse::Never => {
-                // Handed a pooled connection but a new one is required: close it, dial in its slot.
-                Ok(Checkout::Dial(
-                    self.stamp(pooled.into_slot(CloseReason::PoolFull)),
-                ))
-            }
-            Ok(Ok(Grant::Conn(mut pooled))) => {
-                pooled.reused = true;
-                Ok(Checkout::Reused(pooled))
-            }
-            Ok(Ok(Grant::Slot(slot))) => Ok(Checkout::Dial(self.stamp(slot))),
-            Ok(Err(_)) | Err(_) => {
-                // Closed senders are pruned so a pool that never frees up does not grow a queue.
-                self.inner.lock().waiters.retain(|w| !w.is_closed());
-                metrics.acquire_timeouts.inc();
-                Err(AcquireTimeout {
-                    max_connections: max,
-                })
-            }
-        }
+        Err(Queued {
+            pool: self,
+            reuse,
+            rx,
+            acquire_timeout,
+            max,
+        })
     }
 
     /// A slot for this holder: what it dials is stamped with the holder's reach.

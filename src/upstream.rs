@@ -159,6 +159,12 @@ impl RespBody {
         self.exact
     }
 
+    /// Whether the body is over and said so: [`UpstreamConn::frame`] would return `None`,
+    /// and the connection has been given its state after the response.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.kind, BodyKind::Done)
+    }
+
     /// Whether every byte of the body has been handed out.
     pub fn is_end(&self) -> bool {
         match &self.kind {

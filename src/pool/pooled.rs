@@ -105,7 +105,9 @@ pub struct Pooled<C: Poolable> {
 
 impl<C: Poolable> Pooled<C> {
     pub fn conn(&mut self) -> &mut C {
-        self.conn.as_mut().expect("connection present until drop")
+        self.conn
+            .as_mut()
+            .expect("connection present until finish or drop")
     }
 
     pub fn id(&self) -> u64 {
@@ -157,10 +159,17 @@ impl<C: Poolable> Pooled<C> {
     pub fn discard(mut self, reason: CloseReason) {
         self.done = Some(Err(reason));
     }
-}
 
-impl<C: Poolable> Drop for Pooled<C> {
-    fn drop(&mut self) {
+    /// [`release`](Self::release) (`Ok`) or [`discard`](Self::discard) (`Err`) through a
+    /// borrow: the connection goes now, and the emptied handle stays with its owner (a
+    /// request's frame, which lends it to the steps that use it instead of moving it).
+    pub fn finish(&mut self, done: Result<(), CloseReason>) {
+        self.done = Some(done);
+        self.hand_back();
+    }
+
+    /// Return the connection to its pool (or close it) as `done` says; nothing once it went.
+    fn hand_back(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         let Some(inner) = self.slot.inner.take() else {
             return;
@@ -170,5 +179,11 @@ impl<C: Poolable> Drop for Pooled<C> {
             self.meta,
             self.done.unwrap_or(Err(CloseReason::Error)),
         );
+    }
+}
+
+impl<C: Poolable> Drop for Pooled<C> {
+    fn drop(&mut self) {
+        self.hand_back();
     }
 }

@@ -9,7 +9,9 @@
 mod body;
 mod relay;
 mod request;
+mod within;
 
+use bytes::Bytes;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -26,7 +28,7 @@ use crate::error::ProxyError;
 use crate::http1::{BodyFraming, ClientReader, RequestHead};
 use crate::metrics::CloseReason;
 use crate::policy::{Allowed, Want};
-use crate::pool::{Checkout, Pool, Pooled, Reuse};
+use crate::pool::{Checkout, Pooled, Queued, Reuse};
 use crate::retry::{self, Facts};
 use crate::target::{self, OriginForm, TargetError};
 use crate::upstream::{ReqBody, UpstreamConn};
@@ -172,7 +174,12 @@ where
             .map_err(ProxyError::client_write)?;
     }
     let stall = ctx.config.proxy.client_stall_timeout;
-    let body = body::read(reader, head.framing, settings.max_replay_body, stall).await?;
+    // Most requests have no body: no reading future is made for them.
+    let body = if head.framing == BodyFraming::Empty {
+        ClientBody::Full(Bytes::new())
+    } else {
+        body::read(reader, head.framing, settings.max_replay_body, stall).await?
+    };
     p.body_done = matches!(body, ClientBody::Full(_));
     if let ClientBody::Full(b) = &body {
         p.outcome.bytes_in = b.len() as u64;
@@ -193,7 +200,12 @@ where
     let pool = ctx.shared.pools.get(upstream, &route.allowed.target);
     let mut body = Some(body);
     loop {
-        let mut pooled = acquire(ctx, &pool, upstream, &route.allowed.target, reuse_rule).await?;
+        let mut pooled = match pool.try_checkout(reuse_rule) {
+            Ok(Checkout::Reused(pooled)) => pooled,
+            // Boxed: waiting and dialing are the pool-miss path, and inline their state would
+            // size every request in flight, reused connections included.
+            tried => Box::pin(acquire(ctx, tried, upstream, &route.allowed.target)).await?,
+        };
         p.outcome.attempts += 1;
         p.outcome.lineage = Some(Lineage {
             conn_id: pooled.id(),
@@ -260,8 +272,13 @@ where
             p.body_done = true;
         }
         let failure = match outcome {
-            Ok(response) => {
-                let relayed = relay::response(ctx, head, settings, response, pooled, writer, p);
+            Ok((response, resp_body)) => {
+                let started =
+                    relay::start(ctx, head, settings, &response, &resp_body, &mut pooled, p);
+                // Its bytes share the connection's read buffer: let go of them before the
+                // body's reads, so the buffer is reused rather than a new one allocated.
+                drop(response);
+                let relayed = relay::body(settings, started, resp_body, &mut pooled, writer, p);
                 let flow = relayed.await;
                 drop(pumping);
                 return flow;
@@ -302,15 +319,19 @@ where
     }
 }
 
-/// A pooled connection, or a new one dialed in a free slot.
+/// A connection when [`crate::pool::Pool::try_checkout`] had none at hand: one released or a slot freed
+/// while queued, or a new one dialed in a free slot.
 async fn acquire(
     ctx: &Ctx,
-    pool: &Pool<UpstreamConn>,
+    tried: Result<Checkout<UpstreamConn>, Queued<'_, UpstreamConn>>,
     upstream: &Upstream,
     target: &crate::target::Target,
-    reuse_rule: Reuse,
 ) -> Result<Pooled<UpstreamConn>, ProxyError> {
-    let slot = match pool.checkout(reuse_rule).await {
+    let checkout = match tried {
+        Ok(checkout) => Ok(checkout),
+        Err(queued) => queued.wait().await,
+    };
+    let slot = match checkout {
         Ok(Checkout::Reused(pooled)) => return Ok(pooled),
         Ok(Checkout::Dial(slot)) => slot,
         Err(timeout) => {
@@ -321,8 +342,8 @@ async fn acquire(
             })
         }
     };
-    // Boxed: dialing (DNS, connect, TLS) is the pool-miss path, and inline its state would
-    // size every request in flight, reused connections included.
+    // Boxed: dialing (DNS, connect, TLS) is the pool-miss path; inline, its state would size
+    // the wait for a released connection too.
     let dialed = Box::pin(ctx.shared.connector.dial(target, upstream)).await?;
     let conn = UpstreamConn::new(dialed.io);
     Ok(slot.fill(conn))

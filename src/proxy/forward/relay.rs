@@ -4,8 +4,8 @@
 use bytes::BytesMut;
 use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
 
+use super::within::within;
 use super::Progress;
 use crate::config::Settings;
 use crate::error::ProxyError;
@@ -19,16 +19,28 @@ use crate::upstream::{RespBody, ResponseHead, UpstreamConn};
 /// Bodies larger than this are written without first copying into the output buffer.
 const COALESCE_LIMIT: usize = 16 * 1024;
 
-/// Pass the upstream's response to the client and return the connection to the pool.
-pub async fn response<W: AsyncWrite + Unpin>(
+/// The client's response as far as the upstream's head decides it.
+pub struct Started {
+    /// The client's head, not sent yet: small bodies leave in one write with it.
+    out: BytesMut,
+    framing: Framing,
+    /// The upstream ends the connection after this response.
+    upstream_close: bool,
+}
+
+/// Decide the client's response from the upstream's head and write its head into a buffer;
+/// no I/O. Not async, and the head is borrowed: neither it nor the checked-out connection is
+/// moved into a future (the caller drops the head before the body is read: its bytes share
+/// the connection's read buffer, which the body's reads then reuse instead of allocating).
+pub fn start(
     ctx: &Ctx,
     head: &RequestHead,
     settings: &Settings,
-    (upstream, mut body): (ResponseHead, RespBody),
-    mut pooled: Pooled<UpstreamConn>,
-    writer: &mut W,
+    upstream: &ResponseHead,
+    body: &RespBody,
+    pooled: &mut Pooled<UpstreamConn>,
     p: &mut Progress<'_>,
-) -> Result<Flow, ProxyError> {
+) -> Started {
     // An HTTP/1.0 upstream closes after each response unless it says keep-alive.
     let connection = || upstream.get_all("connection");
     let upstream_close = http1::lists(connection(), "close")
@@ -62,79 +74,103 @@ pub async fn response<W: AsyncWrite + Unpin>(
         bodiless,
         keep_alive,
     };
-    client_head(&mut out, head.version, &upstream, &framing);
-    // The head's bytes share the connection's read buffer: let go of them before the body's
-    // reads, so the buffer is reused rather than a new one allocated.
-    drop(upstream);
+    client_head(&mut out, head.version, upstream, &framing);
     p.responded = Some(status);
+    Started {
+        out,
+        framing,
+        upstream_close,
+    }
+}
+
+/// Pass the upstream's response body to the client after the head [`start`] wrote, and give
+/// the connection back (to the pool, or closed) as soon as the upstream side is complete.
+pub async fn body<W: AsyncWrite + Unpin>(
+    settings: &Settings,
+    started: Started,
+    mut body: RespBody,
+    pooled: &mut Pooled<UpstreamConn>,
+    writer: &mut W,
+    p: &mut Progress<'_>,
+) -> Result<Flow, ProxyError> {
+    let Started {
+        mut out,
+        framing:
+            Framing {
+                chunked,
+                bodiless,
+                keep_alive,
+                ..
+            },
+        upstream_close,
+    } = started;
     let mut pending_head = true;
-    if !bodiless {
-        loop {
-            // Each wait for body bytes is bounded like the wait for the head (SPEC §3).
-            let next = timeout(settings.response_timeout, pooled.conn().frame(&mut body)).await;
-            let data = match next {
-                Ok(None) => break,
-                Ok(Some(Ok(data))) => data,
-                failed => {
-                    // The upstream died or went silent mid-body: the client must see a cut,
-                    // not a short success.
-                    if pending_head {
-                        writer.write_all(&out).await.ok();
+    // A body whose last byte was handed out is not read again: that read would only say so.
+    while !bodiless && !body.is_finished() {
+        // Each wait for body bytes is bounded like the wait for the head (SPEC §3).
+        let next = within(settings.response_timeout, pooled.conn().frame(&mut body)).await;
+        let data = match next {
+            Some(None) => break,
+            Some(Some(Ok(data))) => data,
+            failed => {
+                // The upstream died or went silent mid-body: the client must see a cut,
+                // not a short success.
+                if pending_head {
+                    writer.write_all(&out).await.ok();
+                }
+                pooled.finish(Err(CloseReason::Error));
+                let upstream = p.outcome.upstream_name().to_string();
+                return Err(match failed {
+                    Some(Some(Err(detail))) => {
+                        ProxyError::ConnectionTerminated { upstream, detail }
                     }
-                    pooled.discard(CloseReason::Error);
-                    let upstream = p.outcome.upstream_name().to_string();
-                    return Err(match failed {
-                        Ok(Some(Err(detail))) => {
-                            ProxyError::ConnectionTerminated { upstream, detail }
-                        }
-                        _ => ProxyError::ResponseTimeout {
-                            upstream,
-                            timeout_ms: settings.response_timeout.as_millis(),
-                        },
-                    });
-                }
-            };
-            if data.is_empty() {
-                continue;
+                    _ => ProxyError::ResponseTimeout {
+                        upstream,
+                        timeout_ms: settings.response_timeout.as_millis(),
+                    },
+                });
             }
-            p.outcome.bytes_out += data.len() as u64;
-            if chunked {
-                if data.len() <= COALESCE_LIMIT {
-                    crate::http1::encode_chunk(&mut out, &data);
-                } else {
-                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                    write_out(writer, &mut out).await?;
-                    writer
-                        .write_all(&data)
-                        .await
-                        .map_err(ProxyError::client_write)?;
-                    out.extend_from_slice(b"\r\n");
-                }
-            } else if data.len() <= COALESCE_LIMIT {
-                out.extend_from_slice(&data);
+        };
+        if data.is_empty() {
+            continue;
+        }
+        p.outcome.bytes_out += data.len() as u64;
+        if chunked {
+            if data.len() <= COALESCE_LIMIT {
+                crate::http1::encode_chunk(&mut out, &data);
             } else {
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
                 write_out(writer, &mut out).await?;
                 writer
                     .write_all(&data)
                     .await
                     .map_err(ProxyError::client_write)?;
+                out.extend_from_slice(b"\r\n");
             }
-            // Flush unless more is already waiting: small bodies leave in one write with the head.
-            if !body.is_end() {
-                write_out(writer, &mut out).await?;
-            }
-            pending_head = false;
+        } else if data.len() <= COALESCE_LIMIT {
+            out.extend_from_slice(&data);
+        } else {
+            write_out(writer, &mut out).await?;
+            writer
+                .write_all(&data)
+                .await
+                .map_err(ProxyError::client_write)?;
         }
+        // Flush unless more is already waiting: small bodies leave in one write with the head.
+        if !body.is_end() {
+            write_out(writer, &mut out).await?;
+        }
+        pending_head = false;
     }
     // The upstream side is complete: the connection goes back before the last bytes reach the client.
     if upstream_close {
-        pooled.discard(CloseReason::RemoteClosed);
+        pooled.finish(Err(CloseReason::RemoteClosed));
     } else if !p.body_done {
         // An early answer to a request whose body was not all read from the client: the
         // upstream's side of that body is unfinished, and the connection is closed mid-message.
-        pooled.discard(CloseReason::Error);
+        pooled.finish(Err(CloseReason::Error));
     } else {
-        pooled.release();
+        pooled.finish(Ok(()));
     }
     if chunked {
         out.extend_from_slice(crate::http1::LAST_CHUNK);
