@@ -4,7 +4,6 @@ use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode, Version};
-use smallvec::SmallVec;
 
 use crate::http1::known::{known, Known};
 
@@ -18,8 +17,10 @@ pub struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
     bytes: Bytes,
-    /// Where each field is in `bytes`, and what its name is, in order.
-    spans: SmallVec<[Span; 16]>,
+    /// Where each field is in `bytes`, and what its name is, in order. On the heap, not
+    /// inline: a head is moved through several frames on its way to the relay, and inline
+    /// spans made each move a memcpy costing more than this allocation.
+    spans: Vec<Span>,
     /// The [`Known::bit`]s of the names present: a look-up for an absent one scans nothing.
     present: u16,
     /// What `Connection` and `Proxy-Connection` list.
@@ -145,7 +146,7 @@ impl ResponseHead {
 /// Parse a response head at the start of `buf`. `Ok(None)`: not complete yet. On success the
 /// head's bytes are split off `buf`.
 pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, String> {
-    let mut spans = SmallVec::new();
+    let mut spans = Vec::new();
     let mut present = 0u16;
     let (len, code, minor) = {
         // Not zeroed first: a head is parsed on every response.
@@ -162,6 +163,7 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, S
         let base = buf.as_ptr() as usize;
         // Offsets within a head of at most MAX_BUF_SIZE bytes: they fit in u32.
         let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        spans.reserve_exact(res.headers.len());
         for h in res.headers.iter() {
             let kind = known(h.name.as_bytes());
             present |= kind.bit();
