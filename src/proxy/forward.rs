@@ -9,7 +9,6 @@
 mod body;
 mod relay;
 mod request;
-mod within;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -33,6 +32,10 @@ use crate::retry::{self, Facts};
 use crate::target::{self, OriginForm, TargetError};
 use crate::upstream::{ReqBody, UpstreamConn};
 use body::ClientBody;
+
+/// Marks a POST as safe to retry (SPEC §6). A `HeaderName` made once: looked up by `&str`, the
+/// name was parsed and checked again on every request.
+static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
 
 /// Where a request goes and how it is addressed there, decided before anything is sent; it
 /// borrows from the request head it was found for.
@@ -187,7 +190,7 @@ where
     let replayable = matches!(body, ClientBody::Full(_));
     let repeatable = retry::repeatable(
         &head.method,
-        head.headers.contains_key("idempotency-key"),
+        head.headers.contains_key(&IDEMPOTENCY_KEY),
         settings.retry_non_idempotent,
     );
     let mut reuse_rule =

@@ -5,14 +5,15 @@ use bytes::BytesMut;
 use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::within::within;
 use super::Progress;
 use crate::config::Settings;
 use crate::error::ProxyError;
-use crate::http1::{self, RequestHead};
+use crate::http1::known::Known;
+use crate::http1::RequestHead;
 use crate::metrics::CloseReason;
 use crate::pool::{reuse, Pooled};
 use crate::proxy::headers::{self, HopNames};
+use crate::proxy::wait::within;
 use crate::proxy::{Ctx, Flow};
 use crate::upstream::{RespBody, ResponseHead, UpstreamConn};
 
@@ -42,10 +43,12 @@ pub fn start(
     p: &mut Progress<'_>,
 ) -> Started {
     // An HTTP/1.0 upstream closes after each response unless it says keep-alive.
-    let connection = || upstream.get_all("connection");
-    let upstream_close = http1::lists(connection(), "close")
-        || (upstream.version == Version::HTTP_10 && !http1::lists(connection(), "keep-alive"));
-    let (idle, reason) = reuse::keep_alive_idle(upstream.get("keep-alive"), settings.idle_timeout);
+    // What `Connection` lists was read once, when the head was parsed.
+    let connection = upstream.connection();
+    let upstream_close =
+        connection.close || (upstream.version == Version::HTTP_10 && !connection.keep_alive);
+    let keep_alive = upstream.all(Known::KeepAlive).next();
+    let (idle, reason) = reuse::keep_alive_idle(keep_alive, settings.idle_timeout);
     pooled.set_idle_timeout(idle, reason);
 
     let status = upstream.status;
@@ -108,7 +111,9 @@ pub async fn body<W: AsyncWrite + Unpin>(
     // A body whose last byte was handed out is not read again: that read would only say so.
     while !bodiless && !body.is_finished() {
         // Each wait for body bytes is bounded like the wait for the head (SPEC §3).
-        let next = within(settings.response_timeout, pooled.conn().frame(&mut body)).await;
+        let next = within(settings.response_timeout, pooled.conn().frame(&mut body))
+            .await
+            .ok();
         let data = match next {
             Some(None) => break,
             Some(Some(Ok(data))) => data,
