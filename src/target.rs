@@ -134,6 +134,99 @@ const MAX_SHOWN: usize = 64;
 /// Names are lowercased and lose one trailing dot. Only a canonical dotted
 /// quad becomes `Host::Ip(V4)`; IPv6 must be bracketed (`[::1]`).
 pub fn parse_host(s: &str) -> Result<Host, TargetError> {
+    match plain_host(s) {
+        Some(host) => Ok(host),
+        None => parse_host_checked(s),
+    }
+}
+
+/// The common spellings, a name of letters, digits, `-`, `_` and dots or a dotted quad, read
+/// in one pass over the bytes; `None` for anything else, and for what [`parse_host_checked`]
+/// might refuse, so that it decides (and explains) those. Whatever this accepts, that accepts
+/// as the same host: the tests hold the two together.
+fn plain_host(s: &str) -> Option<Host> {
+    let b = s.as_bytes();
+    let b = b.strip_suffix(b".").unwrap_or(b);
+    if b.is_empty() || b.len() > MAX_NAME {
+        return None;
+    }
+    if b[0].is_ascii_digit() {
+        if let Some(v4) = dotted_quad(b) {
+            return Some(Host::Ip(IpAddr::V4(v4)));
+        }
+    }
+    let mut upper = false;
+    let mut label = 0;
+    let mut last = 0;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
+            b'A'..=b'Z' => upper = true,
+            b'.' if label > 0 => {
+                label = 0;
+                last = i + 1;
+                continue;
+            }
+            _ => return None,
+        }
+        label += 1;
+        if label > MAX_LABEL {
+            return None;
+        }
+    }
+    // A last label starting with a digit may be a number (`1`, `0x7f`): the full parse decides.
+    if label == 0 || b[last].is_ascii_digit() {
+        return None;
+    }
+    // Only ASCII was seen.
+    let name = std::str::from_utf8(b).ok()?;
+    Some(Host::Name(if upper {
+        name.to_ascii_lowercase()
+    } else {
+        name.to_owned()
+    }))
+}
+
+/// Four decimal octets as `Ipv4Addr::from_str` takes them: one to three digits, no leading
+/// zero, at most 255; `None` for anything else.
+fn dotted_quad(b: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut done = 0;
+    let mut n: u16 = 0;
+    let mut digits = 0;
+    for &c in b {
+        if c == b'.' {
+            if digits == 0 || done == 3 {
+                return None;
+            }
+            // At most 255, checked below.
+            octets[done] = n as u8;
+            done += 1;
+            n = 0;
+            digits = 0;
+            continue;
+        }
+        let d = c.wrapping_sub(b'0');
+        // Not a digit, or a digit after a leading zero.
+        if d > 9 || (digits == 1 && n == 0) {
+            return None;
+        }
+        // No leading zero and at most 255: at most three digits.
+        n = n * 10 + u16::from(d);
+        digits += 1;
+        if n > 255 {
+            return None;
+        }
+    }
+    if digits == 0 || done != 3 {
+        return None;
+    }
+    octets[3] = n as u8;
+    Some(Ipv4Addr::from(octets))
+}
+
+/// Parse a host with every check, and say why one is refused.
+fn parse_host_checked(s: &str) -> Result<Host, TargetError> {
     if let Some(rest) = s.strip_prefix('[') {
         return parse_bracketed_v6(s, rest);
     }
@@ -197,7 +290,7 @@ pub fn parse_absolute(text: &str) -> Result<Absolute<'_>, TargetError> {
         return Err(TargetError::NotAbsolute);
     }
     // `http://allowed.example@evil.example/` goes to evil.example.
-    if authority.contains('@') {
+    if authority.bytes().any(|b| b == b'@') {
         return Err(TargetError::Userinfo);
     }
     let (host_text, port_text) = split_host_port(authority)?;
@@ -314,25 +407,31 @@ fn split_host_port(s: &str) -> Result<(&str, Option<&str>), TargetError> {
             None => Err(invalid_host(s, "unexpected text after ']'")),
         };
     }
-    match s.split_once(':') {
-        None => Ok((s, None)),
-        Some((_, port)) if port.contains(':') => Err(invalid_host(
+    // Bytes, not `split_once`: a host and port are short, a `memchr` call costs more.
+    let Some(colon) = s.bytes().position(|b| b == b':') else {
+        return Ok((s, None));
+    };
+    // A `:` is ASCII: both sides are whole characters.
+    let (host, port) = (&s[..colon], &s[colon + 1..]);
+    if port.bytes().any(|b| b == b':') {
+        return Err(invalid_host(
             s,
             "IPv6 addresses must be written in brackets, e.g. [::1]:443",
-        )),
-        Some((host, port)) => Ok((host, Some(port))),
+        ));
     }
+    Ok((host, Some(port)))
 }
 
 fn parse_port(s: &str) -> Result<u16, TargetError> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(TargetError::InvalidPort(shown(s)));
     }
-    let out_of_range = || TargetError::PortOutOfRange(shown(s));
-    // All digits, so only overflow can make `parse` fail.
-    let port: u32 = s.parse().map_err(|_| out_of_range())?;
+    // All digits; saturating keeps whatever is too long out of range.
+    let port = s.bytes().fold(0u32, |n, d| {
+        n.saturating_mul(10).saturating_add(u32::from(d - b'0'))
+    });
     match u16::try_from(port) {
-        Ok(0) | Err(_) => Err(out_of_range()),
+        Ok(0) | Err(_) => Err(TargetError::PortOutOfRange(shown(s))),
         Ok(port) => Ok(port),
     }
 }
@@ -523,6 +622,76 @@ mod tests {
         for input in cases {
             let got = parse_host(input);
             assert!(is_invalid_host(&got), "{input:?} gave {got:?}");
+        }
+    }
+
+    /// The one-pass reading of common hosts and the full parse agree on every generated host:
+    /// the same host, or the full parse's refusal.
+    #[test]
+    fn plain_hosts_parse_as_the_full_parse_does() {
+        const ALPHABET: &[u8] = b"a0129.xZ-_:%";
+        let mut text = String::new();
+        for len in 0..=6u32 {
+            for mut n in 0..ALPHABET.len().pow(len) {
+                text.clear();
+                for _ in 0..len {
+                    text.push(char::from(ALPHABET[n % ALPHABET.len()]));
+                    n /= ALPHABET.len();
+                }
+                assert_eq!(parse_host(&text), parse_host_checked(&text), "{text:?}");
+            }
+        }
+        let label = "a".repeat(MAX_LABEL);
+        let long = [
+            format!("{label}.{label}.{label}.{}", "b".repeat(61)),
+            format!("{label}.{label}.{label}.{}", "b".repeat(62)),
+            format!("{label}.{label}.{label}.{}.", "b".repeat(61)),
+            format!("{label}a.b"),
+            format!("b.{label}"),
+            format!("b.{label}a"),
+        ];
+        for text in &long {
+            assert_eq!(parse_host(text), parse_host_checked(text), "{text:?}");
+        }
+    }
+
+    /// Every spelling of four octets of up to four digits each, with dots in the wrong places
+    /// too, reads as `Ipv4Addr::from_str` reads it; so do other bytes.
+    #[test]
+    fn dotted_quads_read_as_std_reads_them() {
+        let octets = [
+            "0", "1", "9", "00", "01", "10", "99", "000", "001", "010", "100", "199", "255", "256",
+            "300", "999", "0255", "1000", "",
+        ];
+        for a in octets {
+            for b in octets {
+                for c in ["0", "07", "255", "256", ""] {
+                    for d in ["1", "01", "255", "256", "", "1.", "1.1"] {
+                        let text = format!("{a}.{b}.{c}.{d}");
+                        let std = text.parse::<Ipv4Addr>().ok();
+                        assert_eq!(dotted_quad(text.as_bytes()), std, "{text:?}");
+                    }
+                }
+            }
+        }
+        for text in [
+            "",
+            "1",
+            "1.2",
+            "1.2.3",
+            "1..2.3",
+            ".1.2.3",
+            "1.2.3.4.5",
+            "1.2.3.a",
+            "1.2.3.4a",
+            "a.2.3.4",
+            "1.2.3.+4",
+            "1.2.3./",
+            "1.2.3.:",
+            " 1.2.3.4",
+        ] {
+            assert_eq!(dotted_quad(text.as_bytes()), None, "{text:?}");
+            assert!(text.parse::<Ipv4Addr>().is_err(), "{text:?}");
         }
     }
 

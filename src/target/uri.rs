@@ -143,7 +143,11 @@ fn authority_end(s: &[u8]) -> Result<usize, Malformed> {
     let mut end = s.len();
     let mut at_sign = s.len();
     for (i, &c) in s.iter().enumerate() {
-        match c {
+        let class = AUTHORITY[usize::from(c)];
+        if class == PLAIN {
+            continue;
+        }
+        match class {
             b'/' | b'?' | b'#' => {
                 end = i;
                 break;
@@ -177,7 +181,6 @@ fn authority_end(s: &[u8]) -> Result<usize, Malformed> {
                 colons = 0;
                 has_percent = false;
             }
-            c if is_authority_char(c) => {}
             _ => return Err(Malformed),
         }
     }
@@ -188,8 +191,30 @@ fn authority_end(s: &[u8]) -> Result<usize, Malformed> {
     Ok(end)
 }
 
+/// An authority byte with no rule of its own.
+const PLAIN: u8 = 1;
+
+/// Each byte's class in an authority: [`PLAIN`], the byte itself for those with a rule, or 0
+/// for those refused. One load per byte: most of a target is its authority.
+const AUTHORITY: [u8; 256] = authority_classes();
+
+const fn authority_classes() -> [u8; 256] {
+    let mut t = [0; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = match c {
+            b'/' | b'?' | b'#' | b'%' | b':' | b'[' | b']' | b'@' => c,
+            _ if is_authority_char(c) => PLAIN,
+            _ => 0,
+        };
+        i += 1;
+    }
+    t
+}
+
 /// `http`'s `URI_CHARS` other than those `authority_end` treats itself.
-fn is_authority_char(c: u8) -> bool {
+const fn is_authority_char(c: u8) -> bool {
     c.is_ascii_alphanumeric()
         || matches!(
             c,
@@ -223,35 +248,60 @@ fn path_and_query(s: &str) -> Result<&str, Malformed> {
     if !matches!(b[0], b'/' | b'?' | b'#') {
         return Err(Malformed);
     }
-    let mut in_query = false;
-    for (i, &c) in b.iter().enumerate() {
-        let ok = match c {
-            // A fragment never leaves; what follows it is not checked.
-            b'#' => return Ok(&s[..i]),
-            b'?' if !in_query => {
-                in_query = true;
-                true
-            }
-            // Bytes of multi-byte characters: `s` is a `str`, so they are valid UTF-8.
-            0x80.. => true,
-            c if in_query => is_query_char(c),
-            c => is_path_char(c),
-        };
-        if !ok {
-            return Err(Malformed);
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        i += 1;
+        if PATH[usize::from(c)] {
+            continue;
         }
+        match c {
+            b'?' => break,
+            // A fragment never leaves; what follows it is not checked.
+            b'#' => return Ok(&s[..i - 1]),
+            _ => return Err(Malformed),
+        }
+    }
+    for (at, &c) in b.iter().enumerate().skip(i) {
+        if QUERY[usize::from(c)] {
+            continue;
+        }
+        return match c {
+            b'#' => Ok(&s[..at]),
+            _ => Err(Malformed),
+        };
     }
     Ok(s)
 }
 
-/// `http`'s `PATH_MAP`: bytes a path may carry as they are (`"`, `{` and `}` too).
-fn is_path_char(c: u8) -> bool {
+/// Bytes a path carries as they are: `http`'s `PATH_MAP`, with `"`, `{` and `}`, and the
+/// bytes of multi-byte characters (`s` is a `str`: they are valid UTF-8).
+const PATH: [bool; 256] = byte_set(false);
+/// The same for a query: `QUERY_MAP` (a `?` included).
+const QUERY: [bool; 256] = byte_set(true);
+
+const fn byte_set(query: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = i >= 0x80
+            || if query {
+                is_query_char(c)
+            } else {
+                is_path_char(c)
+            };
+        i += 1;
+    }
+    t
+}
+
+const fn is_path_char(c: u8) -> bool {
     matches!(c, 0x21 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7A | 0x7C | 0x7E)
         || matches!(c, b'"' | b'{' | b'}')
 }
 
-/// `http`'s `QUERY_MAP` (a `?` in the query included).
-fn is_query_char(c: u8) -> bool {
+const fn is_query_char(c: u8) -> bool {
     matches!(c, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E)
 }
 
