@@ -276,6 +276,85 @@ pub struct Absolute<'a> {
 /// Parse an absolute-form request target (`http://host[:port]/path`), read from its text as
 /// `http::Uri` reads it: what that refuses is [`TargetError::InvalidUri`].
 pub fn parse_absolute(text: &str) -> Result<Absolute<'_>, TargetError> {
+    match common_absolute(text) {
+        Some(absolute) => Ok(absolute),
+        None => parse_absolute_checked(text),
+    }
+}
+
+/// The common spelling read in one pass: `http://` or `https://` in lowercase, a host
+/// [`plain_host`] reads that is already its own `Host` value (no uppercase, no trailing dot),
+/// an optional port of one to five digits without a leading zero, then nothing or a path.
+/// `None` for anything else, which [`parse_absolute_checked`] decides (and explains); whatever
+/// this accepts, that accepts as the same target: the tests hold the two together.
+fn common_absolute(text: &str) -> Option<Absolute<'_>> {
+    let b = text.as_bytes();
+    let (scheme, skip) = if b.starts_with(b"http://") {
+        (Scheme::Http, 7)
+    } else if b.starts_with(b"https://") {
+        (Scheme::Https, 8)
+    } else {
+        return None;
+    };
+    if b.len() > uri::MAX_LEN {
+        return None;
+    }
+    let rest = &b[skip..];
+    let host_end = rest
+        .iter()
+        .position(|&c| !COMMON_HOST[usize::from(c)])
+        .unwrap_or(rest.len());
+    let mut end = host_end;
+    let mut port = None;
+    if rest.get(end) == Some(&b':') {
+        end += 1;
+        let mut n: u32 = 0;
+        let digits = rest[end..]
+            .iter()
+            .take(5)
+            .take_while(|c| c.is_ascii_digit());
+        for &c in digits {
+            n = n * 10 + u32::from(c - b'0');
+            end += 1;
+        }
+        // None, a leading zero (or 0), or more than 65535: the full parse explains.
+        if end == host_end + 1 || rest[host_end + 1] == b'0' || n > u32::from(u16::MAX) {
+            return None;
+        }
+        port = Some(n as u16);
+    }
+    // `?`, `#`, a sixth port digit or anything else: the full parse decides.
+    if !matches!(rest.get(end), None | Some(b'/')) || rest[..host_end].ends_with(b".") {
+        return None;
+    }
+    // The host and port are ASCII, so `skip + end` is a character boundary.
+    let (authority, tail) = text[skip..].split_at(end);
+    let host = plain_host(&authority[..host_end])?;
+    let path_and_query = if tail.is_empty() {
+        "/"
+    } else {
+        uri::path_and_query(tail).ok()?
+    };
+    Some(Absolute {
+        target: RequestTarget { scheme, host, port },
+        origin_form: OriginForm::new(path_and_query),
+        host_value: Some(authority),
+    })
+}
+
+/// The bytes of a host [`common_absolute`] reads: lowercase letters, digits, `-`, `_`, `.`.
+const COMMON_HOST: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = matches!(i as u8, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.');
+        i += 1;
+    }
+    t
+};
+
+/// [`parse_absolute`] with every check, and why a target is refused.
+fn parse_absolute_checked(text: &str) -> Result<Absolute<'_>, TargetError> {
     let parts = uri::split(text).map_err(|_| TargetError::InvalidUri)?;
     let scheme = match parts.scheme {
         SchemeText::None => return Err(TargetError::NotAbsolute),
@@ -955,6 +1034,67 @@ mod tests {
             let ours = parse_absolute(text).map(|a| (a.target, a.origin_form.to_string()));
             assert_eq!(ours, reference::parse(text), "{text:?}");
         });
+    }
+
+    /// The one-pass reading of common targets and the full parse agree on every generated
+    /// target: the same target, origin-form and `Host` value, or the full parse's answer.
+    #[test]
+    fn common_absolute_parses_as_the_full_parse_does() {
+        const ALPHABET: &[u8] = b"a1.:/?#0Z-@%";
+        let prefixes = [
+            "http://",
+            "https://",
+            "HTTP://",
+            "http://a",
+            "http://1.2.3",
+            "http://1.2.3.4",
+            "http://a.b:",
+            "http://1.2.3.4:",
+            "http://a:65",
+            "http://a/",
+        ];
+        let mut common = 0;
+        uri::each_generated(&prefixes, ALPHABET, |text| {
+            let full = parse_absolute_checked(text);
+            if let Some(fast) = common_absolute(text) {
+                common += 1;
+                assert_eq!(Ok(&fast), full.as_ref(), "{text:?}");
+            }
+            assert_eq!(parse_absolute(text), full, "{text:?}");
+        });
+        assert!(common > 1_000, "{common}");
+        // Every port, spelled plainly, with leading zeros and too long.
+        for n in 0..=70_000u32 {
+            for text in [
+                format!("http://h.example:{n}/p"),
+                format!("https://1.2.3.4:0{n}"),
+                format!("http://h:{n}0?q"),
+            ] {
+                assert_eq!(
+                    parse_absolute(&text),
+                    parse_absolute_checked(&text),
+                    "{text:?}"
+                );
+            }
+        }
+        // At the length limits of a label, a name and a URI.
+        let label = "a".repeat(MAX_LABEL);
+        let path = "/".repeat(uri::MAX_LEN);
+        let long = [
+            format!("http://{label}.{label}.{label}.{}/", "b".repeat(61)),
+            format!("http://{label}.{label}.{label}.{}/", "b".repeat(62)),
+            format!("http://{label}a.b/"),
+            format!("http://b.{label}:8080/"),
+            format!("http://h{}", &path[..uri::MAX_LEN - 8]),
+            format!("http://h{}", &path[..uri::MAX_LEN - 7]),
+        ];
+        for text in &long {
+            assert_eq!(
+                parse_absolute(text),
+                parse_absolute_checked(text),
+                "{text:?}"
+            );
+        }
     }
 
     /// The parse this module did through `http::Uri` before it read the text itself: the

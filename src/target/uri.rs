@@ -34,7 +34,7 @@ pub struct Parts<'a> {
 pub struct Malformed;
 
 /// `http::Uri`'s longest URI.
-const MAX_LEN: usize = u16::MAX as usize - 1;
+pub(super) const MAX_LEN: usize = u16::MAX as usize - 1;
 /// `http::Uri`'s longest scheme other than http and https.
 const MAX_SCHEME_LEN: usize = 64;
 
@@ -237,7 +237,7 @@ const fn is_authority_char(c: u8) -> bool {
 
 /// The path and query of `s` without its fragment, once they passed `http`'s checks:
 /// `PathAndQuery::from_shared`. `s` is not empty.
-fn path_and_query(s: &str) -> Result<&str, Malformed> {
+pub(super) fn path_and_query(s: &str) -> Result<&str, Malformed> {
     let b = s.as_bytes();
     if b.is_empty() || b.len() > MAX_LEN {
         return Err(Malformed);
