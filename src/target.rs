@@ -188,41 +188,31 @@ fn plain_host(s: &str) -> Option<Host> {
 }
 
 /// Four decimal octets as `Ipv4Addr::from_str` takes them: one to three digits, no leading
-/// zero, at most 255; `None` for anything else.
+/// zero, at most 255; `None` for anything else. Read octet by octet, each byte looked at once.
 fn dotted_quad(b: &[u8]) -> Option<Ipv4Addr> {
+    let digit = |i: usize| b.get(i).map(|c| c.wrapping_sub(b'0')).filter(|&d| d <= 9);
     let mut octets = [0u8; 4];
-    let mut done = 0;
-    let mut n: u16 = 0;
-    let mut digits = 0;
-    for &c in b {
-        if c == b'.' {
-            if digits == 0 || done == 3 {
+    let mut i = 0;
+    for (k, octet) in octets.iter_mut().enumerate() {
+        if k > 0 {
+            if b.get(i) != Some(&b'.') {
                 return None;
             }
-            // At most 255, checked below.
-            octets[done] = n as u8;
-            done += 1;
-            n = 0;
-            digits = 0;
-            continue;
+            i += 1;
         }
-        let d = c.wrapping_sub(b'0');
-        // Not a digit, or a digit after a leading zero.
-        if d > 9 || (digits == 1 && n == 0) {
-            return None;
+        let mut n = u16::from(digit(i)?);
+        i += 1;
+        // A leading zero is the whole octet: a digit after it is refused below.
+        if n != 0 {
+            for _ in 0..2 {
+                let Some(d) = digit(i) else { break };
+                n = n * 10 + u16::from(d);
+                i += 1;
+            }
         }
-        // No leading zero and at most 255: at most three digits.
-        n = n * 10 + u16::from(d);
-        digits += 1;
-        if n > 255 {
-            return None;
-        }
+        *octet = u8::try_from(n).ok()?;
     }
-    if digits == 0 || done != 3 {
-        return None;
-    }
-    octets[3] = n as u8;
-    Some(Ipv4Addr::from(octets))
+    (i == b.len()).then(|| Ipv4Addr::from(octets))
 }
 
 /// Parse a host with every check, and say why one is refused.
