@@ -10,7 +10,7 @@
 #
 # Knobs (environment): ROUNDS=3, DURATION=5 (seconds per wrk cell and round; the 2 s origin test
 # runs 2 × DURATION), IDLE_CONNS=5000, SLOW_CONC=1000,
-# SLOW_CONC_BIG=10000 (direct and portcullis only; 0 skips), PROXIES="direct portcullis portcullis-quiet
+# SLOW_CONC_BIG=10000 (direct, portcullis and nginx only; 0 skips), PROXIES="direct portcullis portcullis-quiet
 # portcullis-1worker nginx squid tinyproxy", KEEP=1 keeps the temp dir with every config, log and wrk output.
 # Progress goes to stderr, the table to stdout. Everything started here is stopped on exit.
 set -euo pipefail
@@ -426,7 +426,7 @@ for name in $PROXIES; do
     [ "$MODE" != direct ] && restart_proxy "$name"
     slow1=$(slow_cell "$SLOW_CONC")
     slow2="–"
-    if { [ "$name" = portcullis ] || [ "$name" = direct ]; } && [ "$SLOW_CONC_BIG" != 0 ]; then
+    if { [ "$name" = portcullis ] || [ "$name" = direct ] || [ "$name" = nginx ]; } && [ "$SLOW_CONC_BIG" != 0 ]; then
         sleep 2
         slow2=$(slow_cell "$SLOW_CONC_BIG")
     fi
