@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The 2 s origin with many clients, split by round: where a proxy's p99 comes from.
+#
+#   bash benches/load/slow_rounds.sh [BINARY]     # default: target/release/portcullis; as root
+#
+# run.sh's big 2 s origin cell (wrk -cCONNS for 10 s against benches/load/slow_origin.rs, every
+# request answered 2 s after it arrived) holds about four rounds of CONNS requests. Through a
+# proxy, the first round also pays for CONNS upstream connections dialed after wrk's clock
+# started (direct, wrk connects before it sends). This runs, for direct, portcullis and nginx
+# (reverse proxy, upstream keepalive 64, 2 workers), each fresh: a 3 s run (the first round
+# only) and a 10 s run (all rounds), and prints wrk's p50 / p90 / p99 and errors for each.
+# CONNS (default 9750, or what the descriptor limit allows). Loopback only, ports from the
+# kernel, about 90 s; everything started here is stopped on exit.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BIN=${1:-$HERE/../../target/release/portcullis}
+AB_TOOLS="nginx wrk python3" AB_TMP=portcullis-slow
+# shellcheck source=benches/load/ab_lib.sh
+. "$HERE/ab_lib.sh"
+SLOW_ORIGIN=${SLOW_ORIGIN:-$(dirname "$BIN")/examples/slow_origin}
+[ -x "$SLOW_ORIGIN" ] || { echo "needs $SLOW_ORIGIN (cargo build --release --example slow_origin)" >&2; exit 1; }
+ulimit -n "$(ulimit -Hn)"
+CONNS=${CONNS:-9750}
+cap=$((($(ulimit -n) - 500) / 2))
+[ "$CONNS" -gt "$cap" ] && CONNS=$cap
+read -r SP PP AP NP < <(free_ports 4)
+
+"$SLOW_ORIGIN" "127.0.0.1:$SP" 2000 >"$T/origin.out" &
+PIDS+=("$!")
+wait_port "$SP"
+
+cat >"$T/p.toml" <<EOF
+[proxy]
+listen = "127.0.0.1:$PP"
+admin_listen = "127.0.0.1:$AP"
+max_client_connections = 30000
+client_idle_timeout = "300s"
+[defaults]
+max_connections = 12000
+max_idle = 64
+acquire_timeout = "30s"
+allow_private = true
+[[upstream]]
+name = "origin"
+hosts = ["127.0.0.1"]
+ports = [$SP]
+EOF
+cat >"$T/n.conf" <<EOF
+worker_processes 2; daemon off; pid $T/n.pid; error_log $T/ne.log warn; worker_rlimit_nofile 100000;
+events { worker_connections 50000; }
+http { access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
+ client_body_temp_path $T/nb; proxy_temp_path $T/np; fastcgi_temp_path $T/nf; uwsgi_temp_path $T/nu; scgi_temp_path $T/ns;
+ upstream slow { server 127.0.0.1:$SP; keepalive 64; keepalive_requests 100000000; }
+ server { listen 127.0.0.1:$NP backlog=65535;
+  location / { proxy_pass http://slow; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+EOF
+
+start() { # start NAME: the proxy fresh; sets URL and ARGS for wrk
+    case "$1" in
+    direct) URL="http://127.0.0.1:$SP/" ARGS=() ;;
+    portcullis)
+        RUST_LOG=warn "$BIN" --config "$T/p.toml" >"$T/p.out" 2>"$T/p.err" &
+        PIDS+=("$!") PROXY=$!
+        wait_port "$PP"
+        URL="http://127.0.0.1:$PP/" ARGS=(-s "$HERE/absolute.lua")
+        ;;
+    nginx)
+        nginx -e "$T/ne.log" -c "$T/n.conf" >/dev/null 2>&1 &
+        PIDS+=("$!") PROXY=$!
+        wait_port "$NP"
+        URL="http://127.0.0.1:$NP/" ARGS=()
+        ;;
+    esac
+}
+stop() {
+    [ -n "${PROXY:-}" ] && { kill "$PROXY" 2>/dev/null || true; wait "$PROXY" 2>/dev/null || true; }
+    PROXY=""
+    sleep 1
+}
+
+echo "wrk -c$CONNS to the 2 s origin: p50 / p90 / p99 ms, requests, errors"
+printf '%-11s | %-38s | %-38s\n' target "first round (3 s run)" "all rounds (10 s run)"
+for name in direct portcullis nginx; do
+    line=""
+    for secs in 3 10; do
+        start "$name"
+        wrk -t1 -c"$CONNS" -d"${secs}s" --timeout 10s --latency ${ARGS[@]+"${ARGS[@]}"} "$URL" \
+            ${ARGS[@]+-- "127.0.0.1:$SP"} >"$T/w.txt" 2>&1 || true
+        stop
+        read -r reqs _ p50 p99 errs < <(python3 "$HERE/tools.py" wrk "$T/w.txt")
+        p90=$(awk '$1 == "90%" { v = $2 + 0; u = $2; sub(/^[0-9.]+/, "", u)
+            printf "%.0f", u == "s" ? v * 1000 : u == "us" ? v / 1000 : v }' "$T/w.txt")
+        line+=$(printf ' | %-38s' "$(printf '%.0f / %s / %.0f ms, %s, %s err' "$p50" "$p90" "$p99" "$reqs" "$errs")")
+        sleep 2
+    done
+    printf '%-11s%s\n' "$name" "$line"
+done
