@@ -12,12 +12,13 @@
 # so callgrind sees it; upstream keep-alive; access log to a file, as the proxy's is on): the
 # peer's figure for the same requests. Kernel time (the syscalls) is not
 # counted: compare binaries with it, not with the load table. Bounded: at most 120 s of load.
-# KEEP=FILE keeps the callgrind profile (`callgrind_annotate FILE`). Needs nginx, wrk,
+# CONNS=N sets wrk's connections (16). KEEP=FILE keeps the callgrind profile (`callgrind_annotate FILE`). Needs nginx, wrk,
 # valgrind; stops everything it started.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BIN=${1:-$HERE/../../target/release/portcullis}
 N=${2:-4000}
+CONNS=${CONNS:-16}
 for tool in nginx wrk valgrind callgrind_control curl python3; do
     command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install nginx wrk valgrind curl)" >&2; exit 1; }
 done
@@ -75,10 +76,10 @@ function response(status, headers, body)
   if n >= tonumber(os.getenv("NREQ")) then wrk.thread:stop() end
 end
 E2
-NREQ=500 wrk -t1 -c16 -d60 -s "$T/count.lua" "http://127.0.0.1:$PP/" > /dev/null
+NREQ=500 wrk -t1 -c"$CONNS" -d60 -s "$T/count.lua" "http://127.0.0.1:$PP/" > /dev/null
 sleep 0.5
 callgrind_control -i on "$PC" > /dev/null
-NREQ=$N wrk -t1 -c16 -d120 -s "$T/count.lua" "http://127.0.0.1:$PP/" > "$T/wrk.out"
+NREQ=$N wrk -t1 -c"$CONNS" -d120 -s "$T/count.lua" "http://127.0.0.1:$PP/" > "$T/wrk.out"
 sleep 0.5
 callgrind_control -d "$PC" > /dev/null
 sleep 0.5
