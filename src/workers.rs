@@ -129,9 +129,10 @@ const TIMER_FLOOR: std::time::Duration = std::time::Duration::from_millis(250);
 /// an extra trip through `epoll_wait`) whenever a timer is set earlier than the earliest one
 /// it had when it last parked. A worker whose connections were all waiting for their clients
 /// when it parked had only their idle timers then (`client_idle_timeout`, a minute), so the
-/// next request's `response_timeout` (30 s) was the earliest and paid that write: 0.28 writes
-/// a request at 16 connections on two workers, 0.005 on one, where a request was nearly always
-/// in flight (`perf stat -e syscalls:sys_enter_write`, issue 17). With this timer never more
+/// next request's `response_timeout` (30 s) was the earliest and paid that write: 0.22–0.28
+/// writes a request at 16 connections on two workers (0.025 with this timer), 0.005 on one,
+/// where a request was nearly always in flight (`perf stat -e syscalls:sys_enter_write`,
+/// issue 17). With this timer never more
 /// than [`TIMER_FLOOR`] away, a timer of a request or connection (all of them longer) is
 /// never the earliest. It costs a worker four wake-ups a second when there is nothing to do.
 async fn keep_a_timer_near() {
