@@ -42,5 +42,9 @@ free_ports() { # free_ports N: N loopback ports the kernel gives out, on one lin
 import socket, sys
 s = [socket.socket() for _ in range(int(sys.argv[1]))]
 for x in s: x.bind(("127.0.0.1", 0))
-print(*(x.getsockname()[1] for x in s))' "$1"
+ports = [x.getsockname()[1] for x in s]
+# Close before printing: a reader of `< <(free_ports N)` goes on at the newline, and a
+# port still bound here would make its first bind fail.
+for x in s: x.close()
+print(*ports, flush=True)' "$1"
 }
