@@ -7,10 +7,15 @@
 # request answered 2 s after it arrived) holds about four rounds of CONNS requests. Through a
 # proxy, the first round also pays for CONNS upstream connections dialed after wrk's clock
 # started (direct, wrk connects before it sends). This runs, for direct, portcullis and nginx
-# (reverse proxy, upstream keepalive 64, 2 workers), each fresh: a 3 s run (the first round
-# only) and a 10 s run (all rounds), and prints wrk's p50 / p90 / p99 and errors for each.
-# CONNS (default 9750, or what the descriptor limit allows). Loopback only, ports from the
-# kernel, about 90 s; everything started here is stopped on exit.
+# (reverse proxy, 2 workers), each fresh, three cells:
+#   first round  a 4 s run: one request on each connection, all of them answered (a run of
+#                3 s left out the slowest ones, those still unanswered when it stopped);
+#   warm         the same on a proxy that has just served one such run and kept every upstream
+#                connection (max_idle / keepalive = CONNS): the first round without the dials;
+#   all rounds   a 10 s run, upstream pool of 64 idle.
+# Each prints wrk's p50 / p90 / p99 ms, requests and errors. CONNS (default 9750, or what the
+# descriptor limit allows). Loopback only, ports from the kernel, about 2 minutes; everything
+# started here is stopped on exit.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BIN=${1:-$HERE/../../target/release/portcullis}
@@ -45,6 +50,7 @@ name = "origin"
 hosts = ["127.0.0.1"]
 ports = [$SP]
 EOF
+sed "s/^max_idle = 64\$/max_idle = $CONNS/" "$T/p.toml" >"$T/p-warm.toml"
 cat >"$T/n.conf" <<EOF
 worker_processes 2; daemon off; pid $T/n.pid; error_log $T/ne.log warn; worker_rlimit_nofile 100000;
 events { worker_connections 50000; }
@@ -54,18 +60,19 @@ http { access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
  server { listen 127.0.0.1:$NP backlog=65535;
   location / { proxy_pass http://slow; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 EOF
+sed "s/keepalive 64;/keepalive $CONNS;/" "$T/n.conf" >"$T/n-warm.conf"
 
-start() { # start NAME: the proxy fresh; sets URL and ARGS for wrk
+start() { # start NAME [-warm]: the proxy fresh (-warm: it keeps CONNS idle); sets URL and ARGS
     case "$1" in
     direct) URL="http://127.0.0.1:$SP/" ARGS=() ;;
     portcullis)
-        RUST_LOG=warn "$BIN" --config "$T/p.toml" >"$T/p.out" 2>"$T/p.err" &
+        RUST_LOG=warn "$BIN" --config "$T/p${2:-}.toml" >"$T/p.out" 2>"$T/p.err" &
         PIDS+=("$!") PROXY=$!
         wait_port "$PP"
         URL="http://127.0.0.1:$PP/" ARGS=(-s "$HERE/absolute.lua")
         ;;
     nginx)
-        nginx -e "$T/ne.log" -c "$T/n.conf" >/dev/null 2>&1 &
+        nginx -e "$T/ne.log" -c "$T/n${2:-}.conf" >/dev/null 2>&1 &
         PIDS+=("$!") PROXY=$!
         wait_port "$NP"
         URL="http://127.0.0.1:$NP/" ARGS=()
@@ -78,20 +85,32 @@ stop() {
     sleep 1
 }
 
+run_wrk() { # run_wrk SECS: wrk against URL; prints "p50 / p90 / p99 ms, requests, errors"
+    wrk -t1 -c"$CONNS" -d"$1s" --timeout 10s --latency ${ARGS[@]+"${ARGS[@]}"} "$URL" \
+        ${ARGS[@]+-- "127.0.0.1:$SP"} >"$T/w.txt" 2>&1 || true
+    read -r reqs _ p50 p99 errs < <(python3 "$HERE/tools.py" wrk "$T/w.txt")
+    p90=$(awk '$1 == "90%" { v = $2 + 0; u = $2; sub(/^[0-9.]+/, "", u)
+        printf "%.0f", u == "s" ? v * 1000 : u == "us" ? v / 1000 : v }' "$T/w.txt")
+    printf '%.0f / %s / %.0f ms, %s, %s err' "$p50" "$p90" "$p99" "$reqs" "$errs"
+}
+
 echo "wrk -c$CONNS to the 2 s origin: p50 / p90 / p99 ms, requests, errors"
-printf '%-11s | %-38s | %-38s\n' target "first round (3 s run)" "all rounds (10 s run)"
+printf '%-11s | %-36s | %-36s | %-36s\n' target "first round (4 s run)" "warm: first round, no dials" \
+    "all rounds (10 s run)"
 for name in direct portcullis nginx; do
-    line=""
-    for secs in 3 10; do
-        start "$name"
-        wrk -t1 -c"$CONNS" -d"${secs}s" --timeout 10s --latency ${ARGS[@]+"${ARGS[@]}"} "$URL" \
-            ${ARGS[@]+-- "127.0.0.1:$SP"} >"$T/w.txt" 2>&1 || true
-        stop
-        read -r reqs _ p50 p99 errs < <(python3 "$HERE/tools.py" wrk "$T/w.txt")
-        p90=$(awk '$1 == "90%" { v = $2 + 0; u = $2; sub(/^[0-9.]+/, "", u)
-            printf "%.0f", u == "s" ? v * 1000 : u == "us" ? v / 1000 : v }' "$T/w.txt")
-        line+=$(printf ' | %-38s' "$(printf '%.0f / %s / %.0f ms, %s, %s err' "$p50" "$p90" "$p99" "$reqs" "$errs")")
-        sleep 2
-    done
-    printf '%-11s%s\n' "$name" "$line"
+    start "$name"
+    first=$(run_wrk 4)
+    stop
+    sleep 2
+    start "$name" -warm
+    run_wrk 4 >/dev/null
+    sleep 1
+    warm=$(run_wrk 4)
+    stop
+    sleep 2
+    start "$name"
+    all=$(run_wrk 10)
+    stop
+    sleep 2
+    printf '%-11s | %-36s | %-36s | %-36s\n' "$name" "$first" "$warm" "$all"
 done
