@@ -10,7 +10,8 @@
 # user and system CPU µs per request (/proc utime and stime of the proxy's processes over the
 # timed run) and wrk's p99. ROUNDS rounds (default 5) of every target in turn at each of
 # CONNS (default "16 128"), so a noisy minute spoils one sample of each; the medians are
-# printed per target and concurrency. Loopback only, ports from the kernel, bounded by
+# printed per target and concurrency. CLOSE=1 sends every request with `Connection: close`: a
+# new client connection per request, the cost of accepting. Loopback only, ports from the kernel, bounded by
 # ROUNDS × targets × (SECS + 3) s per concurrency; everything started here is stopped on exit.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -85,6 +86,7 @@ cell() { # cell INDEX CONNS: start the target, warm up, measure, stop; prints "r
     fi
     PIDS+=("$pid")
     [ ${#args[@]} = 0 ] && args=("$url")
+    [ -n "${CLOSE:-}" ] && args=(-H "Connection: close" "${args[@]}")
     wrk -t1 -c"$c" -d1s "${args[@]}" >/dev/null
     local before after
     # shellcheck disable=SC2086 # a list of pids

@@ -4,7 +4,11 @@ local req
 
 init = function(args)
   local target = args[1]
-  req = wrk.format("GET", "http://" .. target .. "/", { ["Host"] = target })
+  -- wrk's -H headers too (e.g. -H "Connection: close"); Host names the origin.
+  local headers = {}
+  for k, v in pairs(wrk.headers) do headers[k] = v end
+  headers["Host"] = target
+  req = wrk.format("GET", "http://" .. target .. "/", headers)
 end
 
 request = function()
