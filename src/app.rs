@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
+use crate::accept::Acceptor;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::proxy;
@@ -77,17 +78,19 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> io::Result<H
     start_on(config, config_path, Placement::default()).await
 }
 
-/// Bind both listeners and start serving: the accept loop and the admin listener on this
-/// runtime, each client connection where `placement` puts it (see [`crate::workers`]).
+/// Bind both listeners and start serving: the admin listener on this runtime, the accept
+/// loop on the first worker (see [`Placement::spawn_first`]), each client connection where
+/// `placement` puts it (see [`crate::workers`]).
 pub async fn start_on(
     config: Config,
     config_path: Option<PathBuf>,
     placement: Placement,
 ) -> io::Result<Handle> {
-    let proxy_listener = listen(config.proxy.listen)?;
+    // Taken off this runtime's reactor: the accept loop registers them with its own.
+    let proxy_listener = listen(config.proxy.listen)?.into_std()?;
     let admin_listener = listen(config.proxy.admin_listen)?;
     let tls_listener = match &config.proxy.tls {
-        Some(t) => Some((listen(t.listen)?, t.server.clone())),
+        Some(t) => Some((listen(t.listen)?.into_std()?, t.server.clone())),
         None => None,
     };
     let proxy_addr = proxy_listener.local_addr()?;
@@ -98,17 +101,33 @@ pub async fn start_on(
         .transpose()?;
     let limit = Arc::new(ClientLimit::new(config.proxy.max_client_connections));
     let shared = Shared::new(config, Metrics::new());
-    let listeners = proxy::Listeners {
-        plain: proxy_listener,
-        tls: tls_listener,
+    let (started, start) = tokio::sync::oneshot::channel();
+    let accept_loop = {
+        let (shared, limit, placement) = (shared.clone(), limit.clone(), placement.clone());
+        placement.clone().spawn_first(async move {
+            let listeners = (|| {
+                Ok::<_, io::Error>(proxy::Listeners {
+                    plain: Acceptor::new(proxy_listener)?,
+                    tls: match tls_listener {
+                        Some((l, server)) => Some((Acceptor::new(l)?, server)),
+                        None => None,
+                    },
+                })
+            })();
+            match listeners {
+                Ok(listeners) => {
+                    let _ = started.send(Ok(()));
+                    proxy::run(listeners, shared, limit, placement).await
+                }
+                Err(e) => drop(started.send(Err(e))),
+            }
+        })
     };
+    start
+        .await
+        .map_err(|_| io::Error::other("the accept loop ended before it started"))??;
     let tasks = vec![
-        tokio::spawn(proxy::run(
-            listeners,
-            shared.clone(),
-            limit.clone(),
-            placement,
-        )),
+        accept_loop,
         tokio::spawn(crate::admin::run(admin_listener, shared.clone())),
     ];
     match tls_addr {

@@ -1,6 +1,7 @@
 //! portcullis: an allowlisting egress proxy with a lifetime-bounded upstream pool.
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod addr_text;
 pub mod admin;
 pub mod app;

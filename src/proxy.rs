@@ -22,11 +22,11 @@ use std::time::Duration;
 
 use http::{Method, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 use tracing::Instrument;
 
+use crate::accept::Acceptor;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::http1::{ClientReader, HeadError};
@@ -131,8 +131,8 @@ pub enum Flow {
 /// The proxy listeners: plain, and TLS when `tls_listen` is set, with the material it was
 /// bound with (a reload that drops `tls_listen` leaves that to the restart).
 pub struct Listeners {
-    pub plain: TcpListener,
-    pub tls: Option<(TcpListener, ServerTls)>,
+    pub plain: Acceptor,
+    pub tls: Option<(Acceptor, ServerTls)>,
 }
 
 /// Accept on every proxy listener until draining begins. Each connection holds a permit of
@@ -206,7 +206,9 @@ pub async fn run(
 }
 
 /// Accept on `listener`, or wait forever when there is none.
-async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+async fn accept_on(
+    listener: Option<&Acceptor>,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
     match listener {
         Some(l) => l.accept().await,
         None => std::future::pending().await,

@@ -83,10 +83,30 @@ impl Drop for Open {
 }
 
 impl Placement {
+    /// Run `task` on the first worker (on the current runtime when there are no workers).
+    ///
+    /// The accept loop runs there, as each of nginx's workers accepts for itself: a worker
+    /// that is awake anyway takes new connections in the same turn of its event loop, and one
+    /// placed on it starts there without waking another thread. On a thread of its own the
+    /// loop woke for every burst of connections and woke the worker it chose in turn: with
+    /// a new connection per request (`CLOSE=1 benches/load/ab.sh`, c=16) this cut the proxy's
+    /// CPU per request by 7-9 %, req/s within noise (issue 17, `benches/load/RESULTS.md`).
+    pub fn spawn_first<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.workers.first() {
+            Some(w) => w.handle.spawn(task),
+            None => tokio::spawn(task),
+        }
+    }
+
     /// Run `serve(stream)` as a task of its own on the worker with the fewest open
-    /// connections. The stream moves to that worker's reactor; if it cannot (the system
-    /// refused the registration), it is closed and the reason logged.
-    pub fn spawn<F, Fut>(&self, stream: TcpStream, serve: F)
+    /// connections. The stream, non-blocking and registered with no reactor (as
+    /// [`crate::accept::Acceptor`] gives it), is registered with that worker's; if it cannot
+    /// be (the system refused), it is closed and the reason logged.
+    pub fn spawn<F, Fut>(&self, stream: std::net::TcpStream, serve: F)
     where
         F: FnOnce(TcpStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -96,21 +116,17 @@ impl Placement {
             .iter()
             .min_by_key(|w| w.open.load(Ordering::Relaxed))
         else {
-            tokio::spawn(serve(stream));
-            return;
-        };
-        let moved = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot hand an accepted connection to a worker");
-                return;
+            match TcpStream::from_std(stream) {
+                Ok(stream) => drop(tokio::spawn(serve(stream))),
+                Err(e) => tracing::warn!(error = %e, "cannot take an accepted connection"),
             }
+            return;
         };
         worker.open.fetch_add(1, Ordering::Relaxed);
         let open = Open(worker.open.clone());
         worker.handle.spawn(async move {
             let _open = open;
-            match TcpStream::from_std(moved) {
+            match TcpStream::from_std(stream) {
                 Ok(stream) => serve(stream).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "a worker cannot take an accepted connection")
@@ -231,6 +247,7 @@ mod tests {
             let mut client = std::net::TcpStream::connect(addr).unwrap();
             client.write_all(b"x").unwrap();
             let (stream, _) = accept.block_on(listener.accept()).unwrap();
+            let stream = stream.into_std().unwrap();
             let served = served.clone();
             let (done, wait) = oneshot::channel::<()>();
             finish.push(done);
