@@ -94,8 +94,8 @@ fn main() -> ExitCode {
     for w in &warnings {
         tracing::warn!("{}: {w}", config.source);
     }
-    // Client connections run on the workers; signals, reloads and the admin listener on the
-    // main thread's runtime.
+    // The accept loop and client connections run on the workers; signals, reloads and the
+    // admin listener on the main thread's runtime.
     let workers =
         portcullis::workers::count(std::env::var(portcullis::workers::ENV).ok().as_deref());
     let (runtime, workers) = match tokio::runtime::Builder::new_current_thread()

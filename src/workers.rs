@@ -7,9 +7,9 @@
 //! other busy processes outnumber the cores: a worker then waits on the OS's run queue,
 //! and so do its connections; `TOKIO_WORKER_THREADS` sets how many workers there are.
 //!
-//! One accept loop (on the main thread's runtime, with signals, reloads and the admin
-//! listener) hands each accepted connection to the worker with the fewest open connections,
-//! which registers it with its own reactor. A shared listening socket would let whichever
+//! One accept loop (on the first worker, [`Placement::spawn_first`]) hands each accepted
+//! connection to the worker with the fewest open connections, which registers it with its
+//! own reactor ([`crate::accept`]). A shared listening socket would let whichever
 //! worker wakes first take a whole burst (measured: all 16 of wrk's connections on one of two
 //! workers), and `SO_REUSEPORT`'s hash splits 16 connections 10/6 as often as 8/8.
 
