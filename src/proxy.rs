@@ -121,11 +121,27 @@ impl Ctx {
     }
 }
 
-/// Whether the client connection may carry another request.
+/// Whether the client connection may carry another request, and how it ends if not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
     KeepAlive,
+    /// Close, first reading and discarding what the client may still send ([`linger`]).
     Close,
+    /// Close once our FIN is out: the client asked to close and all it sent was read, so it
+    /// sends nothing more (RFC 9112 §9.6) and there is nothing to wait for ([`Flow::ending`]).
+    CloseAsked,
+}
+
+impl Flow {
+    /// How a connection that `flow` closes ends: [`Flow::CloseAsked`] when the client asked
+    /// to close (`Connection: close`, or HTTP/1.0 without keep-alive) and its request body was
+    /// read to the end; otherwise as `flow` says.
+    pub fn ending(self, client_keep_alive: bool, body_done: bool) -> Flow {
+        match self {
+            Flow::Close if !client_keep_alive && body_done => Flow::CloseAsked,
+            other => other,
+        }
+    }
 }
 
 /// The proxy listeners: plain, and TLS when `tls_listen` is set, with the material it was
@@ -343,9 +359,20 @@ async fn requests<R: ClientRead, W: ClientWrite>(
             Box::pin(tunnel::serve(&ctx, Box::new(head), rd, leftover, wr)).await;
             return;
         }
-        if Box::pin(forward::serve(&ctx, head, &mut reader, &mut wr)).await == Flow::Close {
-            linger(reader, wr, ctx.config.proxy.client_stall_timeout).await;
-            return;
+        let stall = ctx.config.proxy.client_stall_timeout;
+        match Box::pin(forward::serve(&ctx, head, &mut reader, &mut wr)).await {
+            Flow::KeepAlive => {}
+            // Nothing unread either (no bytes sent past the request): FIN, then close. A
+            // client that keeps its end open no longer holds the connection's slot.
+            Flow::CloseAsked if reader.buffered().is_empty() => {
+                let mut wr = stall::StallWriter::new(&mut wr, stall);
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
+                return;
+            }
+            Flow::Close | Flow::CloseAsked => {
+                linger(reader, wr, stall).await;
+                return;
+            }
         }
     }
 }
@@ -393,4 +420,32 @@ async fn refuse_head<W: tokio::io::AsyncWrite + Unpin>(
     let mut outcome = Outcome::new(mode, Instant::now(), None, "");
     outcome.bytes_out = respond::error(ctx, writer, Version::HTTP_11, err, true).await;
     outcome.record(ctx, err.status(), Some(err));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Flow;
+
+    #[test]
+    fn a_close_the_client_asked_for_after_its_whole_body_needs_no_lingering() {
+        // (flow, client keep-alive, body read to the end) -> how the connection ends
+        let cases = [
+            (Flow::KeepAlive, true, true, Flow::KeepAlive),
+            (Flow::KeepAlive, false, true, Flow::KeepAlive),
+            (Flow::Close, false, true, Flow::CloseAsked),
+            // The client did not ask: it may send its next request before it sees ours close.
+            (Flow::Close, true, true, Flow::Close),
+            // Part of the body is unread: it is still coming, and closing on it sends an RST.
+            (Flow::Close, false, false, Flow::Close),
+            (Flow::Close, true, false, Flow::Close),
+            (Flow::CloseAsked, false, true, Flow::CloseAsked),
+        ];
+        for (flow, keep_alive, body_done, want) in cases {
+            assert_eq!(
+                flow.ending(keep_alive, body_done),
+                want,
+                "{flow:?} keep_alive={keep_alive} body_done={body_done}"
+            );
+        }
+    }
 }

@@ -565,6 +565,58 @@ async fn http10_client_is_served_and_closed() {
     assert_eq!(o.requests()[0].target, "/old");
 }
 
+/// A client that asked to close, and sent all it had, gets its response and our FIN and the
+/// proxy is done with the connection at once, even while the client keeps its end open (some
+/// libraries close only when the socket is collected). It used to read on, waiting for the
+/// client's FIN for up to 2 s, holding the connection's `max_client_connections` slot.
+#[tokio::test]
+async fn a_client_that_asked_to_close_is_let_go_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let o = origin().handler(|_| Reply::ok("done")).spawn().await;
+    let p = spawn_proxy(&local_upstream("local", o.port(), "")).await;
+    let host = format!("127.0.0.1:{}", o.port());
+    let requests = [
+        format!(
+            "GET {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+            o.url("/g")
+        ),
+        format!(
+            "POST {} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+            o.url("/p")
+        ),
+        format!("GET {} HTTP/1.0\r\nHost: {host}\r\n\r\n", o.url("/old")),
+    ];
+    let mut held = Vec::new();
+    for req in &requests {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(WITHIN, s.read_to_end(&mut got))
+            .await
+            .expect("response and FIN within the deadline")
+            .unwrap();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1."), "{text}");
+        assert!(text.contains(" 200 ") && text.ends_with("done"), "{text}");
+        held.push(s);
+    }
+    assert_eq!(o.requests().len(), 3);
+    // Well inside the 2 s the proxy would have waited for each client's FIN.
+    let deadline = Instant::now() + Duration::from_millis(1000);
+    loop {
+        let open = p.metric("portcullis_client_connections", "").await;
+        if open == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} client connections still open with their clients' ends open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(held);
+}
+
 #[tokio::test]
 async fn keep_alive_client_sends_five_requests_on_one_connection() {
     let o = origin()

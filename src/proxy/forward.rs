@@ -115,7 +115,7 @@ where
         },
     };
     p.outcome.record(ctx, status, error.as_ref());
-    flow
+    flow.ending(head.keep_alive, p.body_done)
 }
 
 /// The route of an absolute-form request: its URI names the destination, policy decides.

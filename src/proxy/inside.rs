@@ -105,7 +105,7 @@ where
         ctx.draining = shared.draining();
         let route = |ctx: &Ctx, head, out: &mut Outcome<'_>| route(ctx, &dest, head, out);
         if forward::serve_with(&ctx, dest.mode, &head, &mut reader, &mut writer, route).await
-            == Flow::Close
+            != Flow::KeepAlive
         {
             break;
         }
