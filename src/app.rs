@@ -9,7 +9,6 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
-use crate::accept::Acceptor;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::proxy;
@@ -103,21 +102,12 @@ pub async fn start_on(
     let shared = Shared::new(config, Metrics::new());
     let (started, start) = tokio::sync::oneshot::channel();
     let accept_loop = {
-        let (shared, limit, placement) = (shared.clone(), limit.clone(), placement.clone());
-        placement.clone().spawn_first(async move {
-            let listeners = (|| {
-                Ok::<_, io::Error>(proxy::Listeners {
-                    plain: Acceptor::new(proxy_listener)?,
-                    tls: match tls_listener {
-                        Some((l, server)) => Some((Acceptor::new(l)?, server)),
-                        None => None,
-                    },
-                })
-            })();
-            match listeners {
+        let (shared, limit, places) = (shared.clone(), limit.clone(), placement.clone());
+        placement.spawn_first(async move {
+            match proxy::Listeners::new(proxy_listener, tls_listener) {
                 Ok(listeners) => {
                     let _ = started.send(Ok(()));
-                    proxy::run(listeners, shared, limit, placement).await
+                    proxy::run(listeners, shared, limit, places).await
                 }
                 Err(e) => drop(started.send(Err(e))),
             }

@@ -151,6 +151,22 @@ pub struct Listeners {
     pub tls: Option<(Acceptor, ServerTls)>,
 }
 
+impl Listeners {
+    /// Watch bound, listening sockets from this runtime (the one that will accept on them).
+    pub fn new(
+        plain: std::net::TcpListener,
+        tls: Option<(std::net::TcpListener, ServerTls)>,
+    ) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            plain: Acceptor::new(plain)?,
+            tls: match tls {
+                Some((l, server)) => Some((Acceptor::new(l)?, server)),
+                None => None,
+            },
+        })
+    }
+}
+
 /// Accept on every proxy listener until draining begins. Each connection holds a permit of
 /// `limit`: at the limit, further accepts wait (the kernel's backlogs hold them). One loop
 /// serves both listeners so that it stays the limit's only acquirer, and the permit it holds
