@@ -11,12 +11,13 @@
 # timed run) and wrk's p99. ROUNDS rounds (default 5) of every target in turn at each of
 # CONNS (default "16 128"), so a noisy minute spoils one sample of each; the medians are
 # printed per target and concurrency. CLOSE=1 sends every request with `Connection: close`: a
-# new client connection per request, the cost of accepting. Loopback only, ports from the kernel, bounded by
-# ROUNDS × targets × (SECS + 3) s per concurrency; everything started here is stopped on exit.
+# new client connection per request, the cost of accepting. Loopback only, ports from the
+# kernel, bounded by ROUNDS × targets × (SECS + 3) s per concurrency; everything started here
+# is stopped on exit.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROUNDS=${ROUNDS:-5} SECS=${SECS:-4} CONNS=${CONNS:-16 128}
-[ $# -ge 1 ] || { sed -n 2,14p "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,16p "$0" >&2; exit 2; }
 AB_TOOLS="nginx wrk python3" AB_TMP=portcullis-ab
 # shellcheck source=benches/load/ab_lib.sh
 . "$HERE/ab_lib.sh"

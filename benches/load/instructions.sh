@@ -12,8 +12,8 @@
 # so callgrind sees it; upstream keep-alive; access log to a file, as the proxy's is on): the
 # peer's figure for the same requests. Kernel time (the syscalls) is not
 # counted: compare binaries with it, not with the load table. Bounded: at most 120 s of load.
-# CONNS=N sets wrk's connections (16). KEEP=FILE keeps the callgrind profile (`callgrind_annotate FILE`). Needs nginx, wrk,
-# valgrind; stops everything it started.
+# CONNS=N sets wrk's connections (16). KEEP=FILE keeps the callgrind profile
+# (`callgrind_annotate FILE`). Needs nginx, wrk, valgrind; stops everything it started.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BIN=${1:-$HERE/../../target/release/portcullis}

@@ -34,7 +34,8 @@ read -r SP PP AP NP < <(free_ports 4)
 PIDS+=("$!")
 wait_port "$SP"
 
-cat >"$T/p.toml" <<EOF
+configs() { # configs SUFFIX IDLE: $T/pSUFFIX.toml and $T/nSUFFIX.conf, each keeping IDLE upstream connections idle
+    cat >"$T/p$1.toml" <<EOF
 [proxy]
 listen = "127.0.0.1:$PP"
 admin_listen = "127.0.0.1:$AP"
@@ -42,7 +43,7 @@ max_client_connections = 30000
 client_idle_timeout = "300s"
 [defaults]
 max_connections = 12000
-max_idle = 64
+max_idle = $2
 acquire_timeout = "30s"
 allow_private = true
 [[upstream]]
@@ -50,17 +51,18 @@ name = "origin"
 hosts = ["127.0.0.1"]
 ports = [$SP]
 EOF
-sed "s/^max_idle = 64\$/max_idle = $CONNS/" "$T/p.toml" >"$T/p-warm.toml"
-cat >"$T/n.conf" <<EOF
+    cat >"$T/n$1.conf" <<EOF
 worker_processes 2; daemon off; pid $T/n.pid; error_log $T/ne.log warn; worker_rlimit_nofile 100000;
 events { worker_connections 50000; }
 http { access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
  client_body_temp_path $T/nb; proxy_temp_path $T/np; fastcgi_temp_path $T/nf; uwsgi_temp_path $T/nu; scgi_temp_path $T/ns;
- upstream slow { server 127.0.0.1:$SP; keepalive 64; keepalive_requests 100000000; }
+ upstream slow { server 127.0.0.1:$SP; keepalive $2; keepalive_requests 100000000; }
  server { listen 127.0.0.1:$NP backlog=65535;
   location / { proxy_pass http://slow; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 EOF
-sed "s/keepalive 64;/keepalive $CONNS;/" "$T/n.conf" >"$T/n-warm.conf"
+}
+configs "" 64
+configs -warm "$CONNS"
 
 start() { # start NAME [-warm]: the proxy fresh (-warm: it keeps CONNS idle); sets URL and ARGS
     case "$1" in
