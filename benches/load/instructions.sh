@@ -12,7 +12,8 @@
 # so callgrind sees it; upstream keep-alive; access log to a file, as the proxy's is on): the
 # peer's figure for the same requests. Kernel time (the syscalls) is not
 # counted: compare binaries with it, not with the load table. Bounded: at most 120 s of load.
-# CONNS=N sets wrk's connections (16). KEEP=FILE keeps the callgrind profile
+# CONNS=N sets wrk's connections (16). CLOSE=1 sends `Connection: close`: a new client
+# connection per request, what accepting and setting up a connection costs. KEEP=FILE keeps the callgrind profile
 # (`callgrind_annotate FILE`). Needs nginx, wrk, valgrind; stops everything it started.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -76,10 +77,12 @@ function response(status, headers, body)
   if n >= tonumber(os.getenv("NREQ")) then wrk.thread:stop() end
 end
 E2
-NREQ=500 wrk -t1 -c"$CONNS" -d60 -s "$T/count.lua" "http://127.0.0.1:$PP/" > /dev/null
+HDR=()
+[ -n "${CLOSE:-}" ] && HDR=(-H "Connection: close")
+NREQ=500 wrk -t1 -c"$CONNS" -d60 "${HDR[@]}" -s "$T/count.lua" "http://127.0.0.1:$PP/" > /dev/null
 sleep 0.5
 callgrind_control -i on "$PC" > /dev/null
-NREQ=$N wrk -t1 -c"$CONNS" -d120 -s "$T/count.lua" "http://127.0.0.1:$PP/" > "$T/wrk.out"
+NREQ=$N wrk -t1 -c"$CONNS" -d120 "${HDR[@]}" -s "$T/count.lua" "http://127.0.0.1:$PP/" > "$T/wrk.out"
 sleep 0.5
 callgrind_control -d "$PC" > /dev/null
 sleep 0.5
