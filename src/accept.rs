@@ -38,14 +38,30 @@ impl Acceptor {
         self.listener.get_ref().local_addr()
     }
 
-    /// The next connection: a non-blocking socket registered with no reactor, and its peer.
+    /// Wait until a connection is pending; it stays pending (nothing is accepted here), so
+    /// the caller can take a `max_client_connections` permit before it accepts.
+    pub async fn ready(&self) -> io::Result<()> {
+        self.listener.readable().await.map(drop)
+    }
+
+    /// The next pending connection, or `None` when there is none: a non-blocking socket
+    /// registered with no reactor, and its peer. Finding the queue empty forgets the
+    /// readiness, so the next [`Acceptor::ready`] waits for a new connection. An error
+    /// (EMFILE) is the caller's.
+    pub fn try_accept(&self) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+        match self.listener.try_io(Interest::READABLE, |l| l.accept()) {
+            Ok((stream, peer)) => Ok(Some((stream.into(), peer))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The next connection, waiting for one.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         loop {
-            let mut ready = self.listener.readable().await?;
-            // `try_io` forgets the readiness only on WouldBlock: the queue is drained and
-            // the next wait is for a new connection. Any other error (EMFILE) is the caller's.
-            if let Ok(accepted) = ready.try_io(|l| l.get_ref().accept()) {
-                return accepted.map(|(stream, peer)| (stream.into(), peer));
+            self.ready().await?;
+            if let Some(accepted) = self.try_accept()? {
+                return Ok(accepted);
             }
         }
     }

@@ -52,13 +52,40 @@ impl Stopped {
     }
 }
 
-/// Connections the kernel completes and queues while the accept loop is busy or at
-/// `max_client_connections` (capped by `net.core.somaxconn`). The common default of 128
-/// drops the SYNs of a larger burst, which the clients retry only after 1 s, then 3 s.
+/// Connections the kernel completes and queues on a listener while its accept loop is busy
+/// or at `max_client_connections` (capped by `net.core.somaxconn`). The common default of
+/// 128 drops the SYNs of a larger burst, which the clients retry only after 1 s, then 3 s.
 const LISTEN_BACKLOG: u32 = 4096;
 
 /// A listener on `addr` with [`LISTEN_BACKLOG`]; the error names the address.
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    bind(addr, false)
+}
+
+/// `n` listeners on `addr` (one when `n` is 1), one for each worker's accept loop: with
+/// `SO_REUSEPORT` the kernel spreads new connections over them. Port 0 picks a free port
+/// that all of them take. A fixed port is first bound once without `SO_REUSEPORT`: that
+/// fails if anything listens there, as a single listener would, where another portcullis
+/// on the same address would otherwise silently join this one's group (and take a share of
+/// its connections). The listeners come off this runtime's reactor: each accept loop
+/// registers its own with its worker's.
+pub fn listen_shared(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    if n <= 1 {
+        return Ok(vec![listen(addr)?.into_std()?]);
+    }
+    if addr.port() != 0 {
+        drop(listen(addr)?);
+    }
+    let first = bind(addr, true)?;
+    let addr = first.local_addr()?;
+    let mut all = vec![first.into_std()?];
+    for _ in 1..n {
+        all.push(bind(addr, true)?.into_std()?);
+    }
+    Ok(all)
+}
+
+fn bind(addr: SocketAddr, shared: bool) -> io::Result<TcpListener> {
     let bound = (|| {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
@@ -66,6 +93,9 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
             TcpSocket::new_v6()?
         };
         socket.set_reuseaddr(true)?;
+        if shared {
+            socket.set_reuseport(true)?;
+        }
         socket.bind(addr)?;
         socket.listen(LISTEN_BACKLOG)
     })();
@@ -77,49 +107,59 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> io::Result<H
     start_on(config, config_path, Placement::default()).await
 }
 
-/// Bind both listeners and start serving: the admin listener on this runtime, the accept
-/// loop on the first worker (see [`Placement::spawn_first`]), each client connection where
-/// `placement` puts it (see [`crate::workers`]).
+/// Bind the listeners and start serving: the admin listener on this runtime, an accept loop
+/// with proxy listeners of its own on each worker (see [`Placement::spawn_on`]), each client
+/// connection where `placement` puts it (see [`crate::workers`]).
 pub async fn start_on(
     config: Config,
     config_path: Option<PathBuf>,
     placement: Placement,
 ) -> io::Result<Handle> {
-    // Taken off this runtime's reactor: the accept loop registers them with its own.
-    let proxy_listener = listen(config.proxy.listen)?.into_std()?;
+    // One proxy listener (and TLS listener) for each worker's accept loop.
+    let loops = placement.loops();
+    let proxy_listeners = listen_shared(config.proxy.listen, loops)?;
     let admin_listener = listen(config.proxy.admin_listen)?;
-    let tls_listener = match &config.proxy.tls {
-        Some(t) => Some((listen(t.listen)?.into_std()?, t.server.clone())),
+    let mut tls_listeners = match &config.proxy.tls {
+        Some(t) => Some((listen_shared(t.listen, loops)?, t.server.clone())),
         None => None,
     };
-    let proxy_addr = proxy_listener.local_addr()?;
+    let proxy_addr = proxy_listeners[0].local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    let tls_addr = tls_listener
+    let tls_addr = tls_listeners
         .as_ref()
-        .map(|(l, _)| l.local_addr())
+        .map(|(l, _)| l[0].local_addr())
         .transpose()?;
     let limit = Arc::new(ClientLimit::new(config.proxy.max_client_connections));
     let shared = Shared::new(config, Metrics::new());
-    let (started, start) = tokio::sync::oneshot::channel();
-    let accept_loop = {
+    let mut tasks = Vec::with_capacity(loops + 1);
+    let mut starts = Vec::with_capacity(loops);
+    for (i, plain) in proxy_listeners.into_iter().enumerate() {
+        let tls = tls_listeners
+            .as_mut()
+            .and_then(|(l, server)| Some((l.pop()?, server.clone())));
         let (shared, limit, places) = (shared.clone(), limit.clone(), placement.clone());
-        placement.spawn_first(async move {
-            match proxy::Listeners::new(proxy_listener, tls_listener) {
+        let (started, start) = tokio::sync::oneshot::channel();
+        // Made on the worker that accepts on them, whose reactor then watches them.
+        tasks.push(placement.spawn_on(i, async move {
+            match proxy::Listeners::new(plain, tls) {
                 Ok(listeners) => {
                     let _ = started.send(Ok(()));
                     proxy::run(listeners, shared, limit, places).await
                 }
                 Err(e) => drop(started.send(Err(e))),
             }
-        })
-    };
-    start
-        .await
-        .map_err(|_| io::Error::other("the accept loop ended before it started"))??;
-    let tasks = vec![
-        accept_loop,
-        tokio::spawn(crate::admin::run(admin_listener, shared.clone())),
-    ];
+        }));
+        starts.push(start);
+    }
+    for start in starts {
+        start
+            .await
+            .map_err(|_| io::Error::other("an accept loop ended before it started"))??;
+    }
+    tasks.push(tokio::spawn(crate::admin::run(
+        admin_listener,
+        shared.clone(),
+    )));
     match tls_addr {
         Some(tls) => {
             tracing::info!(proxy = %proxy_addr, tls = %tls, admin = %admin_addr, "portcullis listening")

@@ -94,7 +94,7 @@ fn main() -> ExitCode {
     for w in &warnings {
         tracing::warn!("{}: {w}", config.source);
     }
-    // The accept loop and client connections run on the workers; signals, reloads and the
+    // The accept loops and client connections run on the workers; signals, reloads and the
     // admin listener on the main thread's runtime.
     let workers =
         portcullis::workers::count(std::env::var(portcullis::workers::ENV).ok().as_deref());

@@ -167,10 +167,12 @@ impl Listeners {
     }
 }
 
-/// Accept on every proxy listener until draining begins. Each connection holds a permit of
-/// `limit`: at the limit, further accepts wait (the kernel's backlogs hold them). One loop
-/// serves both listeners so that it stays the limit's only acquirer, and the permit it holds
-/// while waiting goes to whichever listener has a connection first.
+/// Accept on this worker's proxy listeners until draining begins (each worker runs one of
+/// these loops, see [`crate::app::start_on`]). Each connection holds a permit of `limit`,
+/// taken only once a connection is pending: a loop whose listeners are quiet holds none, so
+/// at the limit every pending connection, whichever worker's listener the kernel gave it to,
+/// waits in the same line for the next free permit (the kernel's backlogs hold them
+/// meanwhile). The permit goes to whichever of the loop's two listeners had a connection.
 pub async fn run(
     listeners: Listeners,
     shared: Arc<Shared>,
@@ -187,8 +189,15 @@ pub async fn run(
         None => (None, None),
     };
     loop {
-        // Made before the permit is taken, so no lowering after that can be missed.
-        let lowered = limit.lowered();
+        let (from, tls) = tokio::select! {
+            r = listeners.plain.ready() => (r.map(|()| &listeners.plain), false),
+            r = ready_on(tls_listener.as_ref()) => (r, true),
+            _ = &mut draining => return,
+        };
+        let Ok(from) = from else {
+            // Only when the runtime's reactor is gone: the process is stopping.
+            return;
+        };
         let permit = tokio::select! {
             p = limit.acquire() => match p {
                 Ok(p) => p,
@@ -196,15 +205,8 @@ pub async fn run(
             },
             _ = &mut draining => return,
         };
-        let accepted = tokio::select! {
-            a = listeners.plain.accept() => a.map(|(s, peer)| (s, peer, false)),
-            a = accept_on(tls_listener.as_ref()) => a.map(|(s, peer)| (s, peer, true)),
-            // Lowered on reload: this permit goes back, and what the lowering owes comes first.
-            _ = lowered => continue,
-            _ = &mut draining => return,
-        };
-        match accepted {
-            Ok((stream, peer, tls)) => {
+        match from.try_accept() {
+            Ok(Some((stream, peer))) => {
                 let slot = Slot::new(permit, &shared.metrics);
                 let shared = shared.clone();
                 if !tls {
@@ -222,6 +224,8 @@ pub async fn run(
                     });
                 }
             }
+            // The client gave up while the permit was awaited: the permit goes back.
+            Ok(None) => {}
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning, and say so once a minute at most.
                 let now = tokio::time::Instant::now();
@@ -237,12 +241,10 @@ pub async fn run(
     }
 }
 
-/// Accept on `listener`, or wait forever when there is none.
-async fn accept_on(
-    listener: Option<&Acceptor>,
-) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+/// `listener` once a connection is pending on it, or never when there is none.
+async fn ready_on(listener: Option<&Acceptor>) -> std::io::Result<&Acceptor> {
     match listener {
-        Some(l) => l.accept().await,
+        Some(l) => l.ready().await.map(|()| l),
         None => std::future::pending().await,
     }
 }

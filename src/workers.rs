@@ -7,11 +7,14 @@
 //! other busy processes outnumber the cores: a worker then waits on the OS's run queue,
 //! and so do its connections; `TOKIO_WORKER_THREADS` sets how many workers there are.
 //!
-//! One accept loop (on the first worker, [`Placement::spawn_first`]) hands each accepted
-//! connection to the worker with the fewest open connections, which registers it with its
-//! own reactor ([`crate::accept`]). A shared listening socket would let whichever
-//! worker wakes first take a whole burst (measured: all 16 of wrk's connections on one of two
-//! workers), and `SO_REUSEPORT`'s hash splits 16 connections 10/6 as often as 8/8.
+//! Each worker accepts for itself, as nginx's workers do: it has a listening socket of its
+//! own on the proxy's address (`SO_REUSEPORT`, [`crate::app::listen_shared`]), and the
+//! kernel spreads new connections over the workers' sockets. A connection is served by the
+//! worker that accepted it, without waking another thread, unless that worker already holds
+//! more than its share: then it goes to the worker with the fewest open connections
+//! ([`choose`]). The kernel's hash alone split 16 connections 10/6 as often as 8/8 (measured),
+//! and one listening socket shared by the workers let whichever woke first take a whole
+//! burst (all 16 of wrk's connections on one of two workers).
 
 use std::future::Future;
 use std::io;
@@ -60,8 +63,9 @@ pub struct Workers {
     threads: Vec<thread::JoinHandle<()>>,
 }
 
-/// Where a connection's task runs: on the least-loaded worker, or on the current runtime
-/// when there are no workers (tests and library use run everything on one runtime).
+/// Where a connection's task runs: on the worker that accepted it or the least loaded one
+/// (see [`choose`]), or on the current runtime when there are no workers (tests and library
+/// use run everything on one runtime).
 #[derive(Clone, Default)]
 pub struct Placement {
     workers: Arc<[Worker]>,
@@ -83,27 +87,29 @@ impl Drop for Open {
 }
 
 impl Placement {
-    /// Run `task` on the first worker (on the current runtime when there are no workers).
-    ///
-    /// The accept loop runs there, as each of nginx's workers accepts for itself: a worker
-    /// that is awake anyway takes new connections in the same turn of its event loop, and one
-    /// placed on it starts there without waking another thread. On a thread of its own the
-    /// loop woke for every burst of connections and woke the worker it chose in turn: with
-    /// a new connection per request (`CLOSE=1 benches/load/ab.sh`, c=16) this cut the proxy's
-    /// CPU per request by 7-9 %, req/s within noise (issue 17, `benches/load/RESULTS.md`).
-    pub fn spawn_first<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    /// How many accept loops to run: one per worker, or one on the current runtime when
+    /// there are no workers.
+    pub fn loops(&self) -> usize {
+        self.workers.len().max(1)
+    }
+
+    /// Run `task` on worker `i` (on the current runtime when there are no workers): where
+    /// worker `i`'s accept loop runs, so that its listening socket is watched by the reactor
+    /// of the worker that serves what it accepts.
+    pub fn spawn_on<F>(&self, i: usize, task: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        match self.workers.first() {
+        match self.workers.get(i) {
             Some(w) => w.handle.spawn(task),
             None => tokio::spawn(task),
         }
     }
 
-    /// Run `serve(stream)` as a task of its own on the worker with the fewest open
-    /// connections. The stream, non-blocking and registered with no reactor (as
+    /// Run `serve(stream)` as a task of its own: on the calling worker, or on the worker
+    /// with the fewest open connections when the calling one holds more than its share (see
+    /// [`choose`]). The stream, non-blocking and registered with no reactor (as
     /// [`crate::accept::Acceptor`] gives it), is registered with that worker's; if it cannot
     /// be (the system refused), it is closed and the reason logged.
     pub fn spawn<F, Fut>(&self, stream: std::net::TcpStream, serve: F)
@@ -111,17 +117,15 @@ impl Placement {
         F: FnOnce(TcpStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let Some(worker) = self
-            .workers
-            .iter()
-            .min_by_key(|w| w.open.load(Ordering::Relaxed))
-        else {
+        if self.workers.is_empty() {
             match TcpStream::from_std(stream) {
                 Ok(stream) => drop(tokio::spawn(serve(stream))),
                 Err(e) => tracing::warn!(error = %e, "cannot take an accepted connection"),
             }
             return;
-        };
+        }
+        let open = |i: usize| self.workers[i].open.load(Ordering::Relaxed);
+        let worker = &self.workers[choose(here(), self.workers.len(), open)];
         worker.open.fetch_add(1, Ordering::Relaxed);
         let open = Open(worker.open.clone());
         worker.handle.spawn(async move {
@@ -133,6 +137,21 @@ impl Placement {
                 }
             }
         });
+    }
+}
+
+/// Which of `n` workers serves a connection accepted on worker `here`, given each one's open
+/// connections: `here` itself while it holds no more than the least loaded one plus a slack
+/// (one, and a sixteenth of that one's count), else the least loaded one (the first of
+/// equals). Serving where the connection was accepted takes no wake-up of another thread;
+/// the slack keeps that so under a stream of short connections, whose counts move by one
+/// all the time, and bounds the imbalance: 9/7 at worst for 16 connections, 66/62 for 128.
+/// Off the workers (`here` is `None`), the least loaded one.
+pub fn choose(here: Option<usize>, n: usize, open: impl Fn(usize) -> usize) -> usize {
+    let least = (0..n).min_by_key(|&i| open(i)).unwrap_or(0);
+    match here {
+        Some(h) if h < n && open(h) <= open(least) + 1 + open(least) / 16 => h,
+        _ => least,
     }
 }
 
@@ -226,6 +245,36 @@ mod tests {
         assert_eq!(count(Some("0")), cores);
         assert_eq!(count(Some("many")), cores);
         assert_eq!(count(None), cores);
+    }
+
+    /// A connection stays on the worker that accepted it until that one holds more than the
+    /// least loaded plus one and a sixteenth; off the workers, the least loaded one.
+    #[test]
+    fn a_connection_stays_where_it_was_accepted_unless_that_worker_holds_more_than_its_share() {
+        let cases: &[(Option<usize>, &[usize], usize)] = &[
+            (Some(0), &[0, 0], 0),
+            (Some(1), &[0, 0], 1),
+            (Some(1), &[3, 4], 1),
+            (Some(1), &[3, 5], 0),
+            (Some(0), &[8, 7], 0),
+            (Some(0), &[9, 7], 1),
+            (Some(0), &[65, 62], 0),
+            (Some(0), &[66, 62], 0),
+            (Some(0), &[67, 62], 1),
+            (Some(1), &[5000, 5313], 1),
+            (Some(1), &[5000, 5314], 0),
+            (Some(2), &[4, 1, 2, 9], 2),
+            (Some(2), &[4, 1, 3, 9], 1),
+            (Some(3), &[4, 1, 3, 9], 1),
+            (None, &[4, 1, 3, 1], 1),
+            (None, &[0, 0], 0),
+            // A worker this placement does not have (tests on the caller's own runtime).
+            (Some(5), &[2, 1], 1),
+        ];
+        for &(here, open, want) in cases {
+            let got = choose(here, open.len(), |i| open[i]);
+            assert_eq!(got, want, "here {here:?}, open {open:?}");
+        }
     }
 
     /// Four connections on two workers: two each, served on the worker's own thread, and

@@ -362,7 +362,10 @@ async fn answered(pending: JoinHandle<(ProxyConn, RawResponse)>, what: &str) -> 
 
 /// SPEC §8: a reload applies `max_client_connections` too. Raised, the connection waiting in
 /// the backlog is served; lowered while more are open, new ones wait until the count is
-/// below the new size, not merely until one closes.
+/// below the new size, not merely until one closes. With four workers, each accepting on a
+/// listening socket of its own: the limit holds across them, and a worker whose socket has
+/// nothing pending holds none of its permits (at 1, a connection the kernel gives to another
+/// worker's socket would otherwise wait for good).
 #[tokio::test]
 async fn sighup_resizes_max_client_connections() {
     let o = origin().spawn().await;
@@ -373,7 +376,7 @@ async fn sighup_resizes_max_client_connections() {
             upstream(&[o.port()], "")
         )
     };
-    let mut p = start(&dir, &rest(1), &[], &[]).await;
+    let mut p = start(&dir, &rest(1), &[], &[(WORKERS, "4")]).await;
     let get = |path: &str| get_on_new_connection(p.proxy, o.url(path));
 
     // At 1, a second connection waits while the first stays open.
@@ -592,12 +595,18 @@ async fn sigint_after_sigterm_during_the_drain_exits_at_once_with_130() {
 
 /// Start the binary on `config` expecting it to exit at start: its status and all of stderr.
 async fn run_to_exit(config: &Path) -> (ExitStatus, String) {
+    run_to_exit_with(config, &[]).await
+}
+
+/// [`run_to_exit`] with these environment variables.
+async fn run_to_exit_with(config: &Path, env: &[(&str, &str)]) -> (ExitStatus, String) {
     let mut child = Guard(
         Command::new(BIN)
             .arg("--config")
             .arg(config)
             .env_remove("PORTCULLIS_CONFIG")
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -666,6 +675,56 @@ async fn a_listen_address_in_use_fails_with_a_clear_message() {
         assert!(stderr.to_lowercase().contains("in use"), "{stderr}");
     }
     drop(taken);
+}
+
+/// Sets the number of workers, each of which listens on the proxy address with a socket of
+/// its own.
+const WORKERS: &str = "TOKIO_WORKER_THREADS";
+
+/// The workers' listening sockets share the address (`SO_REUSEPORT`), which would let a
+/// second portcullis started on the same address join them and silently take a share of the
+/// connections. It is refused as a taken address is, and the first one keeps serving.
+#[tokio::test]
+async fn a_second_portcullis_on_the_same_address_is_refused() {
+    let o = origin().spawn().await;
+    let dir = scratch("twice");
+    let first = start(&dir, &upstream(&[o.port()], ""), &[], &[(WORKERS, "2")]).await;
+    let again = scratch("twice-again");
+    let config = again.join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}{}",
+            proxy_section(first.proxy.port(), free_port()),
+            upstream(&[o.port()], "")
+        ),
+    )
+    .expect("write config");
+    let (status, stderr) = run_to_exit_with(&config, &[(WORKERS, "2")]).await;
+    assert!(!status.success(), "exit {status}\n{stderr}");
+    let want = format!("cannot listen on {}", first.proxy);
+    assert!(stderr.contains(&want), "{want:?} missing:\n{stderr}");
+    assert!(stderr.to_lowercase().contains("in use"), "{stderr}");
+    for i in 0..8 {
+        let r = get_on_new_connection(first.proxy, o.url(&format!("/still/{i}")));
+        drop(answered(r, "the first portcullis after the second was refused").await);
+    }
+}
+
+/// Every worker accepts on its own listening socket, and the kernel spreads connections over
+/// them by address: forty new connections through four workers are all answered (a worker
+/// whose socket went unwatched would leave about a quarter of them waiting).
+#[tokio::test]
+async fn connections_are_answered_whichever_worker_s_socket_they_reach() {
+    let o = origin().spawn().await;
+    let dir = scratch("every-worker");
+    let p = start(&dir, &upstream(&[o.port()], ""), &[], &[(WORKERS, "4")]).await;
+    let pending: Vec<_> = (0..40)
+        .map(|i| get_on_new_connection(p.proxy, o.url(&format!("/w/{i}"))))
+        .collect();
+    for (i, r) in pending.into_iter().enumerate() {
+        drop(answered(r, &format!("connection {i}")).await);
+    }
 }
 
 #[tokio::test]

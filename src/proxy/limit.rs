@@ -2,23 +2,21 @@
 //!
 //! Raising adds permits. Lowering cannot take permits back from open connections, so it
 //! records a debt: permits freed as connections close are forgotten until it is paid, and
-//! only then does the accept loop get one again. The accept loop is the only acquirer while
-//! the proxy runs, so paying the debt happens there, in order, with no task of its own.
+//! only then do the accept loops get one again. The accept loops (one per worker) are the
+//! only acquirers while the proxy runs, and each holds a permit only from the moment a
+//! connection is pending to its accept, so paying the debt happens there, in order, with no
+//! task of its own.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::futures::Notified;
-use tokio::sync::{AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 /// The client-connection cap.
 pub struct ClientLimit {
-    /// Permits in existence: `size + debt` (free, held by connections, or by the accept loop).
+    /// Permits in existence: `size + debt` (free, held by connections, or by an accept loop about to accept).
     permits: Arc<Semaphore>,
     /// Never held across an await.
     sizes: Mutex<Sizes>,
-    /// Woken when the size goes down, so a permit taken before is given back and the debt
-    /// comes first.
-    lowered: Notify,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +33,6 @@ impl ClientLimit {
         ClientLimit {
             permits: Arc::new(Semaphore::new(size)),
             sizes: Mutex::new(Sizes { size, debt: 0 }),
-            lowered: Notify::new(),
         }
     }
 
@@ -60,13 +57,12 @@ impl ClientLimit {
             self.permits.add_permits(more - paid);
         } else if size < s.size {
             s.debt += s.size - size;
-            self.lowered.notify_waiters();
         }
         s.size = size;
     }
 
     /// A permit for one more connection, once the open ones are below the size. Only the
-    /// accept loop calls this (permits it takes while a debt is owed are forgotten).
+    /// accept loops call this (permits they take while a debt is owed are forgotten).
     pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, AcquireError> {
         loop {
             let permit = self.permits.clone().acquire_owned().await?;
@@ -79,13 +75,7 @@ impl ClientLimit {
         }
     }
 
-    /// Completes when the size goes down after this call: a permit held since then should go
-    /// back through [`Self::acquire`].
-    pub fn lowered(&self) -> Notified<'_> {
-        self.lowered.notified()
-    }
-
-    /// Completes once every connection has closed (the accept loop must have stopped).
+    /// Completes once every connection has closed (the accept loops must have stopped).
     pub async fn drained(&self) {
         let all = {
             let s = self.sizes();
@@ -209,14 +199,5 @@ mod tests {
         assert!(timeout(SOON, limit.drained()).await.is_err(), "one open");
         drop(b);
         timeout(SOON, limit.drained()).await.expect("none open");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn lowered_wakes_a_waiter_registered_before() {
-        let limit = ClientLimit::new(2);
-        let lowered = limit.lowered();
-        limit.resize(3);
-        limit.resize(1);
-        timeout(SOON, lowered).await.expect("woken by the lowering");
     }
 }
