@@ -381,10 +381,14 @@ async fn requests<R: ClientRead, W: ClientWrite>(
         match Box::pin(forward::serve(&ctx, head, &mut reader, &mut wr)).await {
             Flow::KeepAlive => {}
             // Nothing unread either (no bytes sent past the request): FIN, then close. A
-            // client that keeps its end open no longer holds the connection's slot.
+            // client that keeps its end open no longer holds the connection's slot. A plain
+            // socket's close sends the FIN; TLS first sends its close_notify.
             Flow::CloseAsked if reader.buffered().is_empty() => {
-                let mut wr = stall::StallWriter::new(&mut wr, stall);
-                let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
+                if wr.as_tcp().is_none() {
+                    let mut wr = stall::StallWriter::new(&mut wr, stall);
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
+                }
+                wr.close_at_drop();
                 return;
             }
             Flow::Close | Flow::CloseAsked => {

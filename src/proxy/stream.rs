@@ -24,9 +24,8 @@ pub trait ClientWrite: AsyncWrite + AsTcp + Unpin + Send + 'static {}
 impl<W: AsyncWrite + AsTcp + Unpin + Send + 'static> ClientWrite for W {}
 
 /// A plain connection's halves. They stay sockets, so a tunnel between two of them splices.
+/// `TCP_NODELAY` came with the socket from the listener ([`crate::accept::Acceptor::new`]).
 pub fn tcp_halves(stream: TcpStream) -> (OwnedReadHalf, OwnedWriteHalf) {
-    // Our writes are whole responses or tunnel bursts; Nagle would only delay their ends.
-    let _ = stream.set_nodelay(true);
     stream.into_split()
 }
 

@@ -75,7 +75,7 @@ pub(super) async fn serve(
     server: ServerTls,
     slot: Slot,
 ) {
-    let _ = tcp.set_nodelay(true);
+    // `TCP_NODELAY` came with the socket from the listener (`Acceptor::new`).
     let limit = shared.config().proxy.header_read_timeout;
     // Boxed: the handshake state is large, and it exists only while the handshake runs.
     let handshake = Box::pin(timeout(limit, TlsAcceptor::from(server.0).accept(tcp)));

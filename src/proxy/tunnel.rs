@@ -37,6 +37,16 @@ pub trait AsTcp {
     fn as_tcp(&self) -> Option<&TcpStream> {
         None
     }
+
+    /// Let go of a write half whose connection is done, without a shutdown of its own: a
+    /// plain socket's FIN goes out when the socket closes (tokio's write half shuts the
+    /// socket down when dropped, one more system call a connection). Anything else, a TLS
+    /// stream's half included, is simply dropped: call it there only after a shutdown.
+    fn close_at_drop(self)
+    where
+        Self: Sized,
+    {
+    }
 }
 
 impl AsTcp for OwnedReadHalf {
@@ -48,6 +58,10 @@ impl AsTcp for OwnedReadHalf {
 impl AsTcp for OwnedWriteHalf {
     fn as_tcp(&self) -> Option<&TcpStream> {
         Some(self.as_ref())
+    }
+
+    fn close_at_drop(self) {
+        self.forget();
     }
 }
 
