@@ -131,6 +131,7 @@ pub async fn start_on(
         .transpose()?;
     let limit = Arc::new(ClientLimit::new(config.proxy.max_client_connections));
     let shared = Shared::new(config, Metrics::new());
+    let errors = Arc::new(proxy::AcceptErrors::default());
     let mut tasks = Vec::with_capacity(loops + 1);
     let mut starts = Vec::with_capacity(loops);
     for (i, plain) in proxy_listeners.into_iter().enumerate() {
@@ -138,13 +139,14 @@ pub async fn start_on(
             .as_mut()
             .and_then(|(l, server)| Some((l.pop()?, server.clone())));
         let (shared, limit, places) = (shared.clone(), limit.clone(), placement.clone());
+        let errors = errors.clone();
         let (started, start) = tokio::sync::oneshot::channel();
         // Made on the worker that accepts on them, whose reactor then watches them.
         tasks.push(placement.spawn_on(i, async move {
             match proxy::Listeners::new(plain, tls) {
                 Ok(listeners) => {
                     let _ = started.send(Ok(()));
-                    proxy::run(listeners, shared, limit, places).await
+                    proxy::run(listeners, shared, limit, places, errors).await
                 }
                 Err(e) => drop(started.send(Err(e))),
             }

@@ -178,10 +178,10 @@ pub async fn run(
     shared: Arc<Shared>,
     limit: Arc<ClientLimit>,
     placement: Placement,
+    errors: Arc<AcceptErrors>,
 ) {
     let draining = shared.phase.reached(Phase::Draining);
     tokio::pin!(draining);
-    let mut last_accept_error: Option<tokio::time::Instant> = None;
     // A reload that drops tls_listen takes effect on restart, like any listen address: until
     // then the listener keeps the last certificate it had.
     let (tls_listener, mut tls_material) = match listeners.tls {
@@ -228,16 +228,32 @@ pub async fn run(
             Ok(None) => {}
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning, and say so once a minute at most.
-                let now = tokio::time::Instant::now();
-                if last_accept_error.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
-                {
+                if errors.due(tokio::time::Instant::now()) {
                     tracing::error!(error = %e, "accept failed; backing off (file descriptors exhausted?)");
-                    last_accept_error = Some(now);
                 }
                 drop(permit);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// When a failed accept was last logged, by any worker's loop: descriptors run out for the
+/// whole process at once, and it is said once a minute at most, however many workers meet it.
+#[derive(Default)]
+pub struct AcceptErrors {
+    last: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl AcceptErrors {
+    /// Whether a failure at `now` is to be logged; if so, it is the last one logged.
+    fn due(&self, now: tokio::time::Instant) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60));
+        if due {
+            *last = Some(now);
+        }
+        due
     }
 }
 
@@ -446,7 +462,20 @@ async fn refuse_head<W: tokio::io::AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    use super::Flow;
+    use super::{AcceptErrors, Flow};
+    use std::time::Duration;
+
+    /// One line a minute for every loop together.
+    #[test]
+    fn a_failed_accept_is_logged_once_a_minute_whichever_loop_meets_it() {
+        let errors = AcceptErrors::default();
+        let t = tokio::time::Instant::now();
+        assert!(errors.due(t));
+        assert!(!errors.due(t));
+        assert!(!errors.due(t + Duration::from_secs(60)));
+        assert!(errors.due(t + Duration::from_secs(61)));
+        assert!(!errors.due(t + Duration::from_secs(62)));
+    }
 
     #[test]
     fn a_close_the_client_asked_for_after_its_whole_body_needs_no_lingering() {
