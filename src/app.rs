@@ -154,9 +154,17 @@ pub async fn start_on(
         starts.push(start);
     }
     for start in starts {
-        start
+        let started = start
             .await
-            .map_err(|_| io::Error::other("an accept loop ended before it started"))??;
+            .map_err(|_| io::Error::other("an accept loop ended before it started"))
+            .and_then(|r| r);
+        if let Err(e) = started {
+            // The loops that did start would accept on with nobody to stop them.
+            for t in &tasks {
+                t.abort();
+            }
+            return Err(e);
+        }
     }
     tasks.push(tokio::spawn(crate::admin::run(
         admin_listener,
