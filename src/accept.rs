@@ -21,7 +21,7 @@ pub struct Acceptor {
 
 impl Acceptor {
     /// Take over a bound, listening, non-blocking socket (see [`crate::app::listen`]); must
-    /// be called on the runtime that will run [`Acceptor::accept`].
+    /// be called on the runtime that will wait on [`Acceptor::ready`].
     ///
     /// It gets `TCP_NODELAY`, which Linux copies to every socket it accepts: our writes are
     /// whole responses or tunnel bursts, which Nagle would only delay the ends of, and set
@@ -60,22 +60,22 @@ impl Acceptor {
             Err(e) => Err(e),
         }
     }
-
-    /// The next connection, waiting for one.
-    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        loop {
-            self.ready().await?;
-            if let Some(accepted) = self.try_accept()? {
-                return Ok(accepted);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    /// The next connection, waiting for one (as the accept loop does, less its permit).
+    async fn accept(acceptor: &Acceptor) -> io::Result<(TcpStream, SocketAddr)> {
+        loop {
+            acceptor.ready().await?;
+            if let Some(accepted) = acceptor.try_accept()? {
+                return Ok(accepted);
+            }
+        }
+    }
 
     /// Connections come out non-blocking and unregistered: one can be given to another
     /// runtime's reactor and works there.
@@ -92,7 +92,7 @@ mod tests {
         let addr = acceptor.local_addr().unwrap();
         for round in 0..3u8 {
             let mut client = std::net::TcpStream::connect(addr).unwrap();
-            let (stream, peer) = here.block_on(acceptor.accept()).unwrap();
+            let (stream, peer) = here.block_on(accept(&acceptor)).unwrap();
             assert_eq!(peer, client.local_addr().unwrap());
             // Non-blocking: reading with nothing sent yet returns at once.
             let mut b = [0u8; 1];
