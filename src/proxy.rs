@@ -224,7 +224,9 @@ pub async fn run(
                     });
                 }
             }
-            // The client gave up while the permit was awaited: the permit goes back.
+            // Nothing pending after all: the queue was drained by the accepts before this
+            // one (the usual end of a burst), or the client gave up while the permit was
+            // awaited. The permit goes back, and the next wait is for a new connection.
             Ok(None) => {}
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning, and say so once a minute at most.
