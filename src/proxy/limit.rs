@@ -13,7 +13,8 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 /// The client-connection cap.
 pub struct ClientLimit {
-    /// Permits in existence: `size + debt` (free, held by connections, or by an accept loop about to accept).
+    /// Permits in existence: `size + debt` (free, held by connections, or by an accept loop
+    /// about to accept).
     permits: Arc<Semaphore>,
     /// Never held across an await.
     sizes: Mutex<Sizes>,
