@@ -13,8 +13,9 @@
 # peer's figure for the same requests. Kernel time (the syscalls) is not
 # counted: compare binaries with it, not with the load table. Bounded: at most 120 s of load.
 # CONNS=N sets wrk's connections (16). CLOSE=1 sends `Connection: close`: a new client
-# connection per request, what accepting and setting up a connection costs. KEEP=FILE keeps the callgrind profile
-# (`callgrind_annotate FILE`). Needs nginx, wrk, valgrind; stops everything it started.
+# connection per request, what accepting and setting up a connection costs. KEEP=FILE keeps
+# the callgrind profile (`callgrind_annotate FILE`). Needs nginx, wrk, valgrind; stops
+# everything it started.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BIN=${1:-$HERE/../../target/release/portcullis}
