@@ -38,6 +38,12 @@ impl Acceptor {
         Ok(Acceptor { listener })
     }
 
+    /// The listening socket (for its socket options).
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.listener.get_ref().as_fd()
+    }
+
     /// The address it listens on.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.get_ref().local_addr()

@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::proxy;
 use crate::proxy::limit::ClientLimit;
 use crate::state::{Phase, Shared};
+use crate::workers::steer::Steering;
 use crate::workers::Placement;
 
 /// A running portcullis: its bound addresses and the handles to reload or stop it.
@@ -134,19 +135,26 @@ pub async fn start_on(
     let errors = Arc::new(proxy::AcceptErrors::default());
     let mut tasks = Vec::with_capacity(loops + 1);
     let mut starts = Vec::with_capacity(loops);
+    // Worker i takes the i-th socket of each group: the first worker's are the ones the
+    // steering program names (see `workers::steer`).
+    let mut tls_each = tls_listeners
+        .take()
+        .map(|(l, server)| l.into_iter().map(move |l| (l, server.clone())));
     for (i, plain) in proxy_listeners.into_iter().enumerate() {
-        let tls = tls_listeners
-            .as_mut()
-            .and_then(|(l, server)| Some((l.pop()?, server.clone())));
+        let tls = tls_each.as_mut().and_then(Iterator::next);
         let (shared, limit, places) = (shared.clone(), limit.clone(), placement.clone());
         let errors = errors.clone();
+        let steering = match i {
+            0 => Steering::new(placement.clone()),
+            _ => None,
+        };
         let (started, start) = tokio::sync::oneshot::channel();
         // Made on the worker that accepts on them, whose reactor then watches them.
         tasks.push(placement.spawn_on(i, async move {
             match proxy::Listeners::new(plain, tls) {
                 Ok(listeners) => {
                     let _ = started.send(Ok(()));
-                    proxy::run(listeners, shared, limit, places, errors).await
+                    proxy::run(listeners, shared, limit, places, errors, steering).await
                 }
                 Err(e) => drop(started.send(Err(e))),
             }

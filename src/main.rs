@@ -102,7 +102,13 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .and_then(|r| Ok((r, portcullis::workers::Workers::start(workers)?)))
-    {
+        .map(|(r, mut w)| {
+            let spread = std::env::var(portcullis::workers::steer::SPREAD_ENV).ok();
+            if portcullis::workers::steer::always_spread(spread.as_deref()) {
+                w.always_spread();
+            }
+            (r, w)
+        }) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("portcullis: cannot start the runtime: {e}");

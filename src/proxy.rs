@@ -36,6 +36,7 @@ use crate::policy::{self, Allowed, Caller, Want};
 use crate::server_tls::ServerTls;
 use crate::state::{Phase, Shared};
 use crate::target::Host;
+use crate::workers::steer::{self, Steer, Steering};
 use crate::workers::Placement;
 use limit::ClientLimit;
 use outcome::{Mode, Outcome};
@@ -152,6 +153,17 @@ pub struct Listeners {
 }
 
 impl Listeners {
+    /// Steer new connections of both listening groups (see [`crate::workers::steer`]).
+    fn steer(&self, steering: &mut Steering, to: Steer) -> std::io::Result<()> {
+        let plain = self.plain.as_fd();
+        let tls = self.tls.as_ref().map(|(l, _)| l.as_fd());
+        let mut fds: Vec<&dyn std::os::fd::AsFd> = vec![&plain];
+        if let Some(tls) = &tls {
+            fds.push(tls);
+        }
+        steering.apply(&fds, to)
+    }
+
     /// Watch bound, listening sockets from this runtime (the one that will accept on them).
     pub fn new(
         plain: std::net::TcpListener,
@@ -179,19 +191,42 @@ pub async fn run(
     limit: Arc<ClientLimit>,
     placement: Placement,
     errors: Arc<AcceptErrors>,
+    mut steering: Option<Steering>,
 ) {
     let draining = shared.phase.reached(Phase::Draining);
     tokio::pin!(draining);
+    // The first worker's loop steers where new connections go (see `workers::steer`).
+    if let Some(s) = steering.as_mut() {
+        if let Err(e) = listeners.steer(s, Steer::First) {
+            tracing::warn!(error = %e, "cannot steer new connections to the first worker; the kernel spreads them");
+            steering = None;
+        }
+    }
+    let mut tick = steering.as_ref().map(|_| {
+        let first = tokio::time::Instant::now() + steer::TICK;
+        let mut t = tokio::time::interval_at(first, steer::TICK);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     // A reload that drops tls_listen takes effect on restart, like any listen address: until
     // then the listener keeps the last certificate it had.
-    let (tls_listener, mut tls_material) = match listeners.tls {
-        Some((l, material)) => (Some(l), Some(material)),
-        None => (None, None),
-    };
+    let mut tls_material = listeners.tls.as_ref().map(|(_, m)| m.clone());
+    let tls_listener = listeners.tls.as_ref().map(|(l, _)| l);
     loop {
         let (from, tls) = tokio::select! {
             r = listeners.plain.ready() => (r.map(|()| &listeners.plain), false),
-            r = ready_on(tls_listener.as_ref()) => (r, true),
+            r = ready_on(tls_listener) => (r, true),
+            () = next_tick(tick.as_mut()) => {
+                if let Some(s) = steering.as_mut() {
+                    if let Some(to) = s.tick() {
+                        // Tried again on the next tick; it worked once, so this is rare.
+                        if let Err(e) = listeners.steer(s, to) {
+                            tracing::debug!(error = %e, "cannot change how new connections are steered");
+                        }
+                    }
+                }
+                continue;
+            }
             _ = &mut draining => return,
         };
         let Ok(from) = from else {
@@ -209,6 +244,13 @@ pub async fn run(
             Ok(Some((stream, peer))) => {
                 let slot = Slot::new(permit, &shared.metrics);
                 let shared = shared.clone();
+                if let Some(s) = steering.as_mut() {
+                    if let Some(to) = s.filled() {
+                        if let Err(e) = listeners.steer(s, to) {
+                            tracing::debug!(error = %e, "cannot change how new connections are steered");
+                        }
+                    }
+                }
                 if !tls {
                     placement.spawn(stream, move |stream| {
                         serve_client(shared, stream::tcp_halves(stream), peer, None, slot)
@@ -256,6 +298,14 @@ impl AcceptErrors {
             *last = Some(now);
         }
         due
+    }
+}
+
+/// The next tick of `tick`, or never without one.
+async fn next_tick(tick: Option<&mut tokio::time::Interval>) {
+    match tick {
+        Some(t) => drop(t.tick().await),
+        None => std::future::pending().await,
     }
 }
 

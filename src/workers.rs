@@ -8,23 +8,27 @@
 //! and so do its connections; `TOKIO_WORKER_THREADS` sets how many workers there are.
 //!
 //! Each worker accepts for itself, as nginx's workers do: it has a listening socket of its
-//! own on the proxy's address (`SO_REUSEPORT`, [`crate::app::listen_shared`]), and the
-//! kernel spreads new connections over the workers' sockets. A connection is served by the
-//! worker that accepted it, without waking another thread, unless that worker already holds
-//! more than its share: then it goes to the worker with the fewest open connections
-//! ([`choose`]). The kernel's hash alone split 16 connections 10/6 as often as 8/8 (measured),
-//! and one listening socket shared by the workers let whichever woke first take a whole
-//! burst (all 16 of wrk's connections on one of two workers).
+//! own on the proxy's address (`SO_REUSEPORT`, [`crate::app::listen_shared`]). While the
+//! first worker has time and room to spare, the kernel is told to give it every new
+//! connection ([`steer`]); otherwise it spreads them over the workers' sockets. A connection
+//! is served by the worker that accepted it, without waking another thread, unless that
+//! worker already holds more than its share: then it goes to the worker with the fewest open
+//! connections ([`choose`]). The kernel's hash alone split 16 connections 10/6 as often as
+//! 8/8 (measured).
 
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 
 use tokio::net::TcpStream;
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
+
+pub mod steer;
+
+use steer::Steer;
 
 thread_local! {
     /// The worker this thread is (`None` off the workers: the main thread, tests).
@@ -69,6 +73,11 @@ pub struct Workers {
 #[derive(Clone, Default)]
 pub struct Placement {
     workers: Arc<[Worker]>,
+    /// Whether new connections are steered to the first worker (see [`steer`]), as its
+    /// accept loop last told the kernel.
+    first: Arc<AtomicBool>,
+    /// Whether they may be: not when told to spread them always ([`steer::SPREAD_ENV`]).
+    steerable: bool,
 }
 
 struct Worker {
@@ -91,6 +100,38 @@ impl Placement {
     /// there are no workers.
     pub fn loops(&self) -> usize {
         self.workers.len().max(1)
+    }
+
+    /// Worker `i`'s open connections (0 for a worker it does not have).
+    pub fn open(&self, i: usize) -> usize {
+        self.workers
+            .get(i)
+            .map_or(0, |w| w.open.load(Ordering::Relaxed))
+    }
+
+    /// Each worker's busy time so far, as its runtime counts it.
+    pub fn busy_totals(&self) -> Vec<std::time::Duration> {
+        self.workers
+            .iter()
+            .map(|w| w.handle.metrics().worker_total_busy_duration(0))
+            .collect()
+    }
+
+    /// Whether new connections may be steered to the first worker (see [`steer`]).
+    pub fn steerable(&self) -> bool {
+        self.steerable && self.workers.len() > 1
+    }
+
+    /// Where the kernel now puts new connections.
+    pub fn set_steer(&self, steer: Steer) {
+        self.first.store(steer == Steer::First, Ordering::Relaxed);
+    }
+
+    fn steer(&self) -> Steer {
+        match self.first.load(Ordering::Relaxed) {
+            true => Steer::First,
+            false => Steer::All,
+        }
     }
 
     /// Run `task` on worker `i` (on the current runtime when there are no workers): where
@@ -125,7 +166,7 @@ impl Placement {
             return;
         }
         let open = |i: usize| self.workers[i].open.load(Ordering::Relaxed);
-        let worker = &self.workers[choose(here(), self.workers.len(), open)];
+        let worker = &self.workers[choose(here(), self.workers.len(), open, self.steer())];
         worker.open.fetch_add(1, Ordering::Relaxed);
         let open = Open(worker.open.clone());
         worker.handle.spawn(async move {
@@ -141,13 +182,18 @@ impl Placement {
 }
 
 /// Which of `n` workers serves a connection accepted on worker `here`, given each one's open
-/// connections: `here` itself while it holds no more than the least loaded one plus a slack
-/// (one, and a sixteenth of that one's count), else the least loaded one (the first of
-/// equals). Serving where the connection was accepted takes no wake-up of another thread;
-/// the slack keeps that so under a stream of short connections, whose counts move by one
-/// all the time, and bounds the imbalance: 9/7 at worst for 16 connections, 66/62 for 128.
-/// Off the workers (`here` is `None`), the least loaded one.
-pub fn choose(here: Option<usize>, n: usize, open: impl Fn(usize) -> usize) -> usize {
+/// connections and the steering. Steered to the first worker, the first while it holds
+/// fewer than [`steer::FILL`] (a burst of long-lived connections is not left on one worker
+/// until the next tick spreads it). Otherwise `here` itself while it holds no more than the
+/// least loaded one plus a slack (one, and a sixteenth of that one's count), else the least
+/// loaded one (the first of equals). Serving where the connection was accepted takes no
+/// wake-up of another thread; the slack keeps that so under a stream of short connections,
+/// whose counts move by one all the time, and bounds the imbalance: 9/7 at worst for 16
+/// connections, 66/62 for 128. Off the workers (`here` is `None`), the least loaded one.
+pub fn choose(here: Option<usize>, n: usize, open: impl Fn(usize) -> usize, steer: Steer) -> usize {
+    if steer == Steer::First && n > 0 && open(0) < steer::FILL {
+        return 0;
+    }
     let least = (0..n).min_by_key(|&i| open(i)).unwrap_or(0);
     match here {
         Some(h) if h < n && open(h) <= open(least) + 1 + open(least) / 16 => h,
@@ -212,8 +258,15 @@ impl Workers {
         }
         w.placement = Placement {
             workers: workers.into(),
+            first: Arc::default(),
+            steerable: true,
         };
         Ok(w)
+    }
+
+    /// Leave new connections to the kernel's hash always, never steered to the first worker.
+    pub fn always_spread(&mut self) {
+        self.placement.steerable = false;
     }
 
     /// Where client connections go.
@@ -272,7 +325,27 @@ mod tests {
             (Some(5), &[2, 1], 1),
         ];
         for &(here, open, want) in cases {
-            let got = choose(here, open.len(), |i| open[i]);
+            let got = choose(here, open.len(), |i| open[i], Steer::All);
+            assert_eq!(got, want, "here {here:?}, open {open:?}");
+        }
+    }
+
+    /// Steered to the first worker, the first takes every connection, wherever accepted,
+    /// until it holds `FILL`; then the rule above.
+    #[test]
+    fn steered_to_the_first_worker_it_takes_connections_until_it_holds_fill() {
+        let fill = steer::FILL;
+        let cases: &[(Option<usize>, &[usize], usize)] = &[
+            (Some(0), &[0, 0], 0),
+            (Some(0), &[fill - 1, 0], 0),
+            (Some(1), &[fill - 1, 0], 0),
+            (None, &[5, 0, 0], 0),
+            (Some(0), &[fill, 0], 1),
+            (Some(0), &[fill, fill - 1], 0),
+            (Some(1), &[fill + 1, fill], 1),
+        ];
+        for &(here, open, want) in cases {
+            let got = choose(here, open.len(), |i| open[i], Steer::First);
             assert_eq!(got, want, "here {here:?}, open {open:?}");
         }
     }

@@ -54,6 +54,8 @@ async fn accept_survives_running_out_of_file_descriptors() {
         // Four workers, each accepting on a socket of its own, meet the limit together: it is
         // still said once.
         .env("TOKIO_WORKER_THREADS", "4")
+        // Spread over all four from the first connection, not steered to the first worker.
+        .env("PORTCULLIS_SPREAD", "1")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

@@ -376,7 +376,7 @@ async fn sighup_resizes_max_client_connections() {
             upstream(&[o.port()], "")
         )
     };
-    let mut p = start(&dir, &rest(1), &[], &[(WORKERS, "4")]).await;
+    let mut p = start(&dir, &rest(1), &[], &[(WORKERS, "4"), (SPREAD, "1")]).await;
     let get = |path: &str| get_on_new_connection(p.proxy, o.url(path));
 
     // At 1, a second connection waits while the first stays open.
@@ -711,6 +711,9 @@ async fn a_second_portcullis_on_the_same_address_is_refused() {
     }
 }
 
+/// Spreads new connections over the workers always, never steering them to the first.
+const SPREAD: &str = "PORTCULLIS_SPREAD";
+
 /// Every worker accepts on its own listening socket, and the kernel spreads connections over
 /// them by address: forty new connections through four workers are all answered (a worker
 /// whose socket went unwatched would leave about a quarter of them waiting).
@@ -718,13 +721,125 @@ async fn a_second_portcullis_on_the_same_address_is_refused() {
 async fn connections_are_answered_whichever_worker_s_socket_they_reach() {
     let o = origin().spawn().await;
     let dir = scratch("every-worker");
-    let p = start(&dir, &upstream(&[o.port()], ""), &[], &[(WORKERS, "4")]).await;
+    let env = [(WORKERS, "4"), (SPREAD, "1")];
+    let p = start(&dir, &upstream(&[o.port()], ""), &[], &env).await;
     let pending: Vec<_> = (0..40)
         .map(|i| get_on_new_connection(p.proxy, o.url(&format!("/w/{i}"))))
         .collect();
     for (i, r) in pending.into_iter().enumerate() {
         drop(answered(r, &format!("connection {i}")).await);
     }
+}
+
+/// Once the first worker holds 32 connections, new ones are spread again, by default too:
+/// the steering says so, and forty more through four workers are all answered.
+#[tokio::test]
+async fn past_32_connections_on_the_first_worker_new_ones_are_spread_over_all() {
+    let o = origin().spawn().await;
+    let dir = scratch("spread-again");
+    let env = [
+        (WORKERS, "4"),
+        ("RUST_LOG", "info,portcullis::workers=debug"),
+    ];
+    let p = start(&dir, &upstream(&[o.port()], ""), &[], &env).await;
+    let mut held = Vec::new();
+    for i in 0..40 {
+        held.push(
+            answered(
+                get_on_new_connection(p.proxy, o.url(&format!("/a/{i}"))),
+                "held",
+            )
+            .await,
+        );
+    }
+    let spread = || {
+        p.stderr_lines()
+            .iter()
+            .any(|l| l.contains("new client connections steered") && l.contains("All"))
+    };
+    assert!(
+        eventually(WITHIN, spread).await,
+        "never spread:\n{}",
+        p.stderr_text()
+    );
+    let pending: Vec<_> = (0..40)
+        .map(|i| get_on_new_connection(p.proxy, o.url(&format!("/b/{i}"))))
+        .collect();
+    for (i, r) in pending.into_iter().enumerate() {
+        drop(answered(r, &format!("connection {i} after spreading")).await);
+    }
+    drop(held);
+}
+
+/// How many times the thread named `name` of process `pid` has been switched out so far.
+fn switches_of(pid: u32, name: &str) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(t.path().join("status")).expect("status");
+        return status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+    }
+    panic!("no thread {name} in {pid}");
+}
+
+/// How many times the second worker ran while 8 keep-alive connections made 400 requests,
+/// one at a time (each a wake-up of the worker serving it).
+async fn second_worker_runs(spread: bool) -> u64 {
+    let o = origin().spawn().await;
+    let dir = scratch(if spread {
+        "steer-spread"
+    } else {
+        "steer-first"
+    });
+    let mut env = vec![(WORKERS, "2")];
+    if spread {
+        env.push((SPREAD, "1"));
+    }
+    let p = start(&dir, &upstream(&[o.port()], ""), &[], &env).await;
+    let pid = p.child.0.id();
+    let mut conns = Vec::new();
+    for i in 0..8 {
+        conns.push(
+            answered(
+                get_on_new_connection(p.proxy, o.url(&format!("/c/{i}"))),
+                "open",
+            )
+            .await,
+        );
+    }
+    let before = switches_of(pid, "worker-1");
+    for round in 0..50 {
+        for (i, c) in conns.iter_mut().enumerate() {
+            let r = c.get(&o.url(&format!("/r/{round}/{i}"))).await;
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+    }
+    switches_of(pid, "worker-1") - before
+}
+
+/// A light load is served by the first worker alone (the others sleep): the second worker
+/// runs only for its timer while 8 connections make 400 requests; spread, it serves 3 to 5 of
+/// them and wakes for each of their requests.
+#[tokio::test]
+async fn a_light_load_is_served_by_the_first_worker_alone() {
+    let steered = second_worker_runs(false).await;
+    let spread = second_worker_runs(true).await;
+    eprintln!("the second worker ran {steered} times steered, {spread} times spread");
+    assert!(
+        spread >= 100,
+        "spread: the second worker ran only {spread} times"
+    );
+    assert!(
+        steered < 100,
+        "steered: the second worker ran {steered} times"
+    );
 }
 
 #[tokio::test]
