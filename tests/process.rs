@@ -742,16 +742,7 @@ async fn past_32_connections_on_the_first_worker_new_ones_are_spread_over_all() 
         ("RUST_LOG", "info,portcullis::workers=debug"),
     ];
     let p = start(&dir, &upstream(&[o.port()], ""), &[], &env).await;
-    let mut held = Vec::new();
-    for i in 0..40 {
-        held.push(
-            answered(
-                get_on_new_connection(p.proxy, o.url(&format!("/a/{i}"))),
-                "held",
-            )
-            .await,
-        );
-    }
+    let held = open_answered(p.proxy, &o, 40, "held").await;
     let spread = || {
         p.stderr_lines()
             .iter()
@@ -769,6 +760,17 @@ async fn past_32_connections_on_the_first_worker_new_ones_are_spread_over_all() 
         drop(answered(r, &format!("connection {i} after spreading")).await);
     }
     drop(held);
+}
+
+/// `n` client connections, opened one after another, each left open after one answered GET
+/// (`what` names them in a failure).
+async fn open_answered(proxy: SocketAddr, o: &Origin, n: usize, what: &str) -> Vec<ProxyConn> {
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let r = get_on_new_connection(proxy, o.url(&format!("/{what}/{i}")));
+        conns.push(answered(r, what).await);
+    }
+    conns
 }
 
 /// How many times the thread named `name` of process `pid` has been switched out so far.
@@ -804,16 +806,7 @@ async fn second_worker_runs(spread: bool) -> u64 {
     }
     let p = start(&dir, &upstream(&[o.port()], ""), &[], &env).await;
     let pid = p.child.0.id();
-    let mut conns = Vec::new();
-    for i in 0..8 {
-        conns.push(
-            answered(
-                get_on_new_connection(p.proxy, o.url(&format!("/c/{i}"))),
-                "open",
-            )
-            .await,
-        );
-    }
+    let mut conns = open_answered(p.proxy, &o, 8, "open").await;
     let before = switches_of(pid, "worker-1");
     for round in 0..50 {
         for (i, c) in conns.iter_mut().enumerate() {
