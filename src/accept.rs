@@ -38,12 +38,6 @@ impl Acceptor {
         Ok(Acceptor { listener })
     }
 
-    /// The listening socket (for its socket options).
-    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.listener.get_ref().as_fd()
-    }
-
     /// The address it listens on.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.get_ref().local_addr()
@@ -65,6 +59,13 @@ impl Acceptor {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The listening socket, for its socket options (see [`crate::workers::steer`]).
+impl std::os::fd::AsFd for Acceptor {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.listener.get_ref().as_fd()
     }
 }
 

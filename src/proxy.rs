@@ -155,10 +155,8 @@ pub struct Listeners {
 impl Listeners {
     /// Steer new connections of both listening groups (see [`crate::workers::steer`]).
     fn steer(&self, steering: &mut Steering, to: Steer) -> std::io::Result<()> {
-        let plain = self.plain.as_fd();
-        let tls = self.tls.as_ref().map(|(l, _)| l.as_fd());
-        let mut fds: Vec<&dyn std::os::fd::AsFd> = vec![&plain];
-        if let Some(tls) = &tls {
+        let mut fds: Vec<&dyn std::os::fd::AsFd> = vec![&self.plain];
+        if let Some((tls, _)) = &self.tls {
             fds.push(tls);
         }
         steering.apply(&fds, to)

@@ -3,9 +3,10 @@
 //! A worker owns its connections, their I/O and their timers: nothing is handed between
 //! threads on the way through a request, and no worker spins looking for work to steal.
 //! Against one work-stealing runtime this raised throughput by 5–9 % (issue 17,
-//! `benches/load/RESULTS.md`). It does not shorten the tail where the proxy's workers and
-//! other busy processes outnumber the cores: a worker then waits on the OS's run queue,
-//! and so do its connections; `TOKIO_WORKER_THREADS` sets how many workers there are.
+//! `benches/load/RESULTS.md`). Where the proxy's workers and other busy processes outnumber
+//! the cores, a worker waits on the OS's run queue, and so do its connections: a light load
+//! is therefore kept on one worker (see [`steer`]); `TOKIO_WORKER_THREADS` sets how many
+//! workers there are.
 //!
 //! Each worker accepts for itself, as nginx's workers do: it has a listening socket of its
 //! own on the proxy's address (`SO_REUSEPORT`, [`crate::app::listen_shared`]). While the
@@ -165,7 +166,7 @@ impl Placement {
             }
             return;
         }
-        let open = |i: usize| self.workers[i].open.load(Ordering::Relaxed);
+        let open = |i: usize| self.open(i);
         let worker = &self.workers[choose(here(), self.workers.len(), open, self.steer())];
         worker.open.fetch_add(1, Ordering::Relaxed);
         let open = Open(worker.open.clone());
