@@ -162,6 +162,17 @@ impl Listeners {
         steering.apply(&fds, to)
     }
 
+    /// [`Listeners::steer`] to a change the loads called for, if any. A failure leaves the
+    /// steering as it was, to be tried again at the next accept or tick (it worked at the
+    /// start, so this is rare).
+    fn resteer(&self, steering: &mut Steering, to: Option<Steer>) {
+        if let Some(to) = to {
+            if let Err(e) = self.steer(steering, to) {
+                tracing::debug!(error = %e, "cannot change how new connections are steered");
+            }
+        }
+    }
+
     /// Watch bound, listening sockets from this runtime (the one that will accept on them).
     pub fn new(
         plain: std::net::TcpListener,
@@ -189,22 +200,23 @@ pub async fn run(
     limit: Arc<ClientLimit>,
     placement: Placement,
     errors: Arc<AcceptErrors>,
-    mut steering: Option<Steering>,
+    steering: Option<Steering>,
 ) {
     let draining = shared.phase.reached(Phase::Draining);
     tokio::pin!(draining);
-    // The first worker's loop steers where new connections go (see `workers::steer`).
-    if let Some(s) = steering.as_mut() {
-        if let Err(e) = listeners.steer(s, Steer::First) {
-            tracing::warn!(error = %e, "cannot steer new connections to the first worker; the kernel spreads them");
-            steering = None;
+    // The first worker's loop steers where new connections go (see `workers::steer`), and
+    // looks again every tick (a timer made here, on the worker whose loop waits on it).
+    let mut steering = steering.and_then(|mut s| match listeners.steer(&mut s, Steer::First) {
+        Ok(()) => {
+            let first = tokio::time::Instant::now() + steer::TICK;
+            let mut tick = tokio::time::interval_at(first, steer::TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            Some((s, tick))
         }
-    }
-    let mut tick = steering.as_ref().map(|_| {
-        let first = tokio::time::Instant::now() + steer::TICK;
-        let mut t = tokio::time::interval_at(first, steer::TICK);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot steer new connections to the first worker; the kernel spreads them");
+            None
+        }
     });
     // A reload that drops tls_listen takes effect on restart, like any listen address: until
     // then the listener keeps the last certificate it had.
@@ -214,14 +226,10 @@ pub async fn run(
         let (from, tls) = tokio::select! {
             r = listeners.plain.ready() => (r.map(|()| &listeners.plain), false),
             r = ready_on(tls_listener) => (r, true),
-            () = next_tick(tick.as_mut()) => {
-                if let Some(s) = steering.as_mut() {
-                    if let Some(to) = s.tick() {
-                        // Tried again on the next tick; it worked once, so this is rare.
-                        if let Err(e) = listeners.steer(s, to) {
-                            tracing::debug!(error = %e, "cannot change how new connections are steered");
-                        }
-                    }
+            () = next_tick(steering.as_mut().map(|(_, tick)| tick)) => {
+                if let Some((s, _)) = steering.as_mut() {
+                    let to = s.tick();
+                    listeners.resteer(s, to);
                 }
                 continue;
             }
@@ -242,12 +250,9 @@ pub async fn run(
             Ok(Some((stream, peer))) => {
                 let slot = Slot::new(permit, &shared.metrics);
                 let shared = shared.clone();
-                if let Some(s) = steering.as_mut() {
-                    if let Some(to) = s.filled() {
-                        if let Err(e) = listeners.steer(s, to) {
-                            tracing::debug!(error = %e, "cannot change how new connections are steered");
-                        }
-                    }
+                if let Some((s, _)) = steering.as_mut() {
+                    let to = s.filled();
+                    listeners.resteer(s, to);
                 }
                 if !tls {
                     placement.spawn(stream, move |stream| {
