@@ -835,6 +835,58 @@ async fn a_light_load_is_served_by_the_first_worker_alone() {
     );
 }
 
+/// How many times the second worker ran while 200 clients, one after another, each made one
+/// request on a new connection to the TLS listener (each connection its socket's kernel hash
+/// gives the second worker wakes it at least once, to accept).
+async fn second_worker_runs_tls(spread: bool) -> u64 {
+    let o = origin().spawn().await;
+    let dir = scratch(if spread {
+        "steer-tls-spread"
+    } else {
+        "steer-tls-first"
+    });
+    let ca = TestCa::new("steer-tls-ca");
+    let (cert, key) = ca.issue(&["127.0.0.1"]).write_pem(&dir, "proxy");
+    let tls = loopback(free_port());
+    let rest = format!(
+        "tls_listen = \"{tls}\"\ntls_cert = {cert:?}\ntls_key = {key:?}\n{}",
+        upstream(&[o.port()], "")
+    );
+    let mut env = vec![(WORKERS, "2")];
+    if spread {
+        env.push((SPREAD, "1"));
+    }
+    let p = start(&dir, &rest, &[], &env).await;
+    let pid = p.child.0.id();
+    let config = ca.client_config();
+    let before = switches_of(pid, "worker-1");
+    for i in 0..200 {
+        let mut conn = TlsConn::connect_tls(tls, config.clone())
+            .await
+            .expect("handshake");
+        let r = conn.get(&o.url(&format!("/tls/{i}"))).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    switches_of(pid, "worker-1") - before
+}
+
+/// The TLS listener's group is steered too: 200 new connections one at a time leave the
+/// second worker to its timer; spread, it accepts about half of them.
+#[tokio::test]
+async fn new_connections_to_the_tls_listener_go_to_the_first_worker_under_a_light_load() {
+    let steered = second_worker_runs_tls(false).await;
+    let spread = second_worker_runs_tls(true).await;
+    eprintln!("the second worker ran {steered} times steered, {spread} times spread");
+    assert!(
+        spread >= 60,
+        "spread: the second worker ran only {spread} times"
+    );
+    assert!(
+        steered < 60,
+        "steered: the second worker ran {steered} times"
+    );
+}
+
 #[tokio::test]
 async fn access_lines_still_buffered_at_sigterm_are_written_before_exit() {
     let o = origin().spawn().await;
