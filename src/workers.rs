@@ -192,7 +192,7 @@ impl Placement {
 /// whose counts move by one all the time, and bounds the imbalance: 9/7 at worst for 16
 /// connections, 66/62 for 128. Off the workers (`here` is `None`), the least loaded one.
 pub fn choose(here: Option<usize>, n: usize, open: impl Fn(usize) -> usize, steer: Steer) -> usize {
-    if steer == Steer::First && n > 0 && open(0) < steer::FILL {
+    if steer == Steer::First && n > 0 && !steer::full(open(0)) {
         return 0;
     }
     let least = (0..n).min_by_key(|&i| open(i)).unwrap_or(0);

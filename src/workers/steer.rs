@@ -10,8 +10,8 @@
 //! listening group gives every new connection to its socket; past either, the program gives
 //! the choice back to the kernel's hash.
 //!
-//! A busy first worker counts as having no time to spare only while the machine has half a
-//! core idle for another: on cores already full (a sidecar beside its app, a load test
+//! A busy first worker counts as having no time to spare only while the CPUs the process may
+//! run on have half a core idle for another: on cores already full (a sidecar beside its app, a load test
 //! beside its origin) a second worker cannot run more, only wake more. Connections do not
 //! move once placed, so the count bounds what a burst of long-lived connections arriving at
 //! an idle proxy can put on one worker. Against spreading, at 16 keep-alive connections on
@@ -31,12 +31,20 @@ use super::Placement;
 /// well be busy later, and are spread while there is a choice.
 pub const FILL: usize = 32;
 
+/// Whether a first worker with `open` connections has had its fill: from there on new
+/// connections are spread, by the tick ([`next`]), by the accept ([`Steering::filled`]) and by
+/// the placement of one accepted elsewhere ([`super::choose`]).
+pub fn full(open: usize) -> bool {
+    open >= FILL
+}
+
 /// The first worker's busy share of the last tick (per mille) past which it has no time to
-/// spare: new connections are spread, if the machine has [`SPARE`] idle for another worker.
+/// spare: new connections are spread, if the process's CPUs have [`SPARE`] idle for another
+/// worker.
 const BUSY: u32 = 850;
 
-/// Idle time on the machine over the last tick (per mille of one core) that another worker
-/// could use.
+/// Idle time on the CPUs the process may run on over the last tick (per mille of one core)
+/// that another worker could use.
 const SPARE: u32 = 500;
 
 /// Back to the first worker alone once all workers together were busy for less than this
@@ -73,13 +81,13 @@ pub struct Load {
 }
 
 /// The steering after a tick, from the steering before it, each worker's load and the
-/// machine's idle time (per mille of one core).
+/// idle time of the CPUs the process may run on (per mille of one core).
 pub fn next(now: Steer, loads: &[Load], spare: u32) -> Steer {
     let Some(first) = loads.first().filter(|_| loads.len() > 1) else {
         return Steer::All;
     };
     match now {
-        Steer::First if first.open >= FILL => Steer::All,
+        Steer::First if full(first.open) => Steer::All,
         Steer::First if first.busy > BUSY && spare >= SPARE => Steer::All,
         Steer::First => Steer::First,
         Steer::All => {
@@ -126,9 +134,15 @@ pub fn apply(listener: &impl AsFd, steer: Steer) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
-/// The machine's CPU time so far, from `/proc/stat`'s first line: idle (idle and iowait) and
-/// all (steal included: a virtual machine's stolen time is no core to spare), in clock
-/// ticks summed over the CPUs, and how many CPUs.
+/// The CPU time so far of the CPUs this process may run on, from `/proc/stat`'s lines per CPU:
+/// idle (idle and iowait) and all (steal included: a virtual machine's stolen time is no
+/// core to spare), in clock ticks summed over those CPUs, and how many CPUs.
+///
+/// Only the CPUs in the process's affinity count (a cpuset, `taskset`): on a host whose other
+/// cores idle, a proxy pinned to two busy ones has none to spare. A CPU quota needs no such
+/// care: while new connections go to the first worker the others are idle, so the proxy's own
+/// quota has room for them whenever it has more than one core (there is one worker per core of
+/// it, `std::thread::available_parallelism`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuTimes {
     pub idle: u64,
@@ -137,29 +151,38 @@ pub struct CpuTimes {
 }
 
 impl CpuTimes {
-    /// From the text of `/proc/stat`; `None` if it does not read as one.
-    pub fn parse(stat: &str) -> Option<CpuTimes> {
+    /// From the text of `/proc/stat`, summed over the CPUs `mine` accepts (by number); `None`
+    /// if it does not read as one or none of its CPUs is accepted.
+    pub fn parse(stat: &str, mine: impl Fn(usize) -> bool) -> Option<CpuTimes> {
         let mut lines = stat.lines();
-        let mut first = lines.next()?.split_whitespace();
-        if first.next()? != "cpu" {
+        if lines.next()?.split_whitespace().next()? != "cpu" {
             return None;
         }
-        let t: Vec<u64> = first
-            .take(8)
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .ok()?;
-        let cpus = lines.filter(|l| l.starts_with("cpu")).count() as u64;
-        (t.len() >= 5 && cpus > 0).then(|| CpuTimes {
-            idle: t[3] + t[4],
-            all: t.iter().sum(),
-            cpus,
-        })
+        let mut sum = CpuTimes::default();
+        for line in lines.map_while(|l| l.strip_prefix("cpu")) {
+            let mut fields = line.split_whitespace();
+            let n: usize = fields.next()?.parse().ok()?;
+            if !mine(n) {
+                continue;
+            }
+            let t: Vec<u64> = fields
+                .take(8)
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?;
+            if t.len() < 5 {
+                return None;
+            }
+            sum.idle += t[3] + t[4];
+            sum.all += t.iter().sum::<u64>();
+            sum.cpus += 1;
+        }
+        (sum.cpus > 0).then_some(sum)
     }
 
-    /// This machine's, now; `None` without `/proc/stat`.
-    pub fn now() -> Option<CpuTimes> {
-        CpuTimes::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    /// Now, over the CPUs `mine` accepts; `None` without `/proc/stat`.
+    pub fn now(mine: impl Fn(usize) -> bool) -> Option<CpuTimes> {
+        CpuTimes::parse(&std::fs::read_to_string("/proc/stat").ok()?, mine)
     }
 
     /// Idle time between `before` and `self`, in per mille of one core.
@@ -173,28 +196,50 @@ impl CpuTimes {
     }
 }
 
-/// Busy shares from tokio's running total of each worker's busy time, and the machine's
-/// idle time.
+/// The CPUs this process may run on, by number; `None` when the kernel will not say (then
+/// every CPU counts).
+fn affinity() -> Option<Vec<usize>> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|&i| set.is_set(i).unwrap_or(false))
+        .collect();
+    (!cpus.is_empty()).then_some(cpus)
+}
+
+/// Busy shares from tokio's running total of each worker's busy time, and the idle time of
+/// the CPUs this process may run on.
 pub struct Meter {
     last: Vec<Duration>,
     at: Instant,
+    cpus: Option<Vec<usize>>,
     cpu: Option<CpuTimes>,
 }
 
 impl Meter {
     pub fn new(totals: Vec<Duration>, now: Instant) -> Meter {
-        Meter {
+        let mut meter = Meter {
             last: totals,
             at: now,
-            cpu: CpuTimes::now(),
-        }
+            cpus: affinity(),
+            cpu: None,
+        };
+        meter.cpu = meter.cpu_times();
+        meter
     }
 
-    /// The machine's idle time since the last call (per mille of one core); without
-    /// `/proc/stat`, as if a core were idle (a busy first worker is then reason enough to
-    /// spread).
+    fn cpu_times(&self) -> Option<CpuTimes> {
+        CpuTimes::now(|n| {
+            self.cpus
+                .as_ref()
+                .is_none_or(|c| c.binary_search(&n).is_ok())
+        })
+    }
+
+    /// The idle time of this process's CPUs since the last call (per mille of one core);
+    /// without `/proc/stat`, as if a core were idle (a busy first worker is then reason enough
+    /// to spread).
     pub fn spare(&mut self) -> u32 {
-        let now = CpuTimes::now();
+        let now = self.cpu_times();
         let spare = match (&now, &self.cpu) {
             (Some(now), Some(before)) => now.spare_since(before),
             _ => 1000,
@@ -267,7 +312,7 @@ impl Steering {
     ///
     /// [`apply`]: Steering::apply
     pub fn filled(&self) -> Option<Steer> {
-        (self.now == Steer::First && self.placement.open(0) >= FILL).then_some(Steer::All)
+        (self.now == Steer::First && full(self.placement.open(0))).then_some(Steer::All)
     }
 
     /// Measure the last tick; a new steering to [`apply`] when the loads call for one.
@@ -341,11 +386,18 @@ mod tests {
 
     #[test]
     fn idle_time_is_read_from_proc_stat_in_thousandths_of_a_core() {
-        let before = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1\ncpu1 1\nintr 5\n";
-        let after = "cpu  150 0 100 900 60 0 0 40 0 0\ncpu0 1\ncpu1 1\nintr 5\n";
+        let all = |_| true;
+        let before = "cpu  100 0 50 800 50 0 0 0 0 0\n\
+                      cpu0 60 0 30 400 10 0 0 0 0 0\n\
+                      cpu1 40 0 20 400 40 0 0 0 0 0\n\
+                      intr 5\n";
+        let after = "cpu  150 0 100 900 60 0 0 40 0 0\n\
+                     cpu0 90 0 60 450 10 0 0 40 0 0\n\
+                     cpu1 60 0 40 450 50 0 0 0 0 0\n\
+                     intr 5\n";
         let (b, a) = (
-            CpuTimes::parse(before).unwrap(),
-            CpuTimes::parse(after).unwrap(),
+            CpuTimes::parse(before, all).unwrap(),
+            CpuTimes::parse(after, all).unwrap(),
         );
         assert_eq!(
             b,
@@ -358,10 +410,28 @@ mod tests {
         // 110 of 250 ticks idle on 2 CPUs (the 40 stolen are not): 0.88 of a core.
         assert_eq!(a.spare_since(&b), 880);
         assert_eq!(a.spare_since(&a), 0);
-        assert_eq!(CpuTimes::parse("intr 5\n"), None);
-        assert_eq!(CpuTimes::parse("cpu  1 2 x 4 5\ncpu0 1\n"), None);
-        assert_eq!(CpuTimes::parse("cpu  1 2 3 4 5\n"), None);
-        assert!(CpuTimes::now().is_some(), "this machine has /proc/stat");
+        // Pinned to the first CPU: 50 of 150 ticks idle there, a third of a core, whatever the
+        // other one does.
+        let first = |n| n == 0;
+        let (b0, a0) = (
+            CpuTimes::parse(before, first).unwrap(),
+            CpuTimes::parse(after, first).unwrap(),
+        );
+        assert_eq!(b0.cpus, 1);
+        assert_eq!(a0.spare_since(&b0), 333);
+        assert_eq!(CpuTimes::parse(before, |n| n == 7), None);
+        assert_eq!(CpuTimes::parse("intr 5\n", all), None);
+        assert_eq!(
+            CpuTimes::parse("cpu  1 2 3 4 5\ncpu0 1 2 x 4 5\n", all),
+            None
+        );
+        assert_eq!(CpuTimes::parse("cpu  1 2 3 4 5\ncpu0 1 2 3 4\n", all), None);
+        assert_eq!(CpuTimes::parse("cpu  1 2 3 4 5\n", all), None);
+        assert!(CpuTimes::now(all).is_some(), "this machine has /proc/stat");
+        // This process may run somewhere, and its CPUs are on /proc/stat's lines.
+        let mine = affinity().expect("sched_getaffinity");
+        let times = CpuTimes::now(|n| mine.binary_search(&n).is_ok()).unwrap();
+        assert_eq!(times.cpus, mine.len() as u64);
     }
 
     #[test]
