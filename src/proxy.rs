@@ -285,6 +285,14 @@ pub async fn run(
     }
 }
 
+/// The future `make` returns, on the heap and pinned, written there directly. `Box::pin(f)`
+/// builds `f` on the stack and then copies all of it, most of it the states of steps not yet
+/// entered; allocated first, the future is written where it stays.
+#[inline(always)]
+pub(crate) fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
+}
+
 /// When a failed accept was last logged, by any worker's loop: descriptors run out for the
 /// whole process at once, and it is said once a minute at most, however many workers meet it.
 #[derive(Default)]
@@ -445,11 +453,11 @@ async fn requests<R: ClientRead, W: ClientWrite>(
         // would size every connection's task, idle ones included, by the largest of them.
         if head.method == Method::CONNECT {
             let (rd, leftover) = reader.into_parts();
-            Box::pin(tunnel::serve(&ctx, Box::new(head), rd, leftover, wr)).await;
+            boxed(|| tunnel::serve(&ctx, Box::new(head), rd, leftover, wr)).await;
             return;
         }
         let stall = ctx.config.proxy.client_stall_timeout;
-        match Box::pin(forward::serve(&ctx, head, &mut reader, &mut wr)).await {
+        match boxed(|| forward::serve(&ctx, head, &mut reader, &mut wr)).await {
             Flow::KeepAlive => {}
             // Nothing unread either (no bytes sent past the request): FIN, then close. A
             // client that keeps its end open no longer holds the connection's slot. A plain

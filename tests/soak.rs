@@ -100,7 +100,7 @@ async fn soak(duration: Duration) {
             let mut conn: Option<ProxyConn> = None;
             while Instant::now() < deadline {
                 let id = sent.fetch_add(1, Ordering::Relaxed) + 1;
-                let method = if rng.next() % 3 == 0 { "POST" } else { "GET" };
+                let method = if rng.next().is_multiple_of(3) { "POST" } else { "GET" };
                 let req = format!(
                     "{method} http://127.0.0.1:{port}/s/{id} HTTP/1.1\r\nHost: x\r\nX-Req: {id}\r\nContent-Length: 2\r\n\r\nhi"
                 );
@@ -121,7 +121,7 @@ async fn soak(duration: Duration) {
                     }
                     a[id] = r.status;
                 }
-                if rng.next() % 17 == 0 || r.closed {
+                if rng.next().is_multiple_of(17) || r.closed {
                     // Some clients hang up between requests.
                     conn = None;
                 }

@@ -332,9 +332,9 @@ pub fn show_duration(d: Duration) -> String {
     let nanos = d.as_nanos();
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
-    } else if nanos % 1_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000) {
         format!("{}ms", nanos / 1_000_000)
-    } else if nanos % 1_000 == 0 {
+    } else if nanos.is_multiple_of(1_000) {
         format!("{}us", nanos / 1_000)
     } else {
         format!("{nanos}ns")

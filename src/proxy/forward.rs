@@ -21,7 +21,7 @@ use super::headers::HostField;
 use super::outcome::{Mode, Outcome};
 use super::stale::{self, Via};
 use super::stall::StallWriter;
-use super::{respond, Ctx, Flow};
+use super::{boxed, respond, Ctx, Flow};
 use crate::config::Upstream;
 use crate::error::ProxyError;
 use crate::http1::{BodyFraming, ClientReader, RequestHead};
@@ -207,7 +207,7 @@ where
             Ok(Checkout::Reused(pooled)) => pooled,
             // Boxed: waiting and dialing are the pool-miss path, and inline their state would
             // size every request in flight, reused connections included.
-            tried => Box::pin(acquire(ctx, tried, upstream, &route.allowed.target)).await?,
+            tried => boxed(|| acquire(ctx, tried, upstream, &route.allowed.target)).await?,
         };
         p.outcome.attempts += 1;
         p.outcome.lineage = Some(Lineage {
@@ -258,8 +258,8 @@ where
                     upstream_wait: settings.response_timeout,
                     upstream: &upstream.name,
                 };
-                let pump = pumping.insert(Box::pin(body::pump(reader, prefix, state, tx, limits)));
-                match Box::pin(body::with_pump(exchange, pump.as_mut())).await {
+                let pump = pumping.insert(boxed(|| body::pump(reader, prefix, state, tx, limits)));
+                match boxed(|| body::with_pump(exchange, pump.as_mut())).await {
                     Ok(done) => done,
                     Err(e) => {
                         // The body failed (client gone, broken, stalled; or the upstream
@@ -347,7 +347,7 @@ async fn acquire(
     };
     // Boxed: dialing (DNS, connect, TLS) is the pool-miss path; inline, its state would size
     // the wait for a released connection too.
-    let dialed = Box::pin(ctx.shared.connector.dial(target, upstream)).await?;
+    let dialed = boxed(|| ctx.shared.connector.dial(target, upstream)).await?;
     let conn = UpstreamConn::new(dialed.io);
     Ok(slot.fill(conn))
 }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::inside::{self, Destination};
 use super::outcome::{Mode, Outcome};
 use super::stale::Via;
-use super::{respond, Ctx};
+use super::{boxed, respond, Ctx};
 use crate::connect::UpstreamIo;
 use crate::error::{DenyReason, ProxyError};
 use crate::http1::{ClientReader, RequestHead};
@@ -132,12 +132,12 @@ pub async fn serve<R, W>(
                 let client = std::io::Cursor::new(leftover).chain(reader);
                 // Boxed: the handshake's state would otherwise be part of every tunnel's
                 // future, plain relays included, for their whole life (~2.6 KiB an idle tunnel).
-                error = Box::pin(intercepted(ctx, dest, client, writer, name)).await;
+                error = boxed(|| intercepted(ctx, dest, client, writer, name)).await;
             }
             Opened::Inside(dest) => {
                 outcome.mode = dest.mode;
                 let reader = ClientReader::with_buffered(reader, leftover, max_head);
-                Box::pin(inside::serve(ctx, dest, reader, writer)).await;
+                boxed(|| inside::serve(ctx, dest, reader, writer)).await;
             }
             Opened::Relay {
                 io,
@@ -154,7 +154,7 @@ pub async fn serve<R, W>(
                     Some(dest) if plain_http => {
                         drop(io);
                         outcome.mode = dest.mode;
-                        Box::pin(inside::serve(ctx, dest, reader, writer)).await;
+                        boxed(|| inside::serve(ctx, dest, reader, writer)).await;
                     }
                     _ => {
                         let (reader, leftover) = reader.into_parts();
@@ -205,7 +205,7 @@ where
         Ok(tls) => {
             let (rd, wr) = tokio::io::split(tls);
             let reader = ClientReader::new(rd, ctx.config.proxy.max_header_bytes);
-            Box::pin(inside::serve(ctx, dest, reader, wr)).await;
+            boxed(|| inside::serve(ctx, dest, reader, wr)).await;
             None
         }
         Err(e) => Some(ProxyError::InterceptHandshake {
