@@ -791,6 +791,29 @@ fn switches_of(pid: u32, name: &str) -> u64 {
     panic!("no thread {name} in {pid}");
 }
 
+/// The environment for two workers, steered unless `spread` (`PORTCULLIS_SPREAD=1`).
+fn two_workers(spread: bool) -> Vec<(&'static str, &'static str)> {
+    let mut env = vec![(WORKERS, "2")];
+    if spread {
+        env.push((SPREAD, "1"));
+    }
+    env
+}
+
+/// The second worker ran fewer than `line` times steered and at least `line` times spread:
+/// the measure tells the two apart, so a steering that did nothing fails.
+fn only_spread_wakes_the_second_worker(steered: u64, spread: u64, line: u64) {
+    eprintln!("the second worker ran {steered} times steered, {spread} times spread");
+    assert!(
+        spread >= line,
+        "spread: the second worker ran only {spread} times"
+    );
+    assert!(
+        steered < line,
+        "steered: the second worker ran {steered} times"
+    );
+}
+
 /// How many times the second worker ran while 8 keep-alive connections made 400 requests,
 /// one at a time (each a wake-up of the worker serving it).
 async fn second_worker_runs(spread: bool) -> u64 {
@@ -800,10 +823,7 @@ async fn second_worker_runs(spread: bool) -> u64 {
     } else {
         "steer-first"
     });
-    let mut env = vec![(WORKERS, "2")];
-    if spread {
-        env.push((SPREAD, "1"));
-    }
+    let env = two_workers(spread);
     let p = start(&dir, &upstream(&[o.port()], ""), &[], &env).await;
     let pid = p.child.0.id();
     let mut conns = open_answered(p.proxy, &o, 8, "open").await;
@@ -824,15 +844,7 @@ async fn second_worker_runs(spread: bool) -> u64 {
 async fn a_light_load_is_served_by_the_first_worker_alone() {
     let steered = second_worker_runs(false).await;
     let spread = second_worker_runs(true).await;
-    eprintln!("the second worker ran {steered} times steered, {spread} times spread");
-    assert!(
-        spread >= 100,
-        "spread: the second worker ran only {spread} times"
-    );
-    assert!(
-        steered < 100,
-        "steered: the second worker ran {steered} times"
-    );
+    only_spread_wakes_the_second_worker(steered, spread, 100);
 }
 
 /// How many times the second worker ran while 200 clients, one after another, each made one
@@ -852,10 +864,7 @@ async fn second_worker_runs_tls(spread: bool) -> u64 {
         "tls_listen = \"{tls}\"\ntls_cert = {cert:?}\ntls_key = {key:?}\n{}",
         upstream(&[o.port()], "")
     );
-    let mut env = vec![(WORKERS, "2")];
-    if spread {
-        env.push((SPREAD, "1"));
-    }
+    let env = two_workers(spread);
     let p = start(&dir, &rest, &[], &env).await;
     let pid = p.child.0.id();
     let config = ca.client_config();
@@ -876,15 +885,7 @@ async fn second_worker_runs_tls(spread: bool) -> u64 {
 async fn new_connections_to_the_tls_listener_go_to_the_first_worker_under_a_light_load() {
     let steered = second_worker_runs_tls(false).await;
     let spread = second_worker_runs_tls(true).await;
-    eprintln!("the second worker ran {steered} times steered, {spread} times spread");
-    assert!(
-        spread >= 60,
-        "spread: the second worker ran only {spread} times"
-    );
-    assert!(
-        steered < 60,
-        "steered: the second worker ran {steered} times"
-    );
+    only_spread_wakes_the_second_worker(steered, spread, 60);
 }
 
 #[tokio::test]
