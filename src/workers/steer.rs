@@ -11,10 +11,10 @@
 //! the choice back to the kernel's hash.
 //!
 //! A busy first worker counts as having no time to spare only while the CPUs the process may
-//! run on have half a core idle for another: on cores already full (a sidecar beside its app, a load test
-//! beside its origin) a second worker cannot run more, only wake more. Connections do not
-//! move once placed, so the count bounds what a burst of long-lived connections arriving at
-//! an idle proxy can put on one worker. Against spreading, at 16 keep-alive connections on
+//! run on have half a core idle for another: on cores already full (a sidecar beside its app,
+//! a load test beside its origin) a second worker cannot run more, only wake more.
+//! Connections do not move once placed, so the count bounds what a burst of long-lived
+//! connections arriving at an idle proxy can put on one worker. Against spreading, at 16 keep-alive connections on
 //! two cores shared with wrk and the origin: CPU per request 0.87 times, p99 2.94 → 1.25 ms
 //! (benches/load/RESULTS.md, issue 17). `PORTCULLIS_SPREAD=1` spreads always.
 
@@ -206,6 +206,11 @@ fn affinity() -> Option<Vec<usize>> {
     (!cpus.is_empty()).then_some(cpus)
 }
 
+/// [`CpuTimes`] now, over `cpus` (ascending), or over every CPU without them.
+fn cpu_times(cpus: Option<&[usize]>) -> Option<CpuTimes> {
+    CpuTimes::now(|n| cpus.is_none_or(|c| c.binary_search(&n).is_ok()))
+}
+
 /// Busy shares from tokio's running total of each worker's busy time, and the idle time of
 /// the CPUs this process may run on.
 pub struct Meter {
@@ -217,29 +222,21 @@ pub struct Meter {
 
 impl Meter {
     pub fn new(totals: Vec<Duration>, now: Instant) -> Meter {
-        let mut meter = Meter {
+        let cpus = affinity();
+        let cpu = cpu_times(cpus.as_deref());
+        Meter {
             last: totals,
             at: now,
-            cpus: affinity(),
-            cpu: None,
-        };
-        meter.cpu = meter.cpu_times();
-        meter
-    }
-
-    fn cpu_times(&self) -> Option<CpuTimes> {
-        CpuTimes::now(|n| {
-            self.cpus
-                .as_ref()
-                .is_none_or(|c| c.binary_search(&n).is_ok())
-        })
+            cpus,
+            cpu,
+        }
     }
 
     /// The idle time of this process's CPUs since the last call (per mille of one core);
     /// without `/proc/stat`, as if a core were idle (a busy first worker is then reason enough
     /// to spread).
     pub fn spare(&mut self) -> u32 {
-        let now = self.cpu_times();
+        let now = cpu_times(self.cpus.as_deref());
         let spare = match (&now, &self.cpu) {
             (Some(now), Some(before)) => now.spare_since(before),
             _ => 1000,
@@ -430,7 +427,7 @@ mod tests {
         assert!(CpuTimes::now(all).is_some(), "this machine has /proc/stat");
         // This process may run somewhere, and its CPUs are on /proc/stat's lines.
         let mine = affinity().expect("sched_getaffinity");
-        let times = CpuTimes::now(|n| mine.binary_search(&n).is_ok()).unwrap();
+        let times = cpu_times(Some(&mine)).unwrap();
         assert_eq!(times.cpus, mine.len() as u64);
     }
 
