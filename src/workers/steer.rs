@@ -14,9 +14,10 @@
 //! run on have half a core idle for another: on cores already full (a sidecar beside its app,
 //! a load test beside its origin) a second worker cannot run more, only wake more.
 //! Connections do not move once placed, so the count bounds what a burst of long-lived
-//! connections arriving at an idle proxy can put on one worker. Against spreading, at 16 keep-alive connections on
-//! two cores shared with wrk and the origin: CPU per request 0.87 times, p99 2.94 → 1.25 ms
-//! (benches/load/RESULTS.md, issue 17). `PORTCULLIS_SPREAD=1` spreads always.
+//! connections arriving at an idle proxy can put on one worker. Against spreading, at 16
+//! keep-alive connections on two cores shared with wrk and the origin: CPU per request 0.87
+//! times, p99 2.94 → 1.25 ms (benches/load/RESULTS.md, issue 17). `PORTCULLIS_SPREAD=1`
+//! spreads always.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -180,11 +181,6 @@ impl CpuTimes {
         (sum.cpus > 0).then_some(sum)
     }
 
-    /// Now, over the CPUs `mine` accepts; `None` without `/proc/stat`.
-    pub fn now(mine: impl Fn(usize) -> bool) -> Option<CpuTimes> {
-        CpuTimes::parse(&std::fs::read_to_string("/proc/stat").ok()?, mine)
-    }
-
     /// Idle time between `before` and `self`, in per mille of one core.
     pub fn spare_since(&self, before: &CpuTimes) -> u32 {
         let all = self.all.saturating_sub(before.all);
@@ -206,9 +202,11 @@ fn affinity() -> Option<Vec<usize>> {
     (!cpus.is_empty()).then_some(cpus)
 }
 
-/// [`CpuTimes`] now, over `cpus` (ascending), or over every CPU without them.
+/// [`CpuTimes`] now, over `cpus` (ascending), or over every CPU without them; `None` without
+/// `/proc/stat`.
 fn cpu_times(cpus: Option<&[usize]>) -> Option<CpuTimes> {
-    CpuTimes::now(|n| cpus.is_none_or(|c| c.binary_search(&n).is_ok()))
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    CpuTimes::parse(&stat, |n| cpus.is_none_or(|c| c.binary_search(&n).is_ok()))
 }
 
 /// Busy shares from tokio's running total of each worker's busy time, and the idle time of
@@ -424,7 +422,7 @@ mod tests {
         );
         assert_eq!(CpuTimes::parse("cpu  1 2 3 4 5\ncpu0 1 2 3 4\n", all), None);
         assert_eq!(CpuTimes::parse("cpu  1 2 3 4 5\n", all), None);
-        assert!(CpuTimes::now(all).is_some(), "this machine has /proc/stat");
+        assert!(cpu_times(None).is_some(), "this machine has /proc/stat");
         // This process may run somewhere, and its CPUs are on /proc/stat's lines.
         let mine = affinity().expect("sched_getaffinity");
         let times = cpu_times(Some(&mine)).unwrap();
