@@ -2,10 +2,12 @@
 //!
 //! One `write(2)` per access line costs as much as a quarter of a forwarded request. Lines go
 //! into one shared buffer instead (in order, whole lines only), which a flusher thread writes
-//! every [`FLUSH_EVERY`] or as soon as it passes [`FLUSH_AT`]. A warning or error first writes
-//! everything buffered before it, then itself, from the logging thread: what explains a failure
-//! is never left waiting in a buffer. Past [`BACKPRESSURE_AT`] (the output is stuck), a logging
-//! thread writes the buffer itself, as an unbuffered logger would: lines are delayed, never lost.
+//! at most [`FLUSH_EVERY`] after the first line it holds, or as soon as it passes
+//! [`FLUSH_AT`]; with nothing buffered the flusher sleeps until a line arrives. A warning or
+//! error first writes everything buffered before it, then itself, from the logging thread:
+//! what explains a failure is never left waiting in a buffer. Past [`BACKPRESSURE_AT`] (the
+//! output is stuck), a logging thread writes the buffer itself, as an unbuffered logger would:
+//! lines are delayed, never lost.
 //!
 //! Why not `tracing-appender`'s non-blocking writer (tried, issue 13; `benches/load/RESULTS.md`):
 //! its channel takes one message and one wake-up of the writer thread per line (54 226 -> 54 983
@@ -42,6 +44,8 @@ struct State {
     /// Held while writing, so flushes from different threads keep the lines in order.
     sink: Option<Sink>,
     stopping: bool,
+    /// The flusher waits for a line with nothing buffered, on no timer: the next line wakes it.
+    asleep: bool,
 }
 
 impl Shared {
@@ -85,6 +89,7 @@ impl BatchedWriter {
                 buf: Vec::with_capacity(FLUSH_AT),
                 sink: Some(Box::new(sink)),
                 stopping: false,
+                asleep: false,
             }),
             wake: Condvar::new(),
             batch,
@@ -141,6 +146,17 @@ fn flush_loop(shared: &Shared) {
         if st.stopping {
             return;
         }
+        // Nothing buffered: sleep until a line arrives rather than look every FLUSH_EVERY (an
+        // idle proxy's flusher had woken ten times a second for nothing).
+        st.asleep = true;
+        while st.asleep && !st.stopping {
+            st = shared.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.asleep = false;
+        if st.stopping {
+            continue;
+        }
+        // The first line waits at most FLUSH_EVERY, those after it less (or until FLUSH_AT).
         st = shared
             .wake
             .wait_timeout(st, FLUSH_EVERY)
@@ -183,7 +199,9 @@ impl Write for LineWriter<'_> {
             return Ok(line.len());
         }
         st.buf.extend_from_slice(line);
-        if st.buf.len() >= FLUSH_AT {
+        // `asleep` is set only with the buffer empty, so this wakes the flusher once per
+        // quiet spell, not once per line.
+        if st.buf.len() >= FLUSH_AT || std::mem::take(&mut st.asleep) {
             self.shared.wake.notify_all();
         }
         Ok(line.len())
@@ -267,6 +285,37 @@ mod tests {
         line(&w, Level::INFO, "e\n");
         drop(guard);
         assert_eq!(sink.text(), "a\nb\nc\nd\ne\n", "the guard flushes the rest");
+    }
+
+    /// Until `sink` holds `want` (5 s at most).
+    fn wait_for(sink: &Shared, want: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sink.text() != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flusher never wrote {want:?}"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn the_flusher_sleeps_on_no_timer_when_nothing_is_buffered_and_the_next_line_wakes_it() {
+        let sink = Shared::default();
+        let (w, _guard) = BatchedWriter::new(sink.clone(), true);
+        for (i, want) in ["a\n", "a\nb\n", "a\nb\nc\n"].into_iter().enumerate() {
+            line(&w, Level::INFO, &want[2 * i..]);
+            wait_for(&sink, want);
+            // Written, the buffer empty: the flusher goes to sleep with no timer.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !w.shared.lock().asleep {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the flusher never slept"
+                );
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 
     #[test]
