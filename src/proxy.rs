@@ -37,7 +37,7 @@ use crate::server_tls::ServerTls;
 use crate::state::{Phase, Shared};
 use crate::target::Host;
 use crate::workers::steer::{self, Steer, Steering};
-use crate::workers::Placement;
+use crate::workers::{self, Placement};
 use limit::ClientLimit;
 use outcome::{Mode, Outcome};
 use stream::{ClientRead, ClientWrite};
@@ -205,14 +205,10 @@ pub async fn run(
     let draining = shared.phase.reached(Phase::Draining);
     tokio::pin!(draining);
     // The first worker's loop steers where new connections go (see `workers::steer`), and
-    // looks again every tick (a timer made here, on the worker whose loop waits on it).
+    // looks again every tick (a timer made here, on the worker whose loop waits on it), but
+    // for the quiet spells, when there is nothing to look at until its next accept.
     let mut steering = steering.and_then(|mut s| match listeners.steer(&mut s, Steer::First) {
-        Ok(()) => {
-            let first = tokio::time::Instant::now() + steer::TICK;
-            let mut tick = tokio::time::interval_at(first, steer::TICK);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            Some((s, tick))
-        }
+        Ok(()) => Some((s, None::<tokio::time::Interval>)),
         Err(e) => {
             tracing::warn!(error = %e, "cannot steer new connections to the first worker; the kernel spreads them");
             None
@@ -226,10 +222,13 @@ pub async fn run(
         let (from, tls) = tokio::select! {
             r = listeners.plain.ready() => (r.map(|()| &listeners.plain), false),
             r = ready_on(tls_listener) => (r, true),
-            () = next_tick(steering.as_mut().map(|(_, tick)| tick)) => {
-                if let Some((s, _)) = steering.as_mut() {
+            () = next_tick(steering.as_mut().and_then(|(_, tick)| tick.as_mut())) => {
+                if let Some((s, tick)) = steering.as_mut() {
                     let to = s.tick();
                     listeners.resteer(s, to);
+                    if s.quiet() {
+                        *tick = None;
+                    }
                 }
                 continue;
             }
@@ -250,7 +249,11 @@ pub async fn run(
             Ok(Some((stream, peer))) => {
                 let slot = Slot::new(permit, &shared.metrics);
                 let shared = shared.clone();
-                if let Some((s, _)) = steering.as_mut() {
+                if let Some((s, tick)) = steering.as_mut() {
+                    if tick.is_none() {
+                        s.wake();
+                        *tick = Some(workers::every(steer::TICK));
+                    }
                     let to = s.filled();
                     listeners.resteer(s, to);
                 }

@@ -888,6 +888,51 @@ async fn new_connections_to_the_tls_listener_go_to_the_first_worker_under_a_ligh
     only_spread_wakes_the_second_worker(steered, spread, 60);
 }
 
+/// Times the threads that had woken on timers of their own when idle have been switched out.
+fn idle_wakeups(pid: u32) -> u64 {
+    ["worker-0", "worker-1", "log-flush"]
+        .iter()
+        .map(|t| switches_of(pid, t))
+        .sum()
+}
+
+/// An idle proxy sleeps: once its last client connection has closed, neither worker nor the
+/// log flusher wakes on a timer of its own. Together they had woken 31 times a second: each
+/// worker's 250 ms timers, which tokio's timer wheel fires in two wake-ups each, and the
+/// flusher's look every 100 ms. Within 10 s of the close, 2 s must pass with at most 2.
+#[tokio::test]
+async fn an_idle_proxy_sleeps() {
+    let o = origin().spawn().await;
+    let dir = scratch("idle-sleeps");
+    let p = start(&dir, &upstream(&[o.port()], ""), &[], &two_workers(false)).await;
+    let pid = p.child.0.id();
+    // Past the first worker's fill, so that both workers serve and time requests.
+    drop(open_answered(p.proxy, &o, 40, "busy").await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.metric("portcullis_client_connections", "").await != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the client connections never closed"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut woke = Vec::new();
+    loop {
+        let before = idle_wakeups(pid);
+        sleep(Duration::from_secs(2)).await;
+        woke.push(idle_wakeups(pid) - before);
+        if woke.last() <= Some(&2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle proxy's workers and flusher woke {woke:?} times in successive 2 s"
+        );
+    }
+    assert_eq!(p.metric("portcullis_client_connections", "").await, 0.0);
+}
+
 #[tokio::test]
 async fn access_lines_still_buffered_at_sigterm_are_written_before_exit() {
     let o = origin().spawn().await;

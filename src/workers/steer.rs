@@ -62,6 +62,12 @@ pub fn always_spread(env: Option<&str>) -> bool {
     matches!(env.map(str::trim), Some("1" | "true" | "yes"))
 }
 
+/// Whether the loads need no measuring until a connection arrives: new connections go to the
+/// first worker (so its accept will be the next event) and no worker holds any.
+pub fn quiet(now: Steer, mut open: impl Iterator<Item = usize>) -> bool {
+    now == Steer::First && open.all(|n| n == 0)
+}
+
 /// How often the loads are measured and the choice made.
 pub const TICK: Duration = Duration::from_millis(250);
 
@@ -310,6 +316,22 @@ impl Steering {
         (self.now == Steer::First && full(self.placement.open(0))).then_some(Steer::All)
     }
 
+    /// Whether there is nothing to measure until the next connection: new ones go to the first
+    /// worker, and no worker holds one. The ticks can stop until the next accept, which can
+    /// only be the first worker's (see [`Steering::wake`]).
+    pub fn quiet(&self) -> bool {
+        quiet(
+            self.now,
+            (0..self.placement.loops()).map(|i| self.placement.open(i)),
+        )
+    }
+
+    /// Ticks again after a quiet spell: the next one measures the loads from now, not over
+    /// the spell.
+    pub fn wake(&mut self) {
+        self.meter = Meter::new(self.placement.busy_totals(), Instant::now());
+    }
+
     /// Measure the last tick; a new steering to [`apply`] when the loads call for one.
     ///
     /// [`apply`]: Steering::apply
@@ -346,6 +368,24 @@ mod tests {
     /// To all workers once the first holds `FILL`, or is busy while the machine has half a
     /// core idle; back to the first only once everything is quiet; never steered with one
     /// worker.
+    #[test]
+    fn the_ticks_stop_only_while_new_connections_go_to_the_first_worker_and_none_is_open() {
+        assert!(quiet(Steer::First, [0, 0].into_iter()));
+        assert!(quiet(Steer::First, std::iter::empty()));
+        assert!(
+            !quiet(Steer::First, [0, 1].into_iter()),
+            "a connection on the second"
+        );
+        assert!(
+            !quiet(Steer::First, [3, 0].into_iter()),
+            "connections on the first"
+        );
+        assert!(
+            !quiet(Steer::All, [0, 0].into_iter()),
+            "spread: any worker may accept next"
+        );
+    }
+
     #[test]
     fn the_first_worker_takes_new_connections_until_it_is_busy_or_full() {
         use Steer::*;
