@@ -274,27 +274,17 @@ mod tests {
         // The warning is out at once, after the lines before it.
         assert_eq!(sink.text(), "a\nb\nc\n");
         line(&w, Level::INFO, "d\n");
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while sink.text() != "a\nb\nc\nd\n" {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "flusher never wrote d"
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+        until("the flusher wrote d", || sink.text() == "a\nb\nc\nd\n");
         line(&w, Level::INFO, "e\n");
         drop(guard);
         assert_eq!(sink.text(), "a\nb\nc\nd\ne\n", "the guard flushes the rest");
     }
 
-    /// Until `sink` holds `want` (5 s at most).
-    fn wait_for(sink: &Shared, want: &str) {
+    /// Until `done` (5 s at most, else the test fails saying `what` never happened).
+    fn until(what: &str, done: impl Fn() -> bool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while sink.text() != want {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "flusher never wrote {want:?}"
-            );
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
             thread::sleep(Duration::from_millis(5));
         }
     }
@@ -305,16 +295,11 @@ mod tests {
         let (w, _guard) = BatchedWriter::new(sink.clone(), true);
         for (i, want) in ["a\n", "a\nb\n", "a\nb\nc\n"].into_iter().enumerate() {
             line(&w, Level::INFO, &want[2 * i..]);
-            wait_for(&sink, want);
+            until(&format!("the flusher wrote {want:?}"), || {
+                sink.text() == want
+            });
             // Written, the buffer empty: the flusher goes to sleep with no timer.
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while !w.shared.lock().asleep {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the flusher never slept"
-                );
-                thread::sleep(Duration::from_millis(5));
-            }
+            until("the flusher slept", || w.shared.lock().asleep);
         }
     }
 
