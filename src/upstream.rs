@@ -529,6 +529,8 @@ fn body_error(e: crate::http1::BodyError) -> String {
 /// `client_stall_timeout`), so a slow upload that keeps moving is not cut.
 async fn until_quiet<F: Future>(send: F, sent: &Sent, limit: Duration) -> Option<F::Output> {
     tokio::pin!(send);
+    // Every request's timer: a worker's timer floor, asleep, is woken for what follows.
+    crate::workers::arming_a_timer();
     // The latest of: the exchange began, and the last time the client was found the one
     // keeping the body waiting.
     let mut from = tokio::time::Instant::now();

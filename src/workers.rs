@@ -83,48 +83,16 @@ pub struct Placement {
 
 struct Worker {
     handle: Handle,
-    conns: Arc<Conns>,
-}
-
-/// A worker's connections: how many are open, and a wake-up for what sleeps while there are
-/// none (see [`keep_a_timer_near`]).
-#[derive(Default)]
-struct Conns {
-    /// Placed here and not yet ended.
-    open: AtomicUsize,
-    /// Told when the count leaves zero.
-    arrived: tokio::sync::Notify,
-}
-
-impl Conns {
-    fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// Until the worker has a connection.
-    async fn until_one(&self) {
-        while self.open() == 0 {
-            // A connection placed between the count and the wait leaves a permit: none is missed.
-            self.arrived.notified().await;
-        }
-    }
+    /// Connections placed here and not yet ended.
+    open: Arc<AtomicUsize>,
 }
 
 /// Counts a connection against its worker until its task ends (or is dropped unfinished).
-struct Open(Arc<Conns>);
-
-impl Open {
-    fn new(conns: &Arc<Conns>) -> Open {
-        if conns.open.fetch_add(1, Ordering::Relaxed) == 0 {
-            conns.arrived.notify_one();
-        }
-        Open(conns.clone())
-    }
-}
+struct Open(Arc<AtomicUsize>);
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -137,7 +105,9 @@ impl Placement {
 
     /// Worker `i`'s open connections (0 for a worker it does not have).
     pub fn open(&self, i: usize) -> usize {
-        self.workers.get(i).map_or(0, |w| w.conns.open())
+        self.workers
+            .get(i)
+            .map_or(0, |w| w.open.load(Ordering::Relaxed))
     }
 
     /// Each worker's busy time so far, as its runtime counts it.
@@ -198,7 +168,8 @@ impl Placement {
         }
         let open = |i: usize| self.open(i);
         let worker = &self.workers[choose(here(), self.workers.len(), open, self.steer())];
-        let open = Open::new(&worker.conns);
+        worker.open.fetch_add(1, Ordering::Relaxed);
+        let open = Open(worker.open.clone());
         worker.handle.spawn(async move {
             let _open = open;
             match TcpStream::from_std(stream) {
@@ -249,7 +220,32 @@ pub fn every(period: std::time::Duration) -> tokio::time::Interval {
     tick
 }
 
-/// Keep a timer at most [`TIMER_FLOOR`] ahead on this worker while it has connections.
+/// A worker busy for less than this over a [`TIMER_FLOOR`] (0.4 %) is idle: its floor sleeps.
+const IDLE_BUSY: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// This worker's timer floor, while it sleeps (see [`keep_a_timer_near`]).
+#[derive(Default)]
+struct Floor {
+    asleep: std::cell::Cell<bool>,
+    wake: std::rc::Rc<tokio::sync::Notify>,
+}
+
+thread_local! {
+    static FLOOR: Floor = Floor::default();
+}
+
+/// Call before arming a request's timer: on a worker whose timer floor sleeps, wakes it, so
+/// that the timers after this one find it there (see [`keep_a_timer_near`]). A cell read
+/// otherwise, off the workers too.
+pub fn arming_a_timer() {
+    FLOOR.with(|f| {
+        if f.asleep.replace(false) {
+            f.wake.notify_one();
+        }
+    });
+}
+
+/// Keep a timer at most [`TIMER_FLOOR`] ahead on this worker while it is at work.
 ///
 /// tokio's time driver wakes its own thread (an 8-byte write to the reactor's eventfd, then
 /// an extra trip through `epoll_wait`) whenever a timer is set earlier than the earliest one
@@ -258,19 +254,30 @@ pub fn every(period: std::time::Duration) -> tokio::time::Interval {
 /// next request's `response_timeout` (30 s) was the earliest and paid that write: 0.22–0.28
 /// writes a request at 16 connections on two workers (0.025 with this timer), 0.005 on one,
 /// where a request was nearly always in flight (`perf stat -e syscalls:sys_enter_write`,
-/// issue 17). With this timer never more
-/// than [`TIMER_FLOOR`] away, a timer of a request or connection (all of them longer) is
-/// never the earliest. With no connection on the worker no request can set a timer there,
-/// and the floor sleeps, on no timer, until one is placed: an idle proxy's workers do not wake
-/// at all (they had woken eight times a second each: tokio's timer wheel takes two wake-ups to
-/// fire a timer more than 64 ms away).
-async fn keep_a_timer_near(conns: Arc<Conns>) {
+/// issue 17). With this timer never more than [`TIMER_FLOOR`] away, a timer of a request or
+/// connection (all of them longer) is never the earliest.
+///
+/// A worker that was busy for less than [`IDLE_BUSY`] over a tick has too few requests for
+/// that write to matter, and its floor sleeps, on no timer, until the next request's timer is
+/// armed ([`arming_a_timer`]): an idle proxy's workers do not wake at all, with client
+/// connections open or not (each had woken eight times a second: tokio's timer wheel takes
+/// two wake-ups to fire a timer more than 64 ms away).
+async fn keep_a_timer_near() {
+    let wake = FLOOR.with(|f| f.wake.clone());
+    let busy = || Handle::current().metrics().worker_total_busy_duration(0);
     loop {
-        conns.until_one().await;
         let mut tick = every(TIMER_FLOOR);
-        while conns.open() > 0 {
+        let mut before = busy();
+        loop {
             tick.tick().await;
+            let now = busy();
+            if now.saturating_sub(before) < IDLE_BUSY {
+                break;
+            }
+            before = now;
         }
+        FLOOR.with(|f| f.asleep.set(true));
+        wake.notified().await;
     }
 }
 
@@ -285,10 +292,9 @@ impl Workers {
         let mut workers = Vec::new();
         for i in 0..n.max(1) {
             let runtime = Builder::new_current_thread().enable_all().build()?;
-            let conns = Arc::new(Conns::default());
             workers.push(Worker {
                 handle: runtime.handle().clone(),
-                conns: conns.clone(),
+                open: Arc::default(),
             });
             let (stop, stopped) = oneshot::channel::<()>();
             w.stops.push(stop);
@@ -300,7 +306,7 @@ impl Workers {
                     runtime.block_on(async move {
                         tokio::select! {
                             _ = stopped => {}
-                            () = keep_a_timer_near(conns) => {}
+                            () = keep_a_timer_near() => {}
                         }
                     });
                     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -442,7 +448,7 @@ mod tests {
         let mut names: Vec<String> = (0..4).map(|_| names.recv().unwrap()).collect();
         names.sort();
         assert_eq!(names, ["worker-0", "worker-0", "worker-1", "worker-1"]);
-        let open = |i: usize| placement.workers[i].conns.open();
+        let open = |i: usize| placement.workers[i].open.load(Ordering::Relaxed);
         assert_eq!((open(0), open(1)), (2, 2));
         for done in finish {
             let _ = done.send(());

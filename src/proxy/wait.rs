@@ -59,7 +59,10 @@ pub async fn within<F: Future>(limit: Duration, fut: F) -> Result<F::Output, Ela
     .await;
     match first {
         Some(v) => Ok(v),
-        None => timeout(limit, fut).await,
+        None => {
+            crate::workers::arming_a_timer();
+            timeout(limit, fut).await
+        }
     }
 }
 

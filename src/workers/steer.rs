@@ -62,10 +62,13 @@ pub fn always_spread(env: Option<&str>) -> bool {
     matches!(env.map(str::trim), Some("1" | "true" | "yes"))
 }
 
-/// Whether the loads need no measuring until a connection arrives: new connections go to the
-/// first worker (so its accept will be the next event) and no worker holds any.
-pub fn quiet(now: Steer, mut open: impl Iterator<Item = usize>) -> bool {
-    now == Steer::First && open.all(|n| n == 0)
+/// A worker's busy share of a tick (per mille) at or below which it counts as idle: 1 ms in
+/// 250, the floor's own tick and a stray request.
+const IDLE: u32 = 4;
+
+/// Whether every worker was idle over the last tick, with client connections open or not.
+pub fn idle(loads: &[Load]) -> bool {
+    loads.iter().all(|l| l.busy <= IDLE)
 }
 
 /// How often the loads are measured and the choice made.
@@ -272,6 +275,10 @@ pub struct Steering {
     placement: Placement,
     now: Steer,
     meter: Meter,
+    /// The last tick's loads.
+    loads: Vec<Load>,
+    /// See [`Steering::quiet`].
+    quiet: bool,
 }
 
 impl Steering {
@@ -286,6 +293,8 @@ impl Steering {
             placement,
             now: Steer::All,
             meter,
+            loads: Vec::new(),
+            quiet: true,
         })
     }
 
@@ -316,14 +325,13 @@ impl Steering {
         (self.now == Steer::First && full(self.placement.open(0))).then_some(Steer::All)
     }
 
-    /// Whether there is nothing to measure until the next connection: new ones go to the first
-    /// worker, and no worker holds one. The ticks can stop until the next accept, which can
-    /// only be the first worker's (see [`Steering::wake`]).
+    /// Whether the ticks can stop until the first worker's next accept ([`Steering::wake`]):
+    /// the last one changed nothing and found every worker [`idle`]. Until a load comes back
+    /// the next tick would find the same; a load that comes back on connections already
+    /// placed needs no steering, and one that comes with new connections is met by the first
+    /// worker (steered) or by all of them (spread), as at the start.
     pub fn quiet(&self) -> bool {
-        quiet(
-            self.now,
-            (0..self.placement.loops()).map(|i| self.placement.open(i)),
-        )
+        self.quiet
     }
 
     /// Ticks again after a quiet spell: the next one measures the loads from now, not over
@@ -339,20 +347,19 @@ impl Steering {
         let busy = self
             .meter
             .sample(self.placement.busy_totals(), Instant::now());
-        let loads: Vec<Load> = busy
-            .iter()
-            .enumerate()
-            .map(|(i, &busy)| Load {
+        self.loads.clear();
+        self.loads
+            .extend(busy.iter().enumerate().map(|(i, &busy)| Load {
                 busy,
                 open: self.placement.open(i),
-            })
-            .collect();
+            }));
         let spare = self.meter.spare();
-        let next = next(self.now, &loads, spare);
+        let next = next(self.now, &self.loads, spare);
+        self.quiet = next == self.now && idle(&self.loads);
         if next == self.now {
             return None;
         }
-        tracing::trace!(steer = ?next, ?loads, spare, "steering changes");
+        tracing::trace!(steer = ?next, loads = ?self.loads, spare, "steering changes");
         Some(next)
     }
 }
@@ -369,21 +376,11 @@ mod tests {
     /// core idle; back to the first only once everything is quiet; never steered with one
     /// worker.
     #[test]
-    fn the_ticks_stop_only_while_new_connections_go_to_the_first_worker_and_none_is_open() {
-        assert!(quiet(Steer::First, [0, 0].into_iter()));
-        assert!(quiet(Steer::First, std::iter::empty()));
-        assert!(
-            !quiet(Steer::First, [0, 1].into_iter()),
-            "a connection on the second"
-        );
-        assert!(
-            !quiet(Steer::First, [3, 0].into_iter()),
-            "connections on the first"
-        );
-        assert!(
-            !quiet(Steer::All, [0, 0].into_iter()),
-            "spread: any worker may accept next"
-        );
+    fn a_worker_is_idle_up_to_one_ms_in_a_tick_with_connections_open_or_not() {
+        assert!(idle(&loads(&[(0, 0), (0, 0)])));
+        assert!(idle(&loads(&[(4, 40), (1, 8)])), "open and idle");
+        assert!(!idle(&loads(&[(0, 0), (5, 1)])), "the second at work");
+        assert!(!idle(&loads(&[(300, 3), (0, 0)])), "the first at work");
     }
 
     #[test]
