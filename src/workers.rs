@@ -207,7 +207,7 @@ const TIMER_FLOOR: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// An interval of `period` whose ticks fall on one grid for the whole process, and stay on it
 /// after a late tick (missed ones are skipped): two such timers of a period on one worker,
-/// [`keep_a_timer_near`]'s and the steering's, wake it together, not each on its own (the
+/// `keep_a_timer_near`'s and the steering's, wake it together, not each on its own (the
 /// first worker had woken 12.6 times a second when idle, the second 8.4).
 pub fn every(period: std::time::Duration) -> tokio::time::Interval {
     static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
@@ -220,7 +220,8 @@ pub fn every(period: std::time::Duration) -> tokio::time::Interval {
     tick
 }
 
-/// A worker busy for less than this over a [`TIMER_FLOOR`] (0.4 %) is idle: its floor sleeps.
+/// A worker busy for less than this over a [`TIMER_FLOOR`] (0.4 %) is idle: its floor sleeps,
+/// and the steering ticks stop once all workers are (see [`steer::idle`]).
 const IDLE_BUSY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// This worker's timer floor, while it sleeps (see [`keep_a_timer_near`]).
@@ -235,7 +236,7 @@ thread_local! {
 }
 
 /// Call before arming a request's timer: on a worker whose timer floor sleeps, wakes it, so
-/// that the timers after this one find it there (see [`keep_a_timer_near`]). A cell read
+/// that the timers after this one find it there (see `keep_a_timer_near`). A cell read
 /// otherwise, off the workers too.
 pub fn arming_a_timer() {
     FLOOR.with(|f| {

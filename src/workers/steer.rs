@@ -62,9 +62,9 @@ pub fn always_spread(env: Option<&str>) -> bool {
     matches!(env.map(str::trim), Some("1" | "true" | "yes"))
 }
 
-/// A worker's busy share of a tick (per mille) at or below which it counts as idle: 1 ms in
-/// 250, the floor's own tick and a stray request.
-const IDLE: u32 = 4;
+/// A worker's busy share of a tick (per mille) at or below which it counts as idle: the
+/// timer floor's [`super::IDLE_BUSY`] in a [`TICK`] (4).
+const IDLE: u32 = (super::IDLE_BUSY.as_micros() * 1000 / TICK.as_micros()) as u32;
 
 /// Whether every worker was idle over the last tick, with client connections open or not.
 pub fn idle(loads: &[Load]) -> bool {
@@ -275,8 +275,6 @@ pub struct Steering {
     placement: Placement,
     now: Steer,
     meter: Meter,
-    /// The last tick's loads.
-    loads: Vec<Load>,
     /// See [`Steering::quiet`].
     quiet: bool,
 }
@@ -293,7 +291,6 @@ impl Steering {
             placement,
             now: Steer::All,
             meter,
-            loads: Vec::new(),
             quiet: true,
         })
     }
@@ -347,19 +344,21 @@ impl Steering {
         let busy = self
             .meter
             .sample(self.placement.busy_totals(), Instant::now());
-        self.loads.clear();
-        self.loads
-            .extend(busy.iter().enumerate().map(|(i, &busy)| Load {
+        let loads: Vec<Load> = busy
+            .iter()
+            .enumerate()
+            .map(|(i, &busy)| Load {
                 busy,
                 open: self.placement.open(i),
-            }));
+            })
+            .collect();
         let spare = self.meter.spare();
-        let next = next(self.now, &self.loads, spare);
-        self.quiet = next == self.now && idle(&self.loads);
+        let next = next(self.now, &loads, spare);
+        self.quiet = next == self.now && idle(&loads);
         if next == self.now {
             return None;
         }
-        tracing::trace!(steer = ?next, loads = ?self.loads, spare, "steering changes");
+        tracing::trace!(steer = ?next, ?loads, spare, "steering changes");
         Some(next)
     }
 }
@@ -372,17 +371,18 @@ mod tests {
         l.iter().map(|&(busy, open)| Load { busy, open }).collect()
     }
 
-    /// To all workers once the first holds `FILL`, or is busy while the machine has half a
-    /// core idle; back to the first only once everything is quiet; never steered with one
-    /// worker.
     #[test]
     fn a_worker_is_idle_up_to_one_ms_in_a_tick_with_connections_open_or_not() {
+        assert_eq!(IDLE, 4, "1 ms of 250");
         assert!(idle(&loads(&[(0, 0), (0, 0)])));
         assert!(idle(&loads(&[(4, 40), (1, 8)])), "open and idle");
         assert!(!idle(&loads(&[(0, 0), (5, 1)])), "the second at work");
         assert!(!idle(&loads(&[(300, 3), (0, 0)])), "the first at work");
     }
 
+    /// To all workers once the first holds `FILL`, or is busy while the machine has half a
+    /// core idle; back to the first only once everything is quiet; never steered with one
+    /// worker.
     #[test]
     fn the_first_worker_takes_new_connections_until_it_is_busy_or_full() {
         use Steer::*;
