@@ -202,8 +202,10 @@ pub fn choose(here: Option<usize>, n: usize, open: impl Fn(usize) -> usize, stee
     }
 }
 
-/// How far ahead a worker always has a timer of its own (see [`keep_a_timer_near`]).
-const TIMER_FLOOR: std::time::Duration = std::time::Duration::from_millis(250);
+/// How far ahead a worker always has a timer of its own (see [`keep_a_timer_near`]): the
+/// steering's tick, so that on the first worker the two fall on one grid ([`every`]) and an
+/// idle share means the same to both ([`IDLE_BUSY`]).
+const TIMER_FLOOR: std::time::Duration = steer::TICK;
 
 /// An interval of `period` whose ticks fall on one grid for the whole process, and stay on it
 /// after a late tick (missed ones are skipped): two such timers of a period on one worker,
