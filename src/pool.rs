@@ -60,6 +60,13 @@ pub trait Poolable: Send + 'static {
 
     /// It is checked out again: its activity no longer concerns the reaper.
     fn unpark(&mut self) {}
+
+    /// It was dialed on another worker and is checked out on this one: have this worker's
+    /// reactor watch its socket from now on (called outside the lock). Returns whether it
+    /// moved; if not, it still works, watched where it was.
+    fn rehome(&mut self) -> bool {
+        true
+    }
 }
 
 /// The limits of one pool, from the upstream entry that matched.
@@ -349,7 +356,7 @@ impl<C: Poolable> Pool<C> {
                             if !doomed.is_empty() {
                                 self.inner.close(doomed);
                             }
-                            return Ok(Checkout::Reused(pooled));
+                            return Ok(Checkout::Reused(pooled.brought_here()));
                         }
                         Verdict::Close(reason) => {
                             // Its slot stays counted until it is closed, after the lock.

@@ -127,6 +127,10 @@ impl Poolable for UpstreamConn {
     fn unpark(&mut self) {
         self.signal.idle.store(false, Ordering::Release);
     }
+
+    fn rehome(&mut self) -> bool {
+        self.io.rehome().is_ok()
+    }
 }
 
 /// What writes a request's head: the proxy decides which headers go, the connection only

@@ -47,7 +47,7 @@ impl<C: Poolable> Queued<'_, C> {
             }
             Ok(Ok(Grant::Conn(mut pooled))) => {
                 pooled.reused = true;
-                Ok(Checkout::Reused(pooled))
+                Ok(Checkout::Reused(pooled.brought_here()))
             }
             Ok(Ok(Grant::Slot(slot))) => Ok(Checkout::Dial(pool.stamp(slot))),
             Ok(Err(_)) | Err(_) => {

@@ -17,6 +17,9 @@ struct Fake {
     parked: Arc<AtomicBool>,
     /// Records the pool's count at the moment this connection closes (its drop).
     probe: Option<closing::Probe>,
+    /// Times it was moved to another worker's reactor, and whether a move succeeds.
+    moves: Arc<std::sync::atomic::AtomicU32>,
+    movable: Arc<AtomicBool>,
 }
 
 impl Fake {
@@ -27,6 +30,8 @@ impl Fake {
             reaper: Arc::default(),
             parked: Arc::default(),
             probe: None,
+            moves: Arc::default(),
+            movable: Arc::new(AtomicBool::new(true)),
         }
     }
 }
@@ -43,6 +48,11 @@ impl Poolable for Fake {
 
     fn unpark(&mut self) {
         self.parked.store(false, Ordering::SeqCst);
+    }
+
+    fn rehome(&mut self) -> bool {
+        self.moves.fetch_add(1, Ordering::SeqCst);
+        self.movable.load(Ordering::SeqCst)
     }
 }
 
@@ -136,6 +146,52 @@ async fn a_worker_gets_the_connections_it_dialed_first() {
     let mut off = reuse(&p, None).await.expect("reuse");
     assert_eq!(off.conn().n, 2, "off the workers: the most recent");
     off.release();
+}
+
+/// A connection checked out on a worker other than the one it was registered on is moved to
+/// that worker once, and is its own from then on; one that cannot be moved is still handed
+/// out, and the next checkout there tries again. Off the workers nothing moves.
+#[tokio::test(start_paused = true)]
+async fn a_connection_taken_by_another_worker_moves_there_once() {
+    use crate::workers::pretend;
+    let (p, _) = pool(limits(1));
+    pretend(Some(0));
+    let mut c = dial(&p, 1).await;
+    let (moves, movable) = (c.conn().moves.clone(), c.conn().movable.clone());
+    let moved = || moves.load(Ordering::SeqCst);
+    c.release();
+    pretend(Some(1));
+    let c = reuse(&p, None).await.expect("reuse");
+    assert_eq!(moved(), 1, "moved to worker 1");
+    c.release();
+    let c = reuse(&p, None).await.expect("reuse");
+    assert_eq!(moved(), 1, "worker 1's own now: not moved again");
+    c.release();
+    // Taken over by a waiter on worker 0: the handoff moves it too.
+    pretend(Some(0));
+    let c = reuse(&p, None).await.expect("reuse");
+    assert_eq!(moved(), 2, "back to worker 0");
+    let waiter = tokio::spawn({
+        let p = p.clone();
+        async move {
+            pretend(Some(1));
+            reuse(&p, None).await.map(Pooled::release).is_some()
+        }
+    });
+    tokio::task::yield_now().await;
+    assert_eq!(p.snapshot().waiting, 1);
+    c.release();
+    assert!(waiter.await.unwrap(), "handed to the waiter");
+    assert_eq!(moved(), 3, "moved to the waiter's worker");
+    // A move that fails leaves it working where it was, and its home unchanged.
+    movable.store(false, Ordering::SeqCst);
+    pretend(Some(0));
+    reuse(&p, None).await.expect("handed out unmoved").release();
+    reuse(&p, None).await.expect("handed out unmoved").release();
+    assert_eq!(moved(), 5, "each checkout on worker 0 tried again");
+    pretend(None);
+    reuse(&p, None).await.expect("reuse").release();
+    assert_eq!(moved(), 5, "off the workers: not moved");
 }
 
 #[tokio::test(start_paused = true)]
