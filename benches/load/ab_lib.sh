@@ -1,4 +1,4 @@
-# Shared by the A/B scripts (ab.sh, connect.sh); sourced, not run. Sets up, after `set -euo pipefail`:
+# Shared by the A/B scripts (ab.sh, connect.sh, syscalls.sh, slow_rounds.sh); sourced, not run. Sets up, after `set -euo pipefail`:
 #   T      a temp dir, removed on exit
 #   PIDS   processes to stop on exit (TERM, then KILL): append what you start
 #   NAMES, BINS   from the arguments, each `NAME=BINARY` or `BINARY` (named by its file name)
