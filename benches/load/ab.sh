@@ -23,44 +23,7 @@ AB_TOOLS="nginx wrk python3" AB_TMP=portcullis-ab
 . "$HERE/ab_lib.sh"
 NAMES+=(nginx)
 read -r OP PP AP NP < <(free_ports 4)
-
-temp_paths() { # nginx's temp paths under $T/$1
-    local d
-    for d in client_body proxy fastcgi uwsgi scgi; do printf '%s_temp_path %s/%s-%s; ' "$d" "$T" "$1" "$d"; done
-}
-
-cat >"$T/o.conf" <<EOF
-worker_processes 1; daemon off; user root; pid $T/o.pid; error_log $T/oe.log warn;
-worker_rlimit_nofile 10000; events { worker_connections 5000; }
-http { access_log off; keepalive_timeout 300s; keepalive_requests 100000000; $(temp_paths o)
- server { listen 127.0.0.1:$OP backlog=4096; location = / { default_type text/plain; return 200 "ok\n"; } } }
-EOF
-nginx -e "$T/oe.log" -c "$T/o.conf" >/dev/null 2>&1 &
-PIDS+=("$!")
-wait_port "$OP"
-
-cat >"$T/p.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$PP"
-admin_listen = "127.0.0.1:$AP"
-max_client_connections = 30000
-client_idle_timeout = "300s"
-[defaults]
-max_idle = 64
-allow_private = true
-[[upstream]]
-name = "origin"
-hosts = ["127.0.0.1"]
-ports = [$OP]
-EOF
-cat >"$T/n.conf" <<EOF
-worker_processes auto; daemon off; user root; pid $T/n.pid; error_log $T/ne.log warn;
-worker_rlimit_nofile 10000; events { worker_connections 5000; }
-http { access_log $T/n-access.log; keepalive_timeout 300s; keepalive_requests 100000000; $(temp_paths n)
- upstream origin { server 127.0.0.1:$OP; keepalive 64; keepalive_requests 100000000; }
- server { listen 127.0.0.1:$NP backlog=4096;
-  location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-EOF
+forward_setup
 
 ticks() { # ticks PID...: user and system clock ticks, summed
     local u=0 s=0 p a b

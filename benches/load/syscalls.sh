@@ -22,38 +22,7 @@ AB_TOOLS="nginx wrk perf python3" AB_TMP=portcullis-syscalls
 . "$HERE/ab_lib.sh"
 NAMES+=(nginx)
 read -r OP PP AP NP < <(free_ports 4)
-
-cat >"$T/o.conf" <<EOF
-worker_processes 1; daemon off; user root; pid $T/o.pid; error_log $T/oe.log warn;
-worker_rlimit_nofile 10000; events { worker_connections 5000; }
-http { access_log off; keepalive_timeout 300s; keepalive_requests 100000000; client_body_temp_path $T/ob; proxy_temp_path $T/op;
- server { listen 127.0.0.1:$OP backlog=4096; location = / { default_type text/plain; return 200 "ok\n"; } } }
-EOF
-nginx -e "$T/oe.log" -c "$T/o.conf" >/dev/null 2>&1 &
-PIDS+=("$!")
-wait_port "$OP"
-cat >"$T/p.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$PP"
-admin_listen = "127.0.0.1:$AP"
-max_client_connections = 30000
-client_idle_timeout = "300s"
-[defaults]
-max_idle = 64
-allow_private = true
-[[upstream]]
-name = "origin"
-hosts = ["127.0.0.1"]
-ports = [$OP]
-EOF
-cat >"$T/n.conf" <<EOF
-worker_processes auto; daemon off; user root; pid $T/n.pid; error_log $T/ne.log warn;
-worker_rlimit_nofile 10000; events { worker_connections 5000; }
-http { access_log $T/n-access.log; keepalive_timeout 300s; keepalive_requests 100000000; client_body_temp_path $T/nb; proxy_temp_path $T/np;
- upstream origin { server 127.0.0.1:$OP; keepalive 64; keepalive_requests 100000000; }
- server { listen 127.0.0.1:$NP backlog=4096;
-  location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-EOF
+forward_setup
 
 CALLS="read write recvfrom sendto readv writev epoll_wait epoll_ctl futex accept4 close fcntl setsockopt getsockopt"
 EVENTS="task-clock,context-switches"
