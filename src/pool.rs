@@ -61,9 +61,9 @@ pub trait Poolable: Send + 'static {
     /// It is checked out again: its activity no longer concerns the reaper.
     fn unpark(&mut self) {}
 
-    /// It was dialed on another worker and is checked out on this one: have this worker's
-    /// reactor watch its socket from now on (called outside the lock). Returns whether it
-    /// moved; if not, it still works, watched where it was.
+    /// It belongs to another worker (dialed or last moved there) and is checked out on this
+    /// one: have this worker's reactor watch its socket from now on (called outside the
+    /// lock). Returns whether it moved; if not, it still works, watched where it was.
     fn rehome(&mut self) -> bool {
         true
     }
@@ -142,7 +142,8 @@ pub struct Meta {
     pub requests: u64,
     /// The reach it was dialed under (see [`Pool::set_reach`]).
     pub reach: u64,
-    /// The worker that dialed it, whose reactor drives its socket (`None` off the workers).
+    /// The worker whose reactor watches its socket: the one that dialed it, or that it was
+    /// moved to since (`Pooled::brought_here`); `None` off the workers.
     pub home: Option<usize>,
 }
 

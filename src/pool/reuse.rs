@@ -42,13 +42,13 @@ impl Life {
 pub const HOME_WINDOW: usize = 64;
 
 /// Which idle connection a checkout on worker `here` tries first, as an index into the idle
-/// stack (`homes`: each one's worker, oldest first): the most recently used one this worker
-/// dialed, among the [`HOME_WINDOW`] most recently used; `None` (take the most recently used)
-/// when there is none, or off the workers.
+/// stack (`homes`: each one's worker, oldest first): the most recently used one of this
+/// worker's own (dialed or moved here), among the [`HOME_WINDOW`] most recently used; `None`
+/// (take the most recently used) when there is none, or off the workers.
 ///
 /// A socket's readiness is delivered by the reactor of the worker that registered it. A worker
 /// prefers its own; it takes another's rather than dial, and moves the socket to its own
-/// reactor as it does ([`super::Pooled::brought_here`]), which costs a few system calls.
+/// reactor as it does (`Pooled::brought_here`), which costs a few system calls.
 pub fn first_choice(
     homes: impl DoubleEndedIterator<Item = Option<usize>> + ExactSizeIterator,
     here: Option<usize>,
