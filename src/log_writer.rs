@@ -46,6 +46,9 @@ struct State {
     stopping: bool,
     /// The flusher waits for a line with nothing buffered, on no timer: the next line wakes it.
     asleep: bool,
+    /// A line took the buffer past `FLUSH_AT` and woke the flusher; until it takes the buffer,
+    /// the lines after need not wake it again.
+    asked: bool,
 }
 
 impl Shared {
@@ -64,7 +67,18 @@ impl State {
             .write_all(&self.buf)
             .and_then(|()| sink.write_all(then));
         self.buf.clear();
+        self.asked = false;
         r
+    }
+
+    /// Whether the line just appended must wake the flusher: the first line after a quiet
+    /// spell (it sleeps on no timer), or the first to take the buffer past `FLUSH_AT`. Once
+    /// per spell and once per fill, not once per line: a `notify_all` is a system call whether
+    /// anyone waits or not, and at 128 connections every line past `FLUSH_AT` had made one
+    /// until the flusher took the buffer (half of the proxy's `futex` calls).
+    fn wakes_flusher(&mut self) -> bool {
+        let full = self.buf.len() >= FLUSH_AT && !std::mem::replace(&mut self.asked, true);
+        std::mem::take(&mut self.asleep) || full
     }
 }
 
@@ -90,6 +104,7 @@ impl BatchedWriter {
                 sink: Some(Box::new(sink)),
                 stopping: false,
                 asleep: false,
+                asked: false,
             }),
             wake: Condvar::new(),
             batch,
@@ -121,6 +136,7 @@ fn flush_loop(shared: &Shared) {
             // Swap the lines out and write them without holding the lock: logging threads
             // keep appending meanwhile. The sink travels with the write to keep order.
             let mut out = std::mem::replace(&mut st.buf, std::mem::take(&mut spare));
+            st.asked = false;
             let sink = st.sink.take();
             drop(st);
             let sink = sink.map(|mut s| {
@@ -199,9 +215,7 @@ impl Write for LineWriter<'_> {
             return Ok(line.len());
         }
         st.buf.extend_from_slice(line);
-        // `asleep` is set only with the buffer empty, so this wakes the flusher once per
-        // quiet spell, not once per line.
-        if st.buf.len() >= FLUSH_AT || std::mem::take(&mut st.asleep) {
+        if st.wakes_flusher() {
             self.shared.wake.notify_all();
         }
         Ok(line.len())
@@ -301,6 +315,40 @@ mod tests {
             // Written, the buffer empty: the flusher goes to sleep with no timer.
             until("the flusher slept", || w.shared.lock().asleep);
         }
+    }
+
+    /// The flusher is woken by the first line after a quiet spell and by the first line past
+    /// `FLUSH_AT`, and not again by the lines after either until it takes the buffer.
+    #[test]
+    fn a_spell_and_a_fill_wake_the_flusher_once_each() {
+        let mut st = State {
+            buf: Vec::new(),
+            sink: Some(Box::new(io::sink())),
+            stopping: false,
+            asleep: true,
+            asked: false,
+        };
+        let append = |st: &mut State, n: usize| {
+            st.buf.resize(st.buf.len() + n, b'x');
+            st.wakes_flusher()
+        };
+        assert!(append(&mut st, 100), "the first line of a spell");
+        assert!(!append(&mut st, 100), "the flusher is awake: no need");
+        assert!(!append(&mut st, FLUSH_AT - 300), "still under FLUSH_AT");
+        assert!(append(&mut st, 200), "the line that fills the buffer");
+        for _ in 0..100 {
+            assert!(
+                !append(&mut st, 200),
+                "the lines after it, until it is taken"
+            );
+        }
+        // The flusher takes the buffer (as `flush_loop` and `write_out` do).
+        st.buf.clear();
+        st.asked = false;
+        assert!(!append(&mut st, FLUSH_AT - 1));
+        assert!(append(&mut st, 1), "the next fill wakes it again");
+        assert!(st.write_out(&[]).is_ok());
+        assert!(!st.asked, "writing it out counts as taking it");
     }
 
     #[test]
