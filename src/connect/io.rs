@@ -98,7 +98,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::sync::Arc;
 
-    use rustls::pki_types::{PrivateKeyDer, ServerName};
+    use rustls::pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -185,27 +185,7 @@ mod tests {
 
     #[test]
     fn a_tls_connection_moves_with_its_session() {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec!["origin.test".to_string()])
-            .and_then(|params| params.self_signed(&key))
-            .expect("cert");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .expect("server config");
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.der().clone()).expect("root");
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let (server, client) = crate::proxy::layout::throwaway_tls("origin.test").expect("tls");
         let addr = echo(Some(server), 1);
         let first = runtime();
         let mut io = first.block_on(async {

@@ -41,13 +41,12 @@ pub async fn client_connection_task() -> io::Result<usize> {
     Ok(std::mem::size_of_val(&task))
 }
 
-/// Bytes of a TLS client connection's task once its handshake is done: the plain listener's
-/// loop over the halves of the TLS stream (rustls's state sits behind the split's `Arc`; the
-/// handshake ran in a task of its own). It was under 2 KiB too.
-pub async fn tls_client_connection_task() -> io::Result<usize> {
-    let shared = shared()?;
+/// A server config with a fresh self-signed certificate for `name`, and a client config that
+/// trusts that certificate only: real TLS between two ends of one process, for measuring and
+/// for tests.
+pub fn throwaway_tls(name: &str) -> io::Result<(rustls::ServerConfig, rustls::ClientConfig)> {
     let key = rcgen::KeyPair::generate().map_err(io::Error::other)?;
-    let cert = rcgen::CertificateParams::new(vec!["proxy.test".to_string()])
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
         .and_then(|params| params.self_signed(&key))
         .map_err(io::Error::other)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -67,6 +66,15 @@ pub async fn tls_client_connection_task() -> io::Result<usize> {
         .map_err(io::Error::other)?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    Ok((server, client))
+}
+
+/// Bytes of a TLS client connection's task once its handshake is done: the plain listener's
+/// loop over the halves of the TLS stream (rustls's state sits behind the split's `Arc`; the
+/// handshake ran in a task of its own). It was under 2 KiB too.
+pub async fn tls_client_connection_task() -> io::Result<usize> {
+    let shared = shared()?;
+    let (server, client) = throwaway_tls("proxy.test")?;
     let l = TcpListener::bind("127.0.0.1:0").await?;
     let tcp = TcpStream::connect(l.local_addr()?).await?;
     let name = ServerName::try_from("proxy.test").map_err(io::Error::other)?;
