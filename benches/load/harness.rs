@@ -1,6 +1,6 @@
-//! What the TLS benches share: the proxy binary as a child process (its CPU and RSS from
-//! /proc), a keep-alive origin answering 3 bytes (plain or TLS), `CONCURRENCY` load tasks
-//! stopped together, and one request's round trip.
+//! What the TLS benches and the PGO training run share: the proxy binary as a child process
+//! (its CPU and RSS from /proc, stopped with SIGTERM), a keep-alive origin answering 3 bytes
+//! (plain or TLS), load tasks stopped together, and one request's round trip.
 
 // Each bench uses part of this module.
 #![allow(dead_code)]
@@ -37,14 +37,27 @@ pub struct ProxyProcess {
 
 impl ProxyProcess {
     /// Starts `bin --config config` and waits until `ready` accepts connections.
+    /// Its warnings and errors are shown.
     pub fn start(bin: &Path, config: &Path, ready: SocketAddr) -> Res<ProxyProcess> {
+        Self::start_logging(bin, config, ready, "warn", Stdio::inherit())
+    }
+
+    /// [`ProxyProcess::start`] with `RUST_LOG=rust_log`, its log (the access log at `info`)
+    /// going to `log`.
+    pub fn start_logging(
+        bin: &Path,
+        config: &Path,
+        ready: SocketAddr,
+        rust_log: &str,
+        log: Stdio,
+    ) -> Res<ProxyProcess> {
         let child = Command::new(bin)
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .map_err(|e| {
                 format!(
@@ -86,9 +99,33 @@ impl ProxyProcess {
     }
 }
 
+impl ProxyProcess {
+    /// SIGTERM, then wait for the exit (40 s at most: the default `shutdown_grace` is 30 s; then
+    /// SIGKILL on drop): a clean exit, which an instrumented binary needs to write its
+    /// profile. Fails if the proxy did not exit.
+    pub fn stop(mut self) -> Res<()> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("the proxy exited with {status} after SIGTERM").into())
+                };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("the proxy did not exit within 40 s of SIGTERM".into())
+    }
+}
+
 impl Drop for ProxyProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
@@ -116,9 +153,23 @@ where
     F: Fn(Arc<Stop>) -> Fut,
     Fut: std::future::Future<Output = Res<()>> + Send + 'static,
 {
+    measure_with(proxy, cell, CONCURRENCY, work).await
+}
+
+/// [`measure`] with `concurrency` copies of `work`.
+pub async fn measure_with<F, Fut>(
+    proxy: &ProxyProcess,
+    cell: Duration,
+    concurrency: usize,
+    work: F,
+) -> Res<(u64, Duration)>
+where
+    F: Fn(Arc<Stop>) -> Fut,
+    Fut: std::future::Future<Output = Res<()>> + Send + 'static,
+{
     let stop = Arc::new(Stop::default());
     let before = proxy.cpu();
-    let tasks: Vec<_> = (0..CONCURRENCY)
+    let tasks: Vec<_> = (0..concurrency)
         .map(|_| tokio::spawn(work(stop.clone())))
         .collect();
     tokio::time::sleep(cell).await;

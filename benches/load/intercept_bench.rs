@@ -123,7 +123,8 @@ async fn main() -> Res<()> {
             cell,
         ));
     }
-    drop(proxy);
+    // SIGTERM: a clean exit (an instrumented binary writes its profile then).
+    proxy.process.stop()?;
     let _ = std::fs::remove_dir_all(&dir);
 
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());

@@ -11,7 +11,9 @@
 # Knobs (environment): ROUNDS=3, DURATION=5 (seconds per wrk cell and round; the 2 s origin test
 # runs 2 × DURATION), IDLE_CONNS=5000, SLOW_CONC=1000,
 # SLOW_CONC_BIG=10000 (direct, portcullis and nginx only; 0 skips), PROXIES="direct portcullis portcullis-quiet
-# portcullis-1worker nginx squid tinyproxy", KEEP=1 keeps the temp dir with every config, log and wrk output.
+# portcullis-1worker nginx squid tinyproxy", KEEP=1 keeps the temp dir with every config, log and wrk output,
+# PGO=1 measures the profile-guided build the Dockerfile ships (benches/load/pgo.sh; adds about
+# ten minutes of building) instead of `cargo build --release`'s.
 # Progress goes to stderr, the table to stdout. Everything started here is stopped on exit.
 set -euo pipefail
 
@@ -65,6 +67,10 @@ log "cargo build --release"
 (cd "$ROOT" && cargo build --release --bin portcullis --example slow_origin >&2)
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 PORTCULLIS="$TARGET_DIR/release/portcullis"
+if [ "${PGO:-0}" = 1 ]; then
+    log "profile-guided build (benches/load/pgo.sh)"
+    PORTCULLIS=$(bash "$HERE/pgo.sh")
+fi
 SLOW_ORIGIN="$TARGET_DIR/release/examples/slow_origin"
 
 # 5 000 idle clients and 10 000 slow requests need far more than the default 1 024 descriptors.

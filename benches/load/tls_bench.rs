@@ -116,7 +116,8 @@ async fn main() -> Res<()> {
     rows.push(format!(
         "| idle client connections ({idle}, after one request each) | plain {plain_kib:.1} KiB | TLS {tls_kib:.1} KiB per connection |"
     ));
-    drop(proxy);
+    // SIGTERM: a clean exit (an instrumented binary writes its profile then).
+    proxy.process.stop()?;
     let _ = std::fs::remove_dir_all(&dir);
 
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
