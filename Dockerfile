@@ -47,7 +47,7 @@ RUN set -eu; \
 # The real build, profile-guided (benches/load/pgo.sh): the proxy is built
 # instrumented, trained for about a minute on loopback (plain and TLS forwarding,
 # tunnels, interception, the TLS listener), then built again with the profile;
-# 15-26 % fewer instructions per forwarded request (benches/load/RESULTS.md). The
+# 16-19 % fewer instructions per forwarded request (benches/load/RESULTS.md). The
 # two profile builds compile the dependencies again (their flags differ), so this
 # step takes about three release builds' time.
 COPY . .
