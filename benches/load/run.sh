@@ -13,7 +13,8 @@
 # SLOW_CONC_BIG=10000 (direct, portcullis and nginx only; 0 skips), PROXIES="direct portcullis portcullis-quiet
 # portcullis-1worker nginx squid tinyproxy", KEEP=1 keeps the temp dir with every config, log and wrk output,
 # PGO=1 measures the profile-guided build the Dockerfile ships (benches/load/pgo.sh; adds about
-# ten minutes of building) instead of `cargo build --release`'s.
+# ten minutes of building) instead of `cargo build --release`'s, PORTCULLIS_BIN=PATH a binary
+# already built (one pgo.sh printed, say).
 # Progress goes to stderr, the table to stdout. Everything started here is stopped on exit.
 set -euo pipefail
 
@@ -67,7 +68,10 @@ log "cargo build --release"
 (cd "$ROOT" && cargo build --release --bin portcullis --example slow_origin >&2)
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 PORTCULLIS="$TARGET_DIR/release/portcullis"
-if [ "${PGO:-0}" = 1 ]; then
+if [ -n "${PORTCULLIS_BIN:-}" ]; then
+    [ -x "$PORTCULLIS_BIN" ] || die "PORTCULLIS_BIN=$PORTCULLIS_BIN is not an executable"
+    PORTCULLIS=$PORTCULLIS_BIN
+elif [ "${PGO:-0}" = 1 ]; then
     log "profile-guided build (benches/load/pgo.sh)"
     PORTCULLIS=$(bash "$HERE/pgo.sh")
 fi
