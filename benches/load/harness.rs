@@ -97,9 +97,7 @@ impl ProxyProcess {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     }
-}
 
-impl ProxyProcess {
     /// SIGTERM, then wait for the exit (40 s at most: the default `shutdown_grace` is 30 s; then
     /// SIGKILL on drop): a clean exit, which an instrumented binary needs to write its
     /// profile. Fails if the proxy did not exit.

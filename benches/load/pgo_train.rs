@@ -150,21 +150,20 @@ async fn new_connection_each(
     status: &'static str,
     stop: Arc<Stop>,
 ) -> Res<()> {
+    // A request that asks to close is read to the end; any other up to its response's head.
+    let to_close = request.windows(17).any(|w| w == b"Connection: close");
     while stop.running() {
         let mut s = TcpStream::connect(addr).await?;
         s.write_all(&request).await?;
         let mut response = Vec::with_capacity(1024);
         let mut chunk = [0u8; 4096];
-        // Read until the proxy closes, or the head once the connection stays open.
         loop {
             let n = s.read(&mut chunk).await?;
             if n == 0 {
                 break;
             }
             response.extend_from_slice(&chunk[..n]);
-            if !request.windows(17).any(|w| w == b"Connection: close")
-                && response.windows(4).any(|w| w == b"\r\n\r\n")
-            {
+            if !to_close && response.windows(4).any(|w| w == b"\r\n\r\n") {
                 break;
             }
         }
