@@ -26,6 +26,7 @@ mod queued;
 mod reaper;
 pub mod registry;
 pub mod reuse;
+mod stack;
 mod state;
 pub mod surplus;
 #[cfg(test)]
@@ -43,6 +44,7 @@ pub use pooled::{Pooled, Slot};
 pub use queued::Queued;
 pub use registry::Pools;
 use reuse::{Life, Verdict};
+use stack::IdleStack;
 use state::{Idle, Inner, State};
 use surplus::Surplus;
 
@@ -218,7 +220,7 @@ impl<C: Poolable> Pool<C> {
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 limits,
-                idle: Vec::new(),
+                idle: IdleStack::default(),
                 open: 0,
                 waiters: VecDeque::new(),
                 conns: ids::IdMap::default(),
@@ -269,10 +271,14 @@ impl<C: Poolable> Pool<C> {
                 return false;
             }
             st.reach = reach;
-            let (stale, kept): (Vec<Idle<C>>, Vec<Idle<C>>) = std::mem::take(&mut st.idle)
+            let (stale, kept): (Vec<Idle<C>>, Vec<Idle<C>>) = st
+                .idle
+                .take_all()
                 .into_iter()
                 .partition(|e| e.meta.reach != reach);
-            st.idle = kept;
+            for e in kept {
+                st.idle.push(e);
+            }
             st.fit_surplus();
             for e in &stale {
                 // Its slot stays counted until it is closed, after the lock.
@@ -450,7 +456,7 @@ impl<C: Poolable> Pool<C> {
         let doomed: Vec<Idle<C>> = {
             let mut st = self.inner.lock();
             st.closing = true;
-            let idle = std::mem::take(&mut st.idle);
+            let idle = st.idle.take_all();
             st.fit_surplus();
             for e in &idle {
                 st.forget(e.meta.id);

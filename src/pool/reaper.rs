@@ -42,8 +42,7 @@ fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> (Option<Instant>, 
     let idle_timeout = st.limits.idle_timeout;
     let mut doomed = Vec::new();
     let mut i = 0;
-    while i < st.idle.len() {
-        let entry = &mut st.idle[i];
+    while let Some(entry) = st.idle.get_mut(i) {
         let reason = if entry.conn.is_open() {
             reuse::expired_by(
                 &entry.meta.life.under(idle_timeout),
@@ -68,11 +67,12 @@ fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> (Option<Instant>, 
     st.fit_surplus();
     // Idle above max_idle for a second (SPEC §5): the oldest go, as pool_full.
     let trim = st.surplus.due(now).min(st.idle.len());
-    for entry in st.idle.drain(..trim).collect::<Vec<_>>() {
+    for entry in st.idle.take_oldest(trim) {
         st.forget(entry.meta.id);
         inner.count_idle_close(CloseReason::PoolFull);
         doomed.push(entry.conn);
     }
+    st.idle.compact();
     let next = st
         .idle
         .iter()

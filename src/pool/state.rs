@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use super::ids::IdMap;
 use super::pooled::{Pooled, Slot};
 use super::reuse;
+use super::stack::IdleStack;
 use super::surplus::{self, Release, Surplus};
 use super::{ConnInfo, Grant, Limits, Meta, Poolable, VacancyHook};
 use crate::metrics::{CloseReason, PoolMetrics};
@@ -32,8 +33,8 @@ impl<C: Poolable> Drop for Inner<C> {
 
 pub(super) struct State<C: Poolable> {
     pub(super) limits: Limits,
-    /// Oldest first; checkout pops from the end (most recently used).
-    pub(super) idle: Vec<Idle<C>>,
+    /// Oldest first; checkout takes from the top (most recently used).
+    pub(super) idle: IdleStack<Idle<C>>,
     /// Slots taken: connecting + busy + idle.
     pub(super) open: usize,
     pub(super) waiters: VecDeque<oneshot::Sender<Grant<C>>>,
@@ -290,7 +291,7 @@ impl<C: Poolable> State<C> {
     /// follows.
     pub(super) fn redate_idle(&mut self) {
         let (idle_timeout, max_lifetime) = (self.limits.idle_timeout, self.limits.max_lifetime);
-        for e in &mut self.idle {
+        for e in self.idle.iter_mut_unordered() {
             e.deadline = reuse::deadline(&e.meta.life.under(idle_timeout), max_lifetime);
         }
     }
