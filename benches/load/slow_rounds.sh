@@ -14,8 +14,10 @@
 #                connection (max_idle / keepalive = CONNS): the first round without the dials;
 #   all rounds   a 10 s run, upstream pool of 64 idle.
 # Each prints wrk's p50 / p90 / p99 ms, requests and errors. CONNS (default 9750, or what the
-# descriptor limit allows). Loopback only, ports from the kernel, about 2 minutes; everything
-# started here is stopped on exit.
+# descriptor limit allows). PIN=1 runs wrk and the origin on CPU 0 and the proxy on CPU 1
+# (taskset), direct too: how the proxy does with a core of its own, as a shared egress service
+# has, instead of sharing two with the client and the origin. Loopback only, ports from the
+# kernel, about 2 minutes; everything started here is stopped on exit.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BIN=${1:-$HERE/../../target/release/portcullis}
@@ -29,8 +31,10 @@ CONNS=${CONNS:-9750}
 cap=$((($(ulimit -n) - 500) / 2))
 [ "$CONNS" -gt "$cap" ] && CONNS=$cap
 read -r SP PP AP NP < <(free_ports 4)
+ON0=() ON1=()
+[ "${PIN:-0}" = 1 ] && ON0=(taskset -c 0) ON1=(taskset -c 1)
 
-"$SLOW_ORIGIN" "127.0.0.1:$SP" 2000 >"$T/origin.out" &
+${ON0[@]+"${ON0[@]}"} "$SLOW_ORIGIN" "127.0.0.1:$SP" 2000 >"$T/origin.out" &
 PIDS+=("$!")
 wait_port "$SP"
 
@@ -68,13 +72,13 @@ start() { # start NAME [-warm]: the proxy fresh (-warm: it keeps CONNS idle); se
     case "$1" in
     direct) URL="http://127.0.0.1:$SP/" ARGS=() ;;
     portcullis)
-        RUST_LOG=warn "$BIN" --config "$T/p${2:-}.toml" >"$T/p.out" 2>"$T/p.err" &
+        RUST_LOG=warn ${ON1[@]+"${ON1[@]}"} "$BIN" --config "$T/p${2:-}.toml" >"$T/p.out" 2>"$T/p.err" &
         PIDS+=("$!") PROXY=$!
         wait_port "$PP"
         URL="http://127.0.0.1:$PP/" ARGS=(-s "$HERE/absolute.lua")
         ;;
     nginx)
-        nginx -e "$T/ne.log" -c "$T/n${2:-}.conf" >/dev/null 2>&1 &
+        ${ON1[@]+"${ON1[@]}"} nginx -e "$T/ne.log" -c "$T/n${2:-}.conf" >/dev/null 2>&1 &
         PIDS+=("$!") PROXY=$!
         wait_port "$NP"
         URL="http://127.0.0.1:$NP/" ARGS=()
@@ -88,7 +92,7 @@ stop() {
 }
 
 run_wrk() { # run_wrk SECS: wrk against URL; prints "p50 / p90 / p99 ms, requests, errors"
-    wrk -t1 -c"$CONNS" -d"$1s" --timeout 10s --latency ${ARGS[@]+"${ARGS[@]}"} "$URL" \
+    ${ON0[@]+"${ON0[@]}"} wrk -t1 -c"$CONNS" -d"$1s" --timeout 10s --latency ${ARGS[@]+"${ARGS[@]}"} "$URL" \
         ${ARGS[@]+-- "127.0.0.1:$SP"} >"$T/w.txt" 2>&1 || true
     read -r reqs _ p50 p99 errs < <(python3 "$HERE/tools.py" wrk "$T/w.txt")
     p90=$(awk '$1 == "90%" { v = $2 + 0; u = $2; sub(/^[0-9.]+/, "", u)
