@@ -78,9 +78,10 @@ impl<T> IdleStack<T> {
     /// Take the `n` oldest (all of them if there are fewer), oldest first.
     pub(super) fn take_oldest(&mut self, n: usize) -> Vec<T> {
         let n = n.min(self.order.len());
-        let keys: Vec<usize> = self.order.drain(..n).collect();
-        keys.into_iter()
-            .map(|key| self.entries.remove(key))
+        let entries = &mut self.entries;
+        self.order
+            .drain(..n)
+            .map(|key| entries.remove(key))
             .collect()
     }
 
