@@ -28,7 +28,9 @@ DATA="$TARGET/pgo-data"
 profdata() {
     local sysroot
     sysroot=$(rustc --print sysroot)
-    ls "$sysroot"/lib/rustlib/*/bin/llvm-profdata 2>/dev/null | head -n 1
+    # No match is no output, not a failure: under `set -e` and `pipefail` a failing `ls` here
+    # ended the script silently on a machine without llvm-tools instead of adding them.
+    ls "$sysroot"/lib/rustlib/*/bin/llvm-profdata 2>/dev/null | head -n 1 || true
 }
 PROFDATA=$(profdata)
 if [ -z "$PROFDATA" ]; then
