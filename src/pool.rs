@@ -271,14 +271,12 @@ impl<C: Poolable> Pool<C> {
                 return false;
             }
             st.reach = reach;
-            let (stale, kept): (Vec<Idle<C>>, Vec<Idle<C>>) = st
+            let stale: Vec<Idle<C>> = st
                 .idle
-                .take_all()
+                .take_where(|e| (e.meta.reach != reach).then_some(()))
                 .into_iter()
-                .partition(|e| e.meta.reach != reach);
-            for e in kept {
-                st.idle.push(e);
-            }
+                .map(|(e, ())| e)
+                .collect();
             st.fit_surplus();
             for e in &stale {
                 // Its slot stays counted until it is closed, after the lock.

@@ -40,10 +40,8 @@ fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> (Option<Instant>, 
     let mut st = inner.lock();
     let max_lifetime = st.limits.max_lifetime;
     let idle_timeout = st.limits.idle_timeout;
-    let mut doomed = Vec::new();
-    let mut i = 0;
-    while let Some(entry) = st.idle.get_mut(i) {
-        let reason = if entry.conn.is_open() {
+    let expired = st.idle.take_where(|entry| {
+        if entry.conn.is_open() {
             reuse::expired_by(
                 &entry.meta.life.under(idle_timeout),
                 entry.deadline,
@@ -52,21 +50,18 @@ fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> (Option<Instant>, 
             )
         } else {
             Some(CloseReason::RemoteClosed)
-        };
-        match reason {
-            Some(reason) => {
-                // Its slot stays counted until it is closed, after the lock.
-                let entry = st.idle.remove(i);
-                st.forget(entry.meta.id);
-                inner.count_idle_close(reason);
-                doomed.push(entry.conn);
-            }
-            None => i += 1,
         }
+    });
+    let mut doomed = Vec::with_capacity(expired.len());
+    for (entry, reason) in expired {
+        // Its slot stays counted until it is closed, after the lock.
+        st.forget(entry.meta.id);
+        inner.count_idle_close(reason);
+        doomed.push(entry.conn);
     }
     st.fit_surplus();
     // Idle above max_idle for a second (SPEC §5): the oldest go, as pool_full.
-    let trim = st.surplus.due(now).min(st.idle.len());
+    let trim = st.surplus.due(now);
     for entry in st.idle.take_oldest(trim) {
         st.forget(entry.meta.id);
         inner.count_idle_close(CloseReason::PoolFull);

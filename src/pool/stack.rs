@@ -57,12 +57,6 @@ impl<T> IdleStack<T> {
         self.entries.remove(key)
     }
 
-    /// The `i`-th oldest.
-    pub(super) fn get_mut(&mut self, i: usize) -> Option<&mut T> {
-        let key = *self.order.get(i)?;
-        self.entries.get_mut(key)
-    }
-
     /// Oldest first.
     pub(super) fn iter(
         &self,
@@ -83,6 +77,26 @@ impl<T> IdleStack<T> {
             .drain(..n)
             .map(|key| entries.remove(key))
             .collect()
+    }
+
+    /// Take the entries `pick` gives a value for, oldest first, each with that value; the rest
+    /// keep their order. One pass over the stack, however many it takes: taking them one by
+    /// one with [`IdleStack::remove`] moves every key above each, which for a burst's worth
+    /// of connections expiring together was quadratic, under the pool's lock.
+    pub(super) fn take_where<R>(
+        &mut self,
+        mut pick: impl FnMut(&mut T) -> Option<R>,
+    ) -> Vec<(T, R)> {
+        let entries = &mut self.entries;
+        let mut taken = Vec::new();
+        self.order.retain(|&key| match pick(&mut entries[key]) {
+            Some(r) => {
+                taken.push((entries.remove(key), r));
+                false
+            }
+            None => true,
+        });
+        taken
     }
 
     /// Take every entry, oldest first, and give back the places they held.
@@ -164,6 +178,32 @@ mod tests {
     }
 
     #[test]
+    fn takes_what_is_picked_and_keeps_the_order_of_the_rest() {
+        let mut s = stack(&(1..=10).collect::<Vec<_>>());
+        let mut seen = Vec::new();
+        let taken = s.take_where(|e| {
+            seen.push(*e);
+            *e += 100;
+            (*e % 3 == 0).then_some(*e / 3)
+        });
+        assert_eq!(
+            seen,
+            (1..=10).collect::<Vec<_>>(),
+            "each once, oldest first"
+        );
+        assert_eq!(taken, [(102, 34), (105, 35), (108, 36)]);
+        assert_eq!(contents(&s), [101, 103, 104, 106, 107, 109, 110]);
+        // The places given back are reused, and new entries still go on top.
+        s.push(1);
+        assert_eq!(s.pop(), Some(1));
+        assert_eq!(s.remove(0), 101);
+        let all = s.take_where(|_| Some(()));
+        assert_eq!(all.len(), 6);
+        assert!(s.is_empty());
+        assert!(s.take_where(|_| Some(())).is_empty());
+    }
+
+    #[test]
     fn gives_back_room_once_a_burst_is_gone() {
         let mut s = stack(&(0..1000).collect::<Vec<_>>());
         s.compact();
@@ -184,13 +224,12 @@ mod tests {
     }
 
     #[test]
-    fn reaches_entries_by_age() {
+    fn reaches_every_entry_in_place() {
         let mut s = stack(&[1, 2, 3]);
-        *s.get_mut(1).unwrap() = 20;
-        assert!(s.get_mut(3).is_none());
+        s.remove(1);
         for e in s.iter_mut_unordered() {
             *e += 1;
         }
-        assert_eq!(contents(&s), [2, 21, 4]);
+        assert_eq!(contents(&s), [2, 4]);
     }
 }
