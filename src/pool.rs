@@ -21,6 +21,7 @@
 //!   made it: the registry then forgets it (SPEC §5), so that names seen once leave nothing.
 
 mod ids;
+mod line;
 mod pooled;
 mod queued;
 mod reaper;
@@ -32,7 +33,6 @@ pub mod surplus;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +40,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::metrics::{CloseReason, PoolMetrics};
+use line::Line;
 pub use pooled::{Pooled, Slot};
 pub use queued::Queued;
 pub use registry::Pools;
@@ -222,7 +223,7 @@ impl<C: Poolable> Pool<C> {
                 limits,
                 idle: IdleStack::default(),
                 open: 0,
-                waiters: VecDeque::new(),
+                waiters: Line::default(),
                 conns: ids::IdMap::default(),
                 closing: false,
                 holders: 1,
@@ -320,7 +321,7 @@ impl<C: Poolable> Pool<C> {
         let (rx, acquire_timeout, max) = {
             let mut st = self.inner.lock();
             let now = Instant::now();
-            let queue_empty = !st.waiters.iter().any(|w| !w.is_closed());
+            let queue_empty = st.waiters.is_empty();
             if queue_empty && !st.closing {
                 let max_lifetime = st.limits.max_lifetime;
                 let idle_timeout = st.limits.idle_timeout;
@@ -404,7 +405,7 @@ impl<C: Poolable> Pool<C> {
                 }
             }
             let (tx, rx) = oneshot::channel();
-            st.waiters.push_back(tx);
+            st.waiters.push(tx);
             (rx, st.limits.acquire_timeout, st.limits.max_connections)
         };
         Err(Queued {
@@ -477,7 +478,7 @@ impl<C: Poolable> Pool<C> {
             idle_timeout: st.limits.idle_timeout,
             idle: st.idle.len(),
             busy,
-            waiting: st.waiters.iter().filter(|w| !w.is_closed()).count(),
+            waiting: st.waiters.waiting(),
             max_connections: st.limits.max_connections,
             connections,
         }

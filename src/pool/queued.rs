@@ -9,7 +9,7 @@ use super::{AcquireTimeout, Checkout, Grant, Pool, Poolable, Reuse};
 use crate::metrics::CloseReason;
 
 /// Queued for a connection or a slot by [`Pool::try_checkout`]; dropped, it leaves the queue
-/// (the pool skips, then prunes, a waiter that is gone).
+/// (the line passes by, then prunes, a waiter that is gone: see [`super::line`]).
 pub struct Queued<'p, C: Poolable> {
     pub(super) pool: &'p Pool<C>,
     /// The checkout's rule: a connection handed over to a request that needs a new one is
@@ -33,11 +33,12 @@ impl<C: Poolable> Queued<'_, C> {
             max,
         } = self;
         let metrics = &pool.inner.metrics;
-        metrics.waiting.inc();
+        let mut place = Waiting::start(pool);
         let started = Instant::now();
         let outcome = tokio::time::timeout(acquire_timeout, rx).await;
-        metrics.waiting.dec();
         metrics.wait.observe(started.elapsed().as_secs_f64());
+        place.served = matches!(outcome, Ok(Ok(_)));
+        drop(place);
         match outcome {
             Ok(Ok(Grant::Conn(pooled))) if reuse == Reuse::Never => {
                 // Handed a pooled connection but a new one is required: close it, dial in its slot.
@@ -51,13 +52,38 @@ impl<C: Poolable> Queued<'_, C> {
             }
             Ok(Ok(Grant::Slot(slot))) => Ok(Checkout::Dial(pool.stamp(slot))),
             Ok(Err(_)) | Err(_) => {
-                // Closed senders are pruned so a pool that never frees up does not grow a queue.
-                pool.inner.lock().waiters.retain(|w| !w.is_closed());
                 metrics.acquire_timeouts.inc();
                 Err(AcquireTimeout {
                     max_connections: max,
                 })
             }
+        }
+    }
+}
+
+/// A wait in the line, from its start to its end however it ends: it counts on the `waiting`
+/// gauge meanwhile, and one that ends unserved (timed out, or dropped with its request) tells
+/// the line, which prunes the gone in bulk.
+struct Waiting<'p, C: Poolable> {
+    pool: &'p Pool<C>,
+    served: bool,
+}
+
+impl<'p, C: Poolable> Waiting<'p, C> {
+    fn start(pool: &'p Pool<C>) -> Self {
+        pool.inner.metrics.waiting.inc();
+        Waiting {
+            pool,
+            served: false,
+        }
+    }
+}
+
+impl<C: Poolable> Drop for Waiting<'_, C> {
+    fn drop(&mut self) {
+        self.pool.inner.metrics.waiting.dec();
+        if !self.served {
+            self.pool.inner.lock().waiters.left();
         }
     }
 }

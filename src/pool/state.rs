@@ -1,13 +1,13 @@
 //! The pool's shared state and what happens to a connection when its request is done.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::ids::IdMap;
+use super::line::Line;
 use super::pooled::{Pooled, Slot};
 use super::reuse;
 use super::stack::IdleStack;
@@ -37,7 +37,7 @@ pub(super) struct State<C: Poolable> {
     pub(super) idle: IdleStack<Idle<C>>,
     /// Slots taken: connecting + busy + idle.
     pub(super) open: usize,
-    pub(super) waiters: VecDeque<oneshot::Sender<Grant<C>>>,
+    pub(super) waiters: Line<Grant<C>>,
     /// Every open connection, for `/pools`.
     pub(super) conns: IdMap<ConnInfo>,
     /// Drained (shutdown or upstream removed): releases close instead of pooling.
@@ -140,12 +140,9 @@ impl<C: Poolable> Inner<C> {
     pub(super) fn grant_free_slots(self: &Arc<Self>, mut st: MutexGuard<'_, State<C>>) -> bool {
         let mut refused = Vec::new();
         while st.open < st.limits.max_connections && !st.closing {
-            let Some(tx) = st.waiters.pop_front() else {
+            let Some(tx) = st.waiters.pop() else {
                 break;
             };
-            if tx.is_closed() {
-                continue;
-            }
             st.open += 1;
             if let Err(Grant::Slot(mut slot)) = tx.send(Grant::Slot(Slot::new(self.clone()))) {
                 // Gave up a moment ago: take the slot back without running its drop under the lock.
@@ -202,10 +199,7 @@ impl<C: Poolable> Inner<C> {
         }
         meta.life.idle_since = now;
         // Straight to the oldest waiter: it has waited longest, and the connection is fresh.
-        while let Some(tx) = st.waiters.pop_front() {
-            if tx.is_closed() {
-                continue;
-            }
+        while let Some(tx) = st.waiters.pop() {
             conn.unpark();
             meta.requests += 1;
             if let Some(info) = st.conns.get_mut(&meta.id) {

@@ -692,3 +692,35 @@ async fn never_reuse_waiter_handed_a_connection_dials_instead() {
     assert_eq!(closed(&m, "pool_full"), 1);
     assert_eq!(p.open(), 0);
 }
+
+/// A request dropped while it waits in the line (its task was cut short) takes itself off the
+/// `waiting` gauge and out of the line; the connection released after it goes idle.
+#[tokio::test(start_paused = true)]
+async fn a_wait_dropped_with_its_request_leaves_the_gauge_and_the_line() {
+    let (p, m) = pool(limits(1));
+    let gauge = || m.pool_waiting.with_label_values(&["t"]).get();
+    let held = dial(&p, 1).await;
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let p = p.clone();
+            tokio::spawn(async move { p.checkout(Reuse::Any).await.is_ok() })
+        })
+        .collect();
+    while p.snapshot().waiting < 3 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(gauge(), 3);
+    for w in waiters {
+        w.abort();
+        assert!(w.await.unwrap_err().is_cancelled());
+    }
+    assert_eq!(gauge(), 0, "every wait that ended took itself off");
+    assert_eq!(p.snapshot().waiting, 0);
+    assert_eq!(
+        p.inner.lock().waiters.queued(),
+        0,
+        "the line is not left full of the gone"
+    );
+    held.release();
+    assert_eq!(p.snapshot().idle, 1);
+}

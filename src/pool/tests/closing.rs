@@ -78,12 +78,7 @@ impl Drop for Fake {
         let Some(inner) = probe.pool.upgrade() else {
             return;
         };
-        let look = |st: &State<Fake>| {
-            (
-                Some(st.open),
-                Some(st.waiters.iter().filter(|w| !w.is_closed()).count()),
-            )
-        };
+        let look = |st: &State<Fake>| (Some(st.open), Some(st.waiters.waiting()));
         let (open, waiting) = match inner.state.try_lock() {
             Ok(st) => look(&st),
             Err(TryLockError::Poisoned(e)) => look(&e.into_inner()),
