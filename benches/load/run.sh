@@ -122,7 +122,8 @@ stop() { # stop PID: TERM, wait up to 5 s, then KILL
 }
 
 wait_port() { # wait_port PORT PID: our process PID (or one of its children) listens on PORT
-    for _ in $(seq 100); do
+    local state="still not listening after 30 s"
+    for _ in $(seq 300); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
             local p
             for p in $($PY "$HERE/tools.py" tree "$2"); do
@@ -130,10 +131,15 @@ wait_port() { # wait_port PORT PID: our process PID (or one of its children) lis
             done
             die "port $1 is taken by another process"
         fi
-        kill -0 "$2" 2>/dev/null || break
+        kill -0 "$2" 2>/dev/null || { state="exited"; break; }
         sleep 0.1
     done
-    die "nothing listening on port $1 (see $T)"
+    # The temp dir goes when the script exits (unless KEEP=1): say here what its logs say.
+    local f
+    for f in $(find "$T" -maxdepth 1 \( -name '*.err' -o -name '*.log' \) -newermt '-40 seconds'); do
+        [ -s "$f" ] && { log "--- tail of $f:"; tail -n 5 "$f" >&2; }
+    done
+    die "nothing listening on port $1: process $2 $state"
 }
 
 # --- origins --------------------------------------------------------------------------------
