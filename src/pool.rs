@@ -409,9 +409,8 @@ impl<C: Poolable> Pool<C> {
             (rx, st.limits.acquire_timeout, st.limits.max_connections)
         };
         Err(Queued {
-            pool: self,
+            place: queued::Place::new(self, rx),
             reuse,
-            rx,
             acquire_timeout,
             max,
         })

@@ -724,3 +724,60 @@ async fn a_wait_dropped_with_its_request_leaves_the_gauge_and_the_line() {
     held.release();
     assert_eq!(p.snapshot().idle, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_handed_to_a_waiter_as_it_gives_up_goes_to_the_next_one() {
+    let (p, m) = pool(limits(1));
+    let held = dial(&p, 1).await;
+    // First in line, but gone before it takes what it is handed: queued, never waited in.
+    let first = match p.try_checkout(Reuse::Any) {
+        Err(queued) => queued,
+        Ok(_) => panic!("the pool is full: a checkout queues"),
+    };
+    let second = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            match p.checkout(Reuse::Any).await.expect("served") {
+                Checkout::Reused(mut c) => {
+                    let n = c.conn().n;
+                    c.release();
+                    n
+                }
+                Checkout::Dial(_) => 0,
+            }
+        })
+    };
+    while p.snapshot().waiting < 2 {
+        tokio::task::yield_now().await;
+    }
+    held.release(); // to `first`, which has not taken it
+    drop(first);
+    assert_eq!(
+        second.await.unwrap(),
+        1,
+        "the released connection is handed on, not closed and dialed again"
+    );
+    assert_eq!(closed(&m, "error"), 0);
+    assert_eq!(p.snapshot().idle, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_handed_to_a_waiter_as_it_gives_up_goes_to_the_next_one() {
+    let (p, _) = pool(limits(1));
+    let held = dial(&p, 1).await;
+    let first = match p.try_checkout(Reuse::Any) {
+        Err(queued) => queued,
+        Ok(_) => panic!("the pool is full: a checkout queues"),
+    };
+    let second = {
+        let p = p.clone();
+        tokio::spawn(async move { matches!(p.checkout(Reuse::Any).await, Ok(Checkout::Dial(_))) })
+    };
+    while p.snapshot().waiting < 2 {
+        tokio::task::yield_now().await;
+    }
+    held.discard(CloseReason::Error); // its slot, to `first`
+    drop(first);
+    assert!(second.await.unwrap(), "the freed slot is handed on");
+    assert_eq!(p.snapshot().waiting, 0);
+}
