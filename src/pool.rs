@@ -266,28 +266,23 @@ impl<C: Poolable> Pool<C> {
     /// closed now, busy ones when their request is done; no request is served on them again.
     /// Returns whether it changed anything.
     pub fn set_reach(&self, reach: u64, reason: CloseReason) -> bool {
-        let doomed: Vec<Idle<C>> = {
+        let doomed = {
             let mut st = self.inner.lock();
             if st.reach == reach {
                 return false;
             }
             st.reach = reach;
-            let stale: Vec<Idle<C>> = st
+            let stale = st
                 .idle
-                .take_where(|e| (e.meta.reach != reach).then_some(()))
-                .into_iter()
-                .map(|(e, ())| e)
-                .collect();
+                .take_where(|e| (e.meta.reach != reach).then_some(()));
             st.fit_surplus();
-            for e in &stale {
-                // Its slot stays counted until it is closed, after the lock.
-                st.forget(e.meta.id);
-                self.inner.count_idle_close(reason);
+            for (e, ()) in &stale {
+                self.inner.retire_idle(&mut st, e.meta.id, reason);
             }
             stale
         };
         // Vacancy is not reported: this runs under the registry's lock, which looks itself.
-        self.inner.close(doomed.into_iter().map(|e| e.conn));
+        self.inner.close(doomed.into_iter().map(|(e, ())| e.conn));
         true
     }
 
@@ -365,9 +360,7 @@ impl<C: Poolable> Pool<C> {
                             return Ok(Checkout::Reused(pooled.brought_here()));
                         }
                         Verdict::Close(reason) => {
-                            // Its slot stays counted until it is closed, after the lock.
-                            st.forget(entry.meta.id);
-                            self.inner.count_idle_close(reason);
+                            self.inner.retire_idle(&mut st, entry.meta.id, reason);
                             doomed.push(entry.conn);
                         }
                         Verdict::TooIdle => {
@@ -397,8 +390,8 @@ impl<C: Poolable> Pool<C> {
                     // At the cap with only too-idle connections: close the oldest, take its slot.
                     let entry = st.idle.remove(0);
                     st.fit_surplus();
-                    st.forget(entry.meta.id);
-                    self.inner.count_idle_close(CloseReason::PoolFull);
+                    self.inner
+                        .retire_idle(&mut st, entry.meta.id, CloseReason::PoolFull);
                     drop(st);
                     drop(entry);
                     return Ok(Checkout::Dial(self.stamp(Slot::new(self.inner.clone()))));
@@ -457,8 +450,7 @@ impl<C: Poolable> Pool<C> {
             let idle = st.idle.take_all();
             st.fit_surplus();
             for e in &idle {
-                st.forget(e.meta.id);
-                self.inner.count_idle_close(reason);
+                self.inner.retire_idle(&mut st, e.meta.id, reason);
             }
             idle
         };

@@ -54,17 +54,14 @@ fn sweep<C: Poolable>(inner: &Arc<Inner<C>>, now: Instant) -> (Option<Instant>, 
     });
     let mut doomed = Vec::with_capacity(expired.len());
     for (entry, reason) in expired {
-        // Its slot stays counted until it is closed, after the lock.
-        st.forget(entry.meta.id);
-        inner.count_idle_close(reason);
+        inner.retire_idle(&mut st, entry.meta.id, reason);
         doomed.push(entry.conn);
     }
     st.fit_surplus();
     // Idle above max_idle for a second (SPEC §5): the oldest go, as pool_full.
     let trim = st.surplus.due(now);
     for entry in st.idle.take_oldest(trim) {
-        st.forget(entry.meta.id);
-        inner.count_idle_close(CloseReason::PoolFull);
+        inner.retire_idle(&mut st, entry.meta.id, CloseReason::PoolFull);
         doomed.push(entry.conn);
     }
     st.idle.compact();

@@ -69,7 +69,10 @@ impl<C: Poolable> Inner<C> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn count_idle_close(&self, reason: CloseReason) {
+    /// An idle connection taken out of `st` to be closed for `reason`: no longer listed, and
+    /// counted closed. Its slot stays counted until its socket is closed, after the lock.
+    pub(super) fn retire_idle(&self, st: &mut State<C>, id: u64, reason: CloseReason) {
+        st.forget(id);
         self.metrics.idle.dec();
         self.metrics.closed(reason).inc();
     }
@@ -251,9 +254,8 @@ impl<C: Poolable> Inner<C> {
                 wake_at = wake_at.min(st.surplus.next().unwrap_or(until));
             }
             Release::Close => {
-                st.forget(meta.id);
+                self.retire_idle(&mut st, meta.id, CloseReason::PoolFull);
                 drop(st);
-                self.count_idle_close(CloseReason::PoolFull);
                 if self.close([conn]) {
                     self.vacated();
                 }
