@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod forward;
+pub mod gone;
 pub mod headers;
 pub mod inside;
 #[doc(hidden)]

@@ -644,6 +644,195 @@ async fn response_timeout_answers_504_and_the_connection_is_not_reused() {
     p.stop().await;
 }
 
+/// The series `name{labels}` reaches `want` within 5 s; true if it did.
+async fn metric_reaches(p: &Proxy, name: &str, labels: &str, want: f64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if p.metric(name, labels).await == want {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A POST of a payment to `url` through `proxy`, its body whole, left waiting: the socket.
+async fn payment(proxy: std::net::SocketAddr, url: &str, host: &str) -> TcpStream {
+    let pay = format!("POST {url} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 9\r\n\r\namount=10");
+    let mut client = TcpStream::connect(proxy).await.expect("connect");
+    client.write_all(pay.as_bytes()).await.expect("send");
+    client
+}
+
+/// A client that hangs up while its request waits for the response: the upstream connection,
+/// mid-exchange, is closed at once (its slot freed for the others) rather than held until the
+/// answer nobody will read (8 s here).
+#[tokio::test]
+async fn a_client_that_hangs_up_before_its_response_frees_the_upstream_connection() {
+    let o = origin()
+        .count_open_at_accept()
+        .handler(|_| Reply::ok("slow").delay(Duration::from_secs(8)))
+        .spawn()
+        .await;
+    let p = spawn_proxy(&local_upstream("cap", o.port(), "")).await;
+    let host = format!("127.0.0.1:{}", o.port());
+    let client = payment(p.addr, &o.url("/pay"), &host).await;
+    assert!(o.wait_for_requests(1, Duration::from_secs(5)).await);
+    assert_eq!(p.busy().await, 1);
+    drop(client);
+    assert!(
+        metric_reaches(
+            &p,
+            "portcullis_requests_total",
+            "upstream=\"cap\",code=\"499\"",
+            1.0
+        )
+        .await,
+        "ended when its client hung up, not when the answer came (8 s)"
+    );
+    assert_eq!(p.closed_for("cap", "error").await, 1.0);
+    assert!(p.wait_idle(Duration::from_secs(5)).await);
+    assert_eq!(
+        p.idle_count(),
+        0,
+        "the connection mid-exchange is not pooled"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || o.open_now() == 0).await,
+        "closed, as the origin's kernel sees it"
+    );
+    p.stop().await;
+}
+
+/// A client that hangs up while its connection is being dialed: the dial is dropped, and the
+/// request never sent. Here the dial is a TLS handshake held up by a gate in front of the
+/// origin, opened only once the proxy has counted the request as 499.
+#[tokio::test]
+async fn a_request_whose_client_hangs_up_while_its_connection_is_dialed_is_never_sent() {
+    let t = tls_setup("hang up while dialing");
+    let cert = t.ca.issue(&["localhost", "127.0.0.1"]);
+    let o = origin().tls(&cert).spawn().await;
+    let gate = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let gate_port = gate.local_addr().expect("gate address").port();
+    let open = Arc::new(tokio::sync::Notify::new());
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let relay = {
+        let (open, arrived, origin_port) = (open.clone(), arrived.clone(), o.port());
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = gate.accept().await {
+                let first = arrived.fetch_add(1, Ordering::SeqCst) == 0;
+                let open = open.clone();
+                tokio::spawn(async move {
+                    if first {
+                        open.notified().await;
+                    }
+                    let Ok(mut up) = TcpStream::connect(("127.0.0.1", origin_port)).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                });
+            }
+        })
+    };
+    let p = spawn_proxy(&tls_upstream(
+        "dialed",
+        &[gate_port],
+        "originate",
+        &t.ca_file,
+    ))
+    .await;
+    let url = |path: &str| format!("http://localhost:{gate_port}{path}");
+    let host = format!("localhost:{gate_port}");
+    let client = payment(p.addr, &url("/pay"), &host).await;
+    assert!(
+        eventually(Duration::from_secs(5), || arrived.load(Ordering::SeqCst)
+            == 1)
+        .await,
+        "the proxy dials"
+    );
+    drop(client);
+    assert!(
+        metric_reaches(
+            &p,
+            "portcullis_requests_total",
+            "upstream=\"dialed\",code=\"499\"",
+            1.0
+        )
+        .await,
+        "ended while its connection was being dialed"
+    );
+    open.notify_one();
+    let r = proxy_get(p.addr, &url("/after")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        seen(&o, "/pay").is_empty(),
+        "the abandoned payment never reached the origin"
+    );
+    assert_eq!(seen(&o, "/after").len(), 1);
+    p.stop().await;
+    relay.abort();
+}
+
+/// The pool's waiting gauge for `upstream="cap"` reaches `want` within 5 s; true if it did.
+async fn waiting_reaches(p: &Proxy, want: f64) -> bool {
+    metric_reaches(p, "portcullis_pool_waiting", "upstream=\"cap\"", want).await
+}
+
+/// A payment queued behind a full pool whose client hangs up is never sent: it leaves the
+/// line at once (499), and the connection that frees goes to the request behind it.
+#[tokio::test]
+async fn a_request_whose_client_hangs_up_while_queued_is_never_sent() {
+    let o = origin()
+        .handler(|r| match r.target.as_str() {
+            "/slow" => Reply::ok("slow").delay(Duration::from_secs(8)),
+            _ => Reply::ok("done"),
+        })
+        .spawn()
+        .await;
+    let p = spawn_proxy(&local_upstream(
+        "cap",
+        o.port(),
+        "max_connections = 1\nmax_idle = 1\nacquire_timeout = \"30s\"",
+    ))
+    .await;
+    let proxy = p.addr;
+    let slow_url = o.url("/slow");
+    let slow = tokio::spawn(async move { proxy_get(proxy, &slow_url).await.status });
+    assert!(o.wait_for_requests(1, Duration::from_secs(5)).await);
+    let host = format!("127.0.0.1:{}", o.port());
+    let client = payment(p.addr, &o.url("/pay"), &host).await;
+    assert!(
+        waiting_reaches(&p, 1.0).await,
+        "the payment queues behind /slow"
+    );
+    drop(client);
+    assert!(
+        waiting_reaches(&p, 0.0).await,
+        "it leaves the line when its client hangs up, not when /slow frees the connection (8 s)"
+    );
+    assert_eq!(
+        p.metric("portcullis_requests_total", "upstream=\"cap\",code=\"499\"")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        p.metric("portcullis_pool_acquire_timeouts_total", "upstream=\"cap\"")
+            .await,
+        0.0
+    );
+    assert_eq!(slow.await.expect("slow request task"), 200);
+    // First come, first served: a payment still in the line would have been sent before this.
+    assert_eq!(proxy_get(p.addr, &o.url("/after")).await.status, 200);
+    assert!(
+        seen(&o, "/pay").is_empty(),
+        "the abandoned payment never reached the origin"
+    );
+    assert_eq!(o.connections_accepted(), 1, "one connection served both");
+    p.stop().await;
+}
+
 #[tokio::test]
 async fn no_free_connection_within_acquire_timeout_is_503() {
     let o = origin()

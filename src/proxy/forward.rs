@@ -13,14 +13,17 @@ mod request;
 use bytes::Bytes;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::access::Lineage;
+use super::gone;
 use super::headers::HostField;
 use super::outcome::{Mode, Outcome};
 use super::stale::{self, Via};
 use super::stall::StallWriter;
+use super::tunnel::AsTcp;
 use super::{boxed, respond, Ctx, Flow};
 use crate::config::Upstream;
 use crate::error::ProxyError;
@@ -65,7 +68,7 @@ pub async fn serve<R, W>(
     writer: &mut W,
 ) -> Flow
 where
-    R: AsyncRead + Unpin + Send,
+    R: AsyncRead + AsTcp + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
     serve_with(ctx, Mode::Forward, &head, reader, writer, route_absolute).await
@@ -82,7 +85,7 @@ pub async fn serve_with<'h, R, W, F>(
     route: F,
 ) -> Flow
 where
-    R: AsyncRead + Unpin + Send,
+    R: AsyncRead + AsTcp + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
     F: FnOnce(&Ctx, &'h RequestHead, &mut Outcome<'_>) -> Result<Route<'h>, ProxyError>,
 {
@@ -164,7 +167,7 @@ async fn forward<R, W>(
     p: &mut Progress<'_>,
 ) -> Result<Flow, ProxyError>
 where
-    R: AsyncRead + Unpin + Send,
+    R: AsyncRead + AsTcp + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
     let upstream = &route.allowed.upstream;
@@ -207,7 +210,17 @@ where
             Ok(Checkout::Reused(pooled)) => pooled,
             // Boxed: waiting and dialing are the pool-miss path, and inline their state would
             // size every request in flight, reused connections included.
-            tried => boxed(|| acquire(ctx, tried, upstream, &route.allowed.target)).await?,
+            tried => {
+                let client = watchable(reader, body.as_ref());
+                let target = &route.allowed.target;
+                let acquiring =
+                    || gone::unless_hung_up(client, acquire(ctx, tried, upstream, target));
+                match boxed(acquiring).await {
+                    Some(acquired) => acquired?,
+                    // Queued or dialing: the request was not sent, and now never is.
+                    None => return Err(hung_up(upstream, "waited for a connection to")),
+                }
+            }
         };
         p.outcome.attempts += 1;
         p.outcome.lineage = Some(Lineage {
@@ -249,7 +262,15 @@ where
         // while the response is read. The connection is then closed.
         let mut pumping = None;
         let (outcome, pumped) = match pump {
-            None => (exchange.await, None),
+            None => match gone::unless_hung_up(watchable(reader, body.as_ref()), exchange).await {
+                Some(done) => (done, None),
+                None => {
+                    // Sent, or being sent: nobody will read the answer, and the connection is
+                    // mid-exchange. It goes, and its slot with it, as nginx and Envoy do.
+                    pooled.discard(CloseReason::Error);
+                    return Err(hung_up(upstream, "waited for the response of"));
+                }
+            },
             // Boxed: streamed bodies are the rare path, and inline this state (3 KiB) would
             // size every request in flight.
             Some((prefix, state, tx)) => {
@@ -350,4 +371,26 @@ async fn acquire(
     let dialed = boxed(|| ctx.shared.connector.dial(target, upstream)).await?;
     let conn = UpstreamConn::new(dialed.io);
     Ok(slot.fill(conn))
+}
+
+/// The client's socket when its hang-up can be watched (see [`gone`]): a plain connection
+/// whose every byte so far has been read, the request's body whole and nothing behind it.
+fn watchable<'r, R: AsyncRead + AsTcp + Unpin>(
+    reader: &'r ClientReader<R>,
+    body: Option<&ClientBody>,
+) -> Option<&'r TcpStream> {
+    match body {
+        Some(ClientBody::Full(_)) if reader.buffered().is_empty() => reader.get_ref().as_tcp(),
+        _ => None,
+    }
+}
+
+/// The client hung up while its request `stage` `upstream`.
+fn hung_up(upstream: &Upstream, stage: &str) -> ProxyError {
+    ProxyError::ClientGone {
+        detail: format!(
+            "the client hung up while its request {stage} {}",
+            upstream.name
+        ),
+    }
 }

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::forward::{self, Route};
 use super::outcome::{Mode, Outcome};
+use super::tunnel::AsTcp;
 use super::{wait, Ctx, Flow};
 use crate::config::Config;
 use crate::error::ProxyError;
@@ -53,7 +54,7 @@ impl Destination {
 /// connection. The config is looked up afresh for each request, policy included.
 pub async fn serve<R, W>(ctx: &Ctx, dest: Destination, mut reader: ClientReader<R>, mut writer: W)
 where
-    R: AsyncRead + Unpin + Send,
+    R: AsyncRead + AsTcp + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
     let shared = &ctx.shared;
