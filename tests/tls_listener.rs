@@ -808,3 +808,47 @@ async fn requests_inside_a_connect_keep_the_client_identity() {
     assert_eq!(r.body_text(), "/inside via tls");
     assert_eq!(o.requests().len(), 1);
 }
+
+/// A client of the TLS listener that hangs up (`close_notify`, then FIN) while its request
+/// waits for the response: seen through TLS, the request ends (499) and its upstream
+/// connection is closed at once rather than held for the answer (8 s here).
+#[tokio::test]
+async fn a_tls_client_that_hangs_up_before_its_response_frees_the_upstream_connection() {
+    let pki = Pki::new("tls hang up");
+    let o = origin()
+        .count_open_at_accept()
+        .handler(|_| Reply::ok("slow").delay(Duration::from_secs(8)))
+        .spawn()
+        .await;
+    let p = spawn_proxy_with(
+        &pki.proxy_lines(false),
+        &local_upstream("local", o.port(), ""),
+    )
+    .await;
+    let config = pki.proxy_ca.client_config_for(&TLS13, None);
+    let mut conn = TlsConn::connect_tls(p.tls_addr(), config)
+        .await
+        .expect("handshake");
+    conn.write(&absolute_get(&o.url("/pay")))
+        .await
+        .expect("send");
+    assert!(o.wait_for_requests(1, WITHIN).await);
+    let mut stream = conn.into_stream();
+    stream.shutdown().await.expect("close_notify");
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let code_499 = "upstream=\"local\",code=\"499\"";
+    while p.metric("portcullis_requests_total", code_499).await != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "ended when its client hung up, not when the answer came (8 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(p.closed_for("local", "error").await, 1.0);
+    assert!(
+        eventually(WITHIN, || o.open_now() == 0).await,
+        "closed, as the origin's kernel sees it"
+    );
+    p.stop().await;
+}

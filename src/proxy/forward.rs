@@ -10,10 +10,11 @@ mod body;
 mod relay;
 mod request;
 
+use std::pin::pin;
+
 use bytes::Bytes;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -262,15 +263,23 @@ where
         // while the response is read. The connection is then closed.
         let mut pumping = None;
         let (outcome, pumped) = match pump {
-            None => match gone::unless_hung_up(watchable(reader, body.as_ref()), exchange).await {
-                Some(done) => (done, None),
-                None => {
-                    // Sent, or being sent: nobody will read the answer, and the connection is
-                    // mid-exchange. It goes, and its slot with it, as nginx and Envoy do.
-                    pooled.discard(CloseReason::Error);
-                    return Err(hung_up(upstream, "waited for the response of"));
+            // Lent, not moved: the exchange's state is large, and copied on every request.
+            None => {
+                let client = watchable(reader, body.as_ref());
+                let watched = {
+                    let exchange = pin!(exchange);
+                    gone::unless_hung_up(client, exchange).await
+                };
+                match watched {
+                    Some(done) => (done, None),
+                    None => {
+                        // Sent, or being sent: nobody will read the answer, and the connection is
+                        // mid-exchange. It goes, and its slot with it, as nginx and Envoy do.
+                        pooled.discard(CloseReason::Error);
+                        return Err(hung_up(upstream, "waited for the response of"));
+                    }
                 }
-            },
+            }
             // Boxed: streamed bodies are the rare path, and inline this state (3 KiB) would
             // size every request in flight.
             Some((prefix, state, tx)) => {
@@ -373,14 +382,14 @@ async fn acquire(
     Ok(slot.fill(conn))
 }
 
-/// The client's socket when its hang-up can be watched (see [`gone`]): a plain connection
-/// whose every byte so far has been read, the request's body whole and nothing behind it.
-fn watchable<'r, R: AsyncRead + AsTcp + Unpin>(
-    reader: &'r ClientReader<R>,
+/// The client when its hang-up can be watched (see [`gone`]): every byte it sent so far has
+/// been read, the request's body whole and nothing behind it.
+fn watchable<'r, R: AsyncRead + Unpin>(
+    reader: &'r mut ClientReader<R>,
     body: Option<&ClientBody>,
-) -> Option<&'r TcpStream> {
+) -> Option<&'r mut ClientReader<R>> {
     match body {
-        Some(ClientBody::Full(_)) if reader.buffered().is_empty() => reader.get_ref().as_tcp(),
+        Some(ClientBody::Full(_)) if reader.buffered().is_empty() => Some(reader),
         _ => None,
     }
 }
