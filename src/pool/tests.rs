@@ -725,15 +725,26 @@ async fn a_wait_dropped_with_its_request_leaves_the_gauge_and_the_line() {
     assert_eq!(p.snapshot().idle, 1);
 }
 
+/// A checkout of a full pool: queued, not (yet) waited in.
+fn queue(p: &Pool<Fake>) -> Queued<'_, Fake> {
+    match p.try_checkout(Reuse::Any) {
+        Err(queued) => queued,
+        Ok(_) => panic!("the pool is full: a checkout queues"),
+    }
+}
+
+async fn until_waiting(p: &Pool<Fake>, n: usize) {
+    while p.snapshot().waiting < n {
+        tokio::task::yield_now().await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_connection_handed_to_a_waiter_as_it_gives_up_goes_to_the_next_one() {
     let (p, m) = pool(limits(1));
     let held = dial(&p, 1).await;
     // First in line, but gone before it takes what it is handed: queued, never waited in.
-    let first = match p.try_checkout(Reuse::Any) {
-        Err(queued) => queued,
-        Ok(_) => panic!("the pool is full: a checkout queues"),
-    };
+    let first = queue(&p);
     let second = {
         let p = p.clone();
         tokio::spawn(async move {
@@ -747,9 +758,7 @@ async fn a_connection_handed_to_a_waiter_as_it_gives_up_goes_to_the_next_one() {
             }
         })
     };
-    while p.snapshot().waiting < 2 {
-        tokio::task::yield_now().await;
-    }
+    until_waiting(&p, 2).await;
     held.release(); // to `first`, which has not taken it
     drop(first);
     assert_eq!(
@@ -765,17 +774,12 @@ async fn a_connection_handed_to_a_waiter_as_it_gives_up_goes_to_the_next_one() {
 async fn a_slot_handed_to_a_waiter_as_it_gives_up_goes_to_the_next_one() {
     let (p, _) = pool(limits(1));
     let held = dial(&p, 1).await;
-    let first = match p.try_checkout(Reuse::Any) {
-        Err(queued) => queued,
-        Ok(_) => panic!("the pool is full: a checkout queues"),
-    };
+    let first = queue(&p);
     let second = {
         let p = p.clone();
         tokio::spawn(async move { matches!(p.checkout(Reuse::Any).await, Ok(Checkout::Dial(_))) })
     };
-    while p.snapshot().waiting < 2 {
-        tokio::task::yield_now().await;
-    }
+    until_waiting(&p, 2).await;
     held.discard(CloseReason::Error); // its slot, to `first`
     drop(first);
     assert!(second.await.unwrap(), "the freed slot is handed on");
