@@ -58,7 +58,7 @@ impl Stopped {
 /// 128 drops the SYNs of a larger burst, which the clients retry only after 1 s, then 3 s.
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// A listener on `addr` with [`LISTEN_BACKLOG`]; the error names the address.
+/// A listener on `addr` with `LISTEN_BACKLOG`; the error names the address.
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     bind(addr, false)
 }

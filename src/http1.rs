@@ -141,7 +141,7 @@ impl<R: AsyncRead + Unpin> ClientReader<R> {
 
     /// Gives the read buffer up if nothing is buffered, so that an idle
     /// keep-alive connection holds no buffer memory; the next read takes one
-    /// parked by the thread (see [`stash`]) or allocates it. Header values of
+    /// parked by the thread (see `http1::stash`) or allocates it. Header values of
     /// a request still in use keep their bytes alive on their own.
     pub fn release_buffer(&mut self) {
         if self.buf.is_empty() {

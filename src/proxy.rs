@@ -127,7 +127,7 @@ impl Ctx {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
     KeepAlive,
-    /// Close, first reading and discarding what the client may still send ([`linger`]).
+    /// Close, first reading and discarding what the client may still send (`linger`).
     Close,
     /// Close once our FIN is out: the client asked to close and all it sent was read, so it
     /// sends nothing more (RFC 9112 §9.6) and there is nothing to wait for ([`Flow::ending`]).

@@ -59,7 +59,7 @@ enum State {
 }
 
 /// An upstream connection. While it is idle in the pool nobody polls it; its socket's
-/// wake-ups go to an [`IdleSignal`] that wakes the pool's reaper, which looks at it at once,
+/// wake-ups go to an `IdleSignal` that wakes the pool's reaper, which looks at it at once,
 /// so a FIN or RST from the upstream is noticed when it arrives.
 pub struct UpstreamConn {
     io: UpstreamIo,

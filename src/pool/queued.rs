@@ -12,7 +12,7 @@ use super::{AcquireTimeout, Checkout, Grant, Pool, Poolable, Reuse};
 use crate::metrics::CloseReason;
 
 /// Queued for a connection or a slot by [`Pool::try_checkout`]; dropped, waited in or not, it
-/// leaves the queue without taking anything with it (see [`Place`]).
+/// leaves the queue without taking anything with it (see `Place`).
 pub struct Queued<'p, C: Poolable> {
     pub(super) place: Place<'p, C>,
     /// The checkout's rule: a connection handed over to a request that needs a new one is

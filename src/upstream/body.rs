@@ -54,7 +54,7 @@ impl Sent {
         self.0.made + std::time::Duration::from_nanos(self.0.took.load(Ordering::Acquire))
     }
 
-    /// The connection is waiting for the client's next piece (see [`SentState::starved`]).
+    /// The connection is waiting for the client's next piece (see `SentState::starved`).
     pub fn starved(&self) -> bool {
         self.0.starved.load(Ordering::Acquire)
     }
