@@ -457,7 +457,7 @@ async fn requests<R: ClientRead, W: ClientWrite>(
         // would size every connection's task, idle ones included, by the largest of them.
         if head.method == Method::CONNECT {
             let (rd, leftover) = reader.into_parts();
-            boxed(|| tunnel::serve(&ctx, Box::new(head), rd, leftover, wr)).await;
+            boxed(|| tunnel::serve(&ctx, head, rd, leftover, wr)).await;
             return;
         }
         let stall = ctx.config.proxy.client_stall_timeout;

@@ -373,7 +373,10 @@ async fn read_one_head(data: &[u8]) -> Result<portcullis::http1::RequestHead, He
         pos: 0,
         piece: usize::MAX,
     };
-    ClientReader::new(io, HEAD_LIMITS[0]).read_head().await
+    ClientReader::new(io, HEAD_LIMITS[0])
+        .read_head()
+        .await
+        .map(|h| *h)
 }
 
 /// One current-thread runtime for the whole process: the inputs are in memory and always ready.

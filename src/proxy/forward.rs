@@ -64,7 +64,7 @@ pub struct Progress<'a> {
 /// Serve one absolute-form request from a proxy listener.
 pub async fn serve<R, W>(
     ctx: &Ctx,
-    head: RequestHead,
+    head: Box<RequestHead>,
     reader: &mut ClientReader<R>,
     writer: &mut W,
 ) -> Flow

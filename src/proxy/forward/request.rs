@@ -115,7 +115,7 @@ mod tests {
 
     async fn head_of(text: &'static [u8]) -> RequestHead {
         let mut reader = ClientReader::new(text, 64 * 1024);
-        reader.read_head().await.expect("valid head")
+        *reader.read_head().await.expect("valid head")
     }
 
     fn route(host: &'static str, origin_form: &'static str) -> (HeaderValue, OriginForm<'static>) {
