@@ -18,6 +18,7 @@ pub mod tunnel;
 pub mod wait;
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -403,7 +404,7 @@ async fn requests<R: ClientRead, W: ClientWrite>(
                 // connection holds no read buffer (thousands of them may sit in a client's pool).
                 reader.release_buffer();
                 let limit = ctx.config.proxy.client_idle_timeout;
-                let ready = R::idle_wait(&mut reader);
+                let ready = pin!(R::idle_wait(&mut reader));
                 match wait::next_request(ready, idle_timer.as_mut(), draining.as_mut(), limit).await
                 {
                     Some(Ok(())) => {}
@@ -418,7 +419,8 @@ async fn requests<R: ClientRead, W: ClientWrite>(
             (proxy.header_read_timeout, proxy.max_header_bytes)
         };
         reader.set_max_header_bytes(max_header_bytes);
-        let read = wait::within(head_timeout, reader.read_head()).await;
+        // Pinned where it is made: moved into the wait, the read's state was copied each request.
+        let read = wait::within(head_timeout, pin!(reader.read_head())).await;
         // The phase as the head arrived: a drain that began meanwhile refuses this request.
         ctx.draining = shared.draining();
         let head = match read {

@@ -253,21 +253,19 @@ where
                 }
             },
         };
-        let exchange =
-            pooled
-                .conn()
-                .exchange(&outgoing, req_body, &sent, settings.response_timeout);
+        let wait = settings.response_timeout;
         // A pump still running when the response head arrives is kept, unpolled, until the
         // response has been relayed: its sender stays open, so the body is never ended
         // upstream (a chunked one would get its last-chunk: a truncated body taken as whole)
         // while the response is read. The connection is then closed.
         let mut pumping = None;
         let (outcome, pumped) = match pump {
-            // Lent, not moved: the exchange's state is large, and copied on every request.
             None => {
                 let client = watchable(reader, body.as_ref());
                 let watched = {
-                    let exchange = pin!(exchange);
+                    // Pinned where it is made and lent: the exchange's state is large, and
+                    // each move of it was a copy on every request.
+                    let exchange = pin!(pooled.conn().exchange(&outgoing, req_body, &sent, wait));
                     gone::unless_hung_up(client, exchange).await
                 };
                 match watched {
@@ -289,6 +287,7 @@ where
                     upstream: &upstream.name,
                 };
                 let pump = pumping.insert(boxed(|| body::pump(reader, prefix, state, tx, limits)));
+                let exchange = pooled.conn().exchange(&outgoing, req_body, &sent, wait);
                 match boxed(|| body::with_pump(exchange, pump.as_mut())).await {
                     Ok(done) => done,
                     Err(e) => {

@@ -3,6 +3,7 @@
 //! one. Each goes through the forwarding path to the CONNECT's destination, with its pool,
 //! lifetimes, retries and outcome, exactly as if it had come in absolute form.
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,7 +89,7 @@ where
         }
         let proxy = &ctx.config.proxy;
         reader.set_max_header_bytes(proxy.max_header_bytes);
-        let head = match wait::within(proxy.header_read_timeout, reader.read_head()).await {
+        let head = match wait::within(proxy.header_read_timeout, pin!(reader.read_head())).await {
             Err(_) | Ok(Err(HeadError::Closed)) | Ok(Err(HeadError::Io(_))) => break,
             Ok(Err(e)) => {
                 let err = match e {

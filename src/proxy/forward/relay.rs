@@ -1,6 +1,8 @@
 //! The upstream's response passed on to the client: head rewritten, body streamed (re-framed
 //! when needed), and the connection back in the pool as soon as the upstream side is complete.
 
+use std::pin::pin;
+
 use bytes::BytesMut;
 use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -111,9 +113,12 @@ pub async fn body<W: AsyncWrite + Unpin>(
     // A body whose last byte was handed out is not read again: that read would only say so.
     while !bodiless && !body.is_finished() {
         // Each wait for body bytes is bounded like the wait for the head (SPEC §3).
-        let next = within(settings.response_timeout, pooled.conn().frame(&mut body))
-            .await
-            .ok();
+        let next = within(
+            settings.response_timeout,
+            pin!(pooled.conn().frame(&mut body)),
+        )
+        .await
+        .ok();
         let data = match next {
             Some(None) => break,
             Some(Some(Ok(data))) => data,
