@@ -48,7 +48,7 @@ pub async fn hung_up<R: AsyncRead + AsTcp + Unpin>(client: &mut ClientReader<R>)
 async fn peeked_end(tcp: &TcpStream) -> bool {
     let mut byte = [0u8; 1];
     let mut buf = ReadBuf::new(&mut byte);
-    let peeked = std::future::poll_fn(|cx| tcp.poll_peek(cx, &mut buf)).await;
+    let peeked = poll_fn(|cx| tcp.poll_peek(cx, &mut buf)).await;
     matches!(peeked, Ok(0) | Err(_))
 }
 
@@ -77,20 +77,17 @@ where
     let mut gone = pin!(hung_up(client));
     let mut looked = false;
     poll_fn(|cx| {
-        if !looked {
-            looked = true;
-            if gone.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-        } else if let Poll::Ready(out) = work.as_mut().poll(cx) {
-            return Poll::Ready(Some(out));
-        } else {
-            return match gone.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            };
+        let first = !std::mem::replace(&mut looked, true);
+        if first && gone.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
         }
-        work.as_mut().poll(cx).map(Some)
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if !first && gone.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     })
     .await
 }
