@@ -644,20 +644,6 @@ async fn response_timeout_answers_504_and_the_connection_is_not_reused() {
     p.stop().await;
 }
 
-/// The series `name{labels}` reaches `want` within 5 s; true if it did.
-async fn metric_reaches(p: &Proxy, name: &str, labels: &str, want: f64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if p.metric(name, labels).await == want {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A POST of a payment to `url` through `proxy`, its body whole, left waiting: the socket.
 async fn payment(proxy: std::net::SocketAddr, url: &str, host: &str) -> TcpStream {
     let pay = format!("POST {url} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 9\r\n\r\namount=10");
@@ -683,11 +669,11 @@ async fn a_client_that_hangs_up_before_its_response_frees_the_upstream_connectio
     assert_eq!(p.busy().await, 1);
     drop(client);
     assert!(
-        metric_reaches(
-            &p,
+        p.metric_reaches(
             "portcullis_requests_total",
             "upstream=\"cap\",code=\"499\"",
-            1.0
+            1.0,
+            Duration::from_secs(5)
         )
         .await,
         "ended when its client hung up, not when the answer came (8 s)"
@@ -754,11 +740,11 @@ async fn a_request_whose_client_hangs_up_while_its_connection_is_dialed_is_never
     );
     drop(client);
     assert!(
-        metric_reaches(
-            &p,
+        p.metric_reaches(
             "portcullis_requests_total",
             "upstream=\"dialed\",code=\"499\"",
-            1.0
+            1.0,
+            Duration::from_secs(5)
         )
         .await,
         "ended while its connection was being dialed"
@@ -777,7 +763,13 @@ async fn a_request_whose_client_hangs_up_while_its_connection_is_dialed_is_never
 
 /// The pool's waiting gauge for `upstream="cap"` reaches `want` within 5 s; true if it did.
 async fn waiting_reaches(p: &Proxy, want: f64) -> bool {
-    metric_reaches(p, "portcullis_pool_waiting", "upstream=\"cap\"", want).await
+    p.metric_reaches(
+        "portcullis_pool_waiting",
+        "upstream=\"cap\"",
+        want,
+        Duration::from_secs(5),
+    )
+    .await
 }
 
 /// A payment queued behind a full pool whose client hangs up is never sent: it leaves the

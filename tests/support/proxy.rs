@@ -107,6 +107,27 @@ impl Proxy {
         metric_in(&text, name, labels)
     }
 
+    /// Polls the series `name{labels}` until it equals `want`, for at most `within`; true if it
+    /// did.
+    pub async fn metric_reaches(
+        &self,
+        name: &str,
+        labels: &str,
+        want: f64,
+        within: Duration,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.metric(name, labels).await == want {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The `/pools` document.
     pub async fn pools(&self) -> serde_json::Value {
         let (status, body) = self.admin_get("/pools").await;
